@@ -1,0 +1,1 @@
+"""SAIL Scope core engine: torch + diffusers only (no gradio, no host imports)."""

@@ -1,0 +1,215 @@
+"""Per-step memorization metrics on a :class:`~sailscope.core.score.GuidedScore` (DIGEST §2).
+
+All values are per sample (shape ``(B,)``), fp32, in the score space of DIGEST §1
+(``s = -eps / sigma_t``). The authors' code reports eps-space numbers: ``eps_Δ = -sigma_t sΔ``, and
+because ``HΔ`` is a Jacobian w.r.t. ``x`` in both, ``‖HΔ^eps eps_Δ‖ = sigma_t^2 ‖HΔ sΔ‖`` —
+see :func:`to_eps_space`. Wen's metric is reported as the authors do, in eps space.
+
+Hessian-vector products come in two flavours:
+
+* ``exact``: one forward-mode JVP (``torch.func.jvp``) through the batched cond+uncond call. Fused
+  attention kernels have no forward-mode derivative, so the JVP runs under the MATH SDPA kernel.
+* ``fd``: forward difference ``(f(x + h v) - f(x)) / h`` with a *relative* step
+  ``h = fd_step * ‖x‖ / ‖v‖`` per sample (default ``fd_step = 1e-3``), i.e. the perturbation is 0.1 % of
+  the latent's norm whatever the scale of ``v``. With ``f(x)`` already known (it is, during sampling)
+  this is one extra CFG evaluation.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from sailscope.core.score import GuidedScore
+
+HvpMethod = Literal["exact", "fd"]
+Which = Literal["cond", "uncond", "delta"]
+
+DEFAULT_FD_STEP = 1e-3
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Promote half/bfloat16 to fp32; keep fp32/fp64 (oracle tests run in fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _flat_norm(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).norm(dim=1)
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+@contextlib.contextmanager
+def math_attention():
+    """Force the MATH scaled-dot-product kernel: the only one with a forward-mode derivative."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        with torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True):
+            yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Free metrics
+# ----------------------------------------------------------------------------------------------
+def wen_metric(eps_c: Tensor, eps_u: Tensor) -> Tensor:
+    """Wen et al.'s ``‖eps_c - eps_u‖`` per sample (eps space, as published)."""
+    return _flat_norm(eps_c.float() - eps_u.float())
+
+
+def to_eps_space(sharpness_value: Tensor | float, sigma: Tensor | float) -> Tensor:
+    """Score-space ``‖HΔ sΔ‖²`` -> the authors' eps-space ``‖HΔ^eps eps_Δ‖²`` (= sigma_t^4 times it)."""
+    return torch.as_tensor(sharpness_value) * torch.as_tensor(sigma) ** 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Hessian-vector products
+# ----------------------------------------------------------------------------------------------
+def _score_fn(gs: GuidedScore, which: Which) -> Callable[[Tensor], Tensor]:
+    return lambda x: gs.score(x, which)
+
+
+def jvp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(fn(x), J_fn(x) v)`` by forward-mode AD under the MATH attention kernel, in fp32."""
+    x = at_least_fp32(x.detach())
+    v = at_least_fp32(v.detach()).to(x.dtype)
+    with torch.enable_grad(), math_attention():
+        out, tangent = torch.func.jvp(fn, (x,), (v,))
+    return out.detach(), tangent.detach()
+
+
+def fd_step_size(x: Tensor, v: Tensor, fd_step: float = DEFAULT_FD_STEP) -> Tensor:
+    """Per-sample forward-difference step ``h = fd_step * ‖x‖ / ‖v‖`` (shape ``(B,)``)."""
+    xn, vn = _flat_norm(at_least_fp32(x)), _flat_norm(at_least_fp32(v))
+    scale = torch.where(xn > 0, xn, torch.ones_like(xn))
+    return fd_step * scale / vn.clamp_min(torch.finfo(vn.dtype).tiny)
+
+
+@torch.no_grad()
+def fd_jvp(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    v: Tensor,
+    *,
+    fx: Tensor | None = None,
+    fd_step: float = DEFAULT_FD_STEP,
+) -> tuple[Tensor, Tensor]:
+    """``(fn(x), ≈ J_fn(x) v)`` by a forward difference with a relative step (see module docstring)."""
+    x = at_least_fp32(x)
+    v = at_least_fp32(v).to(x.dtype)
+    if fx is None:
+        fx = at_least_fp32(fn(x))
+    h = _per_sample(fd_step_size(x, v, fd_step), x)
+    return fx, (at_least_fp32(fn(x + h * v)) - fx) / h
+
+
+def hvp(
+    gs: GuidedScore,
+    x: Tensor,
+    v: Tensor,
+    *,
+    which: Which = "delta",
+    method: HvpMethod = "exact",
+    fd_step: float = DEFAULT_FD_STEP,
+) -> Tensor:
+    """``H v`` for ``H`` one of ``H(x,c)``, ``H(x,∅)``, ``HΔ`` (``which``), exact or finite-difference."""
+    fn = _score_fn(gs, which)
+    if method == "exact":
+        return jvp(fn, x, v)[1]
+    if method == "fd":
+        return fd_jvp(fn, x, v, fd_step=fd_step)[1]
+    raise ValueError(f"method must be 'exact' or 'fd', got {method!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharpness ‖HΔ sΔ‖²
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sharpness:
+    """``‖HΔ sΔ‖²`` per sample with what it was computed from."""
+
+    value: Tensor  # (B,) score space, squared norm
+    score_delta: Tensor  # sΔ(x)
+    hvp: Tensor  # HΔ sΔ
+    sigma: float
+    method: str
+
+    @property
+    def eps_space(self) -> Tensor:
+        """The same quantity in the authors' eps-space units."""
+        return to_eps_space(self.value, self.sigma)
+
+
+def sharpness(
+    gs: GuidedScore,
+    x: Tensor,
+    *,
+    method: HvpMethod = "exact",
+    score_delta: Tensor | None = None,
+    fd_step: float = DEFAULT_FD_STEP,
+) -> Sharpness:
+    """The paper's sharpness ``‖HΔ(x) sΔ(x)‖²`` (§4.4) per sample.
+
+    Pass ``score_delta`` when it is already known (during sampling the CFG step computed it): then
+    ``exact`` costs one JVP and ``fd`` one extra CFG evaluation.
+    """
+    fn = _score_fn(gs, "delta")
+    if score_delta is None:
+        with torch.no_grad():
+            score_delta = at_least_fp32(fn(at_least_fp32(x)))
+    if method == "exact":
+        _, h = jvp(fn, x, score_delta)
+    elif method == "fd":
+        _, h = fd_jvp(fn, x, score_delta, fx=score_delta, fd_step=fd_step)
+    else:
+        raise ValueError(f"method must be 'exact' or 'fd', got {method!r}")
+    value = _flat_norm(h) ** 2
+    return Sharpness(value=value, score_delta=score_delta, hvp=h, sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]), method=method)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hutchinson trace of H(x, c)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TraceEstimate:
+    """Hutchinson estimate of ``tr H`` per sample with its standard error."""
+
+    mean: Tensor  # (B,)
+    stderr: Tensor  # (B,)
+    samples: Tensor  # (probes, B)
+
+    @property
+    def converged(self) -> Tensor:
+        """True where the standard error is below 5 % of |mean|."""
+        return self.stderr <= 0.05 * self.mean.abs()
+
+
+def hutchinson_trace(
+    gs: GuidedScore,
+    x: Tensor,
+    *,
+    which: Which = "cond",
+    probes: int = 16,
+    method: HvpMethod = "exact",
+    generator: torch.Generator | None = None,
+    fd_step: float = DEFAULT_FD_STEP,
+) -> TraceEstimate:
+    """``tr H ≈ mean_k v_kᵀ H v_k`` with Rademacher ``v_k`` (one HVP per probe)."""
+    if probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+    samples = []
+    for _ in range(probes):
+        v = torch.randint(0, 2, x.shape, generator=generator, device="cpu").to(x.device, at_least_fp32(x).dtype) * 2 - 1
+        hv = hvp(gs, x, v, which=which, method=method, fd_step=fd_step)
+        samples.append((v * hv).reshape(x.shape[0], -1).sum(dim=1))
+    s = torch.stack(samples)
+    stderr = s.std(dim=0, unbiased=True) / probes**0.5 if probes > 1 else torch.full_like(s[0], float("inf"))
+    return TraceEstimate(mean=s.mean(dim=0), stderr=stderr, samples=s)
