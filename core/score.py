@@ -165,6 +165,10 @@ class DiffusersScoreModel:
         """VP ``sigma_t`` at timestep ``t``."""
         return float((1 - abar_at(self.alphas_cumprod, t)).sqrt())
 
+    def eps_from_output(self, model_output: Tensor, x: Tensor, abar: float) -> Tensor:
+        """Raw UNet output (any parameterization) at VP latent ``x`` -> eps in fp32."""
+        return eps_from_prediction(model_output.to(torch.float32), x.to(torch.float32), abar, self.prediction_type)
+
     def eps_pair_raw(
         self,
         x: Tensor,
@@ -172,19 +176,22 @@ class DiffusersScoreModel:
         cond: Tensor,
         uncond: Tensor,
         added_cond_kwargs: dict | None = None,
+        abar: float | None = None,
+        timestep_cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(eps_c, eps_u)`` of one batched UNet call at VP latent ``x`` (B, C, H, W)."""
         b = x.shape[0]
         if cond.shape[0] != b or uncond.shape[0] != b:
             raise ValueError(f"embeddings batch ({cond.shape[0]}, {uncond.shape[0]}) != latent batch {b}")
         dtype = self.dtype
-        x_in = torch.cat([x, x]).to(dtype)
+        x2 = torch.cat([x, x])
         emb = torch.cat([uncond, cond]).to(dtype)
         t_in = t if torch.is_tensor(t) else torch.tensor(t, device=x.device)
-        out = self.unet(x_in, t_in, encoder_hidden_states=emb, added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
-        out = out.to(torch.float32)
-        abar = self.abar(t)
-        eps = eps_from_prediction(out, torch.cat([x, x]).to(torch.float32), abar, self.prediction_type)
+        out = self.unet(
+            x2.to(dtype), t_in, encoder_hidden_states=emb, timestep_cond=timestep_cond,
+            added_cond_kwargs=added_cond_kwargs, return_dict=False,
+        )[0]
+        eps = self.eps_from_output(out, x2, self.abar(t) if abar is None else abar)
         eps_u, eps_c = eps.chunk(2)
         return eps_c, eps_u
 
@@ -194,9 +201,17 @@ class DiffusersScoreModel:
         cond: Tensor,
         uncond: Tensor,
         added_cond_kwargs: dict | None = None,
+        abar: float | None = None,
+        timestep_cond: Tensor | None = None,
     ) -> GuidedScore:
-        """The guided score at timestep ``t`` for these embeddings (batch must match the latent)."""
-        def eps_pair(x: Tensor) -> tuple[Tensor, Tensor]:
-            return self.eps_pair_raw(x, t, cond, uncond, added_cond_kwargs)
+        """The guided score at timestep ``t`` for these embeddings (batch must match the latent).
 
-        return GuidedScore(eps_pair=eps_pair, sigma=self.sigma(t), t=float(torch.as_tensor(t).reshape(-1)[0]))
+        ``abar`` overrides ``alphas_cumprod[t]`` when the sampler defines the noise level itself
+        (k-diffusion sigmas, e.g. Euler with Karras sigmas).
+        """
+        abar = self.abar(t) if abar is None else float(abar)
+
+        def eps_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.eps_pair_raw(x, t, cond, uncond, added_cond_kwargs, abar, timestep_cond)
+
+        return GuidedScore(eps_pair=eps_pair, sigma=(1.0 - abar) ** 0.5, t=float(torch.as_tensor(t).reshape(-1)[0]))
