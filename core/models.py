@@ -1,0 +1,196 @@
+"""Model loading: ``demo``, a local diffusers folder, a single ``.safetensors`` file, or a hub id.
+
+One entry point, :func:`load_pipeline`, picks the device (CUDA, then MPS, else CPU) and dtype (fp16 on
+CUDA, fp32 elsewhere). Metrics and HVPs always run in fp32 whatever the weights' dtype (see
+``core/metrics.py``). Pickled checkpoints (``.ckpt``/``.pt``/``.bin``) are refused unless the caller
+passes ``allow_pickle=True``. Offline, a hub id fails fast with a clear message instead of hanging.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sailscope.core.errors import ModelLoadError, UserInputError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL_DIR = PACKAGE_ROOT / "assets" / "models" / "demo"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a model came from and how it runs (shown in the app's model view and in reports)."""
+
+    name: str
+    source: str  # demo | folder | single_file | hub
+    path: str
+    device: str
+    dtype: str
+    prediction_type: str
+
+    @property
+    def key(self) -> str:
+        """Stable identity used to store per-model calibration."""
+        return f"{self.source}:{self.path}"
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise UserInputError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick TCP check so an offline machine fails in seconds instead of retrying downloads."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _check_diffusers_folder(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers model folder (no model_index.json)")
+    try:
+        cls = json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
+    if cls and cls not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(f"{path} holds a {cls}; SAIL Scope supports {', '.join(SUPPORTED_PIPELINES)} (SD 1.x/2.x) for now")
+
+
+def _finish(pipe: Any, info_kwargs: dict, device: torch.device, dtype: torch.dtype) -> Any:
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.sailscope_info = ModelInfo(
+        device=str(device), dtype=str(dtype).replace("torch.", ""),
+        prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"), **info_kwargs,
+    )
+    return pipe
+
+
+def load_pipeline(
+    model: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    config: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+) -> Any:
+    """Load a Stable Diffusion 1.x/2.x pipeline; attach :class:`ModelInfo` as ``pipe.sailscope_info``.
+
+    ``model``: ``"demo"``; a diffusers folder; a ``.safetensors`` file (``config`` = a local diffusers
+    folder of the same architecture, needed offline); or a hub id such as ``"org/name"``.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    dev = torch.device(device) if device is not None else default_device()
+    dt = _parse_dtype(dtype, dev)
+    if dev.type == "cpu" and dt == torch.float16:
+        raise UserInputError("dtype fp16 is not supported on the CPU; use fp32 (or bf16)")
+    spec = str(model).strip()
+    if not spec:
+        raise UserInputError("model must be 'demo', a folder, a .safetensors file or a hub id; got an empty string")
+
+    # 1. demo
+    if spec == "demo":
+        if not (DEMO_MODEL_DIR / "model_index.json").is_file():
+            raise ModelLoadError(f"the embedded demo model is missing at {DEMO_MODEL_DIR}; run `sailscope train-demo`")
+        path, source = DEMO_MODEL_DIR, "demo"
+    else:
+        path, source = Path(os.path.expanduser(spec)), None
+
+    # 2. local folder
+    if source == "demo" or path.is_dir():
+        _check_diffusers_folder(path)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(path), torch_dtype=dt, local_files_only=True, use_safetensors=None if allow_pickle else True,
+                safety_checker=None, requires_safety_checker=False,
+            ) if source == "demo" else StableDiffusionPipeline.from_pretrained(
+                str(path), torch_dtype=dt, local_files_only=True, use_safetensors=None if allow_pickle else True,
+            )
+        except Exception as exc:  # diffusers raises many types for corrupt/missing files
+            raise ModelLoadError(f"could not load the diffusers folder {path}: {str(exc).splitlines()[0]}") from exc
+        return _finish(pipe, {"name": "demo" if source == "demo" else path.name, "source": source or "folder", "path": str(path)}, dev, dt)
+
+    # 3. single file
+    if path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES or path.is_file():
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        if path.suffix.lower() != ".safetensors" and not allow_pickle:
+            raise ModelLoadError(
+                f"{path.name} is a pickle checkpoint, which can run code when loaded; convert it to .safetensors "
+                "or pass --allow-pickle if you trust it"
+            )
+        if config is None:
+            raise ModelLoadError(
+                f"loading {path.name} offline needs --config: a local diffusers folder of the same architecture"
+            )
+        if not Path(config).is_dir():
+            raise ModelLoadError(f"config folder not found: {config}")
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), torch_dtype=dt, local_files_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load {path.name}: {str(exc).splitlines()[0]}") from exc
+        return _finish(pipe, {"name": path.stem, "source": "single_file", "path": str(path)}, dev, dt)
+
+    # 4. hub id
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model not found: {spec!r} is not 'demo', an existing folder or file, or a hub id 'org/name'")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(spec, torch_dtype=dt, local_files_only=True)
+    except Exception:
+        if not hub_reachable():
+            raise ModelLoadError(
+                f"{spec!r} is not in the local cache and the model hub cannot be reached (offline?); "
+                "pass a local diffusers folder or a .safetensors file"
+            ) from None
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(spec, torch_dtype=dt)
+        except Exception as exc:
+            raise ModelLoadError(f"could not download {spec!r}: {str(exc).splitlines()[0]}") from exc
+    return _finish(pipe, {"name": spec, "source": "hub", "path": spec}, dev, dt)
+
+
+def list_local_models(folders: list[str | os.PathLike]) -> list[str]:
+    """``demo`` plus diffusers folders and ``.safetensors`` files directly inside the configured folders."""
+    found = ["demo"] if (DEMO_MODEL_DIR / "model_index.json").is_file() else []
+    for folder in folders:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            continue
+        for entry in sorted(root.iterdir()):
+            if (entry / "model_index.json").is_file() or entry.suffix.lower() == ".safetensors":
+                found.append(str(entry))
+    return found
