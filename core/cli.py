@@ -41,7 +41,27 @@ def build_parser(available: dict[str, tuple[str, str]] | None = None) -> argpars
     return parser
 
 
+def quiet_libraries() -> None:
+    """Library chatter (progress bars, deprecation notes) would bury our one-line messages."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_libraries()
     from sailscope.core.errors import SailScopeError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -67,3 +87,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared argument groups for command modules
+# ----------------------------------------------------------------------------------------------
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and how to load it (device, dtype, config for single files, pickle opt-in)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="demo", help="'demo', a diffusers folder, a .safetensors file, or a hub id")
+    g.add_argument("--config", default=None, help="local diffusers folder with the config of a single-file model")
+    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    g.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (metrics always run in fp32)")
+    g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt checkpoints (they can run code)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from sailscope.core.models import load_pipeline
+
+    return load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config, allow_pickle=args.allow_pickle)
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    """``"WxH"`` -> (width, height); errors name the argument."""
+    from sailscope.core.errors import UserInputError
+
+    if text is None:
+        return None, None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserInputError(f"--size must look like 512x512, got {text!r}") from None
+    return w, h

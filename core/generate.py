@@ -278,11 +278,13 @@ def generate(
     probes: Sequence[StepProbe] = (),
     cancel: Callable[[], bool] | threading.Event | None = None,
     run: str = "original",
+    stop_after: int | None = None,
 ) -> Iterator[StepRecord | GenerationResult]:
     """Sample with per-step metrics; yields a :class:`StepRecord` per step, then a :class:`GenerationResult`.
 
     ``x_T`` replaces the seed's unit-variance initial noise (SAIL); it is scaled by the scheduler's
-    ``init_noise_sigma`` like stock diffusers does. ``cancel`` is checked before every step and raises
+    ``init_noise_sigma`` like stock diffusers does. ``stop_after=k`` stops after step ``k`` without
+    decoding (detection needs only the first steps; the result then has no images). ``cancel`` is checked before every step and raises
     :class:`Cancelled`; non-finite latents raise :class:`NonFiniteError` naming the step.
     """
     start = time.perf_counter()
@@ -371,6 +373,12 @@ def generate(
         record.elapsed = time.perf_counter() - start
         records.append(record)
         yield record
+        if stop_after is not None and step >= stop_after:
+            yield GenerationResult(
+                images=[], array=np.zeros((0,)), records=records, settings=settings, x_T=x_T,
+                seconds=time.perf_counter() - start, warnings=warnings, run=run,
+            )
+            return
 
     # 6. Decode
     images, array = decode(pipe, latents)

@@ -1,0 +1,286 @@
+"""Per-model thresholds: SAIL's acceptance threshold and the step-1 sharpness detection threshold.
+
+A threshold is model-specific (DIGEST §4): the SAIL objective and the step-1 sharpness have different
+scales for different models, resolutions and schedules. Calibration measures, at each seed's own ``x_T``
+(no optimization), the two terms of both SAIL objectives and the step-1 sharpness ``‖HΔ sΔ‖²`` over
+non-memorized prompts × seeds, and stores the raw values. Thresholds are quantiles of those values:
+
+* SAIL: ``quantile_q(first_term + α · prior_term)`` for the objective, α and δ in use (any α works from the
+  same record; the paper objective needs the δ it was measured with). Default ``q = 0.9``: a noise is
+  accepted once its loss looks like that of a typical non-memorized prompt.
+* detection: ``quantile_0.99`` of step-1 sharpness (about 1 % false positives on non-memorized prompts).
+
+Where thresholds come from, in order (``threshold="auto"``): the user's calibration file
+(``$SAILSCOPE_HOME/calibration.json``, default ``~/.config/sailscope/``), a ``sail_calibration.json`` shipped
+in the model's folder, then the paper's published values (reference objective only, SD 1.4: 8.2 with α = 0.05;
+SD 2.0: 5.0 with α = 0.01, the middle of the studied 4–6). Otherwise a clear error asks to calibrate.
+Every resolved threshold comes with a one-line description of its source.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sailscope.core.errors import UserInputError
+
+CALIBRATION_FILE = "calibration.json"
+MODEL_FOLDER_FILE = "sail_calibration.json"
+DEFAULT_QUANTILE = 0.9
+DETECTION_QUANTILE = 0.99
+FORMAT_VERSION = 1
+
+# Published thresholds (paper App. D.2 / the authors' code): reference objective only, in its units.
+# name (hub id basename) -> (prediction type, threshold, alpha it was used with)
+PUBLISHED: dict[str, tuple[str, float, float]] = {
+    "stable-diffusion-v1-4": ("epsilon", 8.2, 0.05),
+    "stable-diffusion-2": ("v_prediction", 5.0, 0.01),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Where calibrations live, and model identity
+# ----------------------------------------------------------------------------------------------
+def settings_dir() -> Path:
+    """``$SAILSCOPE_HOME``, else ``$XDG_CONFIG_HOME/sailscope``, else ``~/.config/sailscope``."""
+    if os.environ.get("SAILSCOPE_HOME"):
+        return Path(os.environ["SAILSCOPE_HOME"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "sailscope"
+
+
+def calibration_path() -> Path:
+    return settings_dir() / CALIBRATION_FILE
+
+
+def model_name(pipe: Any) -> str:
+    info = getattr(pipe, "sailscope_info", None)
+    if info is not None:
+        return str(info.name)
+    return str(getattr(pipe, "name_or_path", "") or pipe.config.get("_name_or_path", "") or "unnamed")
+
+
+def model_folder(pipe: Any) -> Path | None:
+    info = getattr(pipe, "sailscope_info", None)
+    path = Path(str(info.path)) if info is not None else Path(str(getattr(pipe, "name_or_path", "") or ""))
+    return path if str(path) not in ("", ".") and path.is_dir() else None
+
+
+def model_fingerprint(pipe: Any) -> str:
+    """Short hash of the UNet config, prediction type and a few weight values (changes when weights do)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
+    h.update(str(pipe.scheduler.config.get("prediction_type", "epsilon")).encode())
+    params = list(pipe.unet.parameters())
+    with torch.no_grad():
+        for p in params[:4] + params[-2:]:
+            flat = p.detach().reshape(-1).float().cpu()
+            h.update(np.asarray([float(flat.sum()), *flat[:16].tolist()], dtype=np.float32).round(5).tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_key(pipe: Any) -> str:
+    """``name#fingerprint``: the calibration of a retrained model never silently applies."""
+    return f"{model_name(pipe)}#{model_fingerprint(pipe)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """Raw per-(prompt, seed) values measured at each seed's ``x_T``; thresholds are computed from them."""
+
+    key: str
+    name: str
+    created: str
+    prompts: list[str]
+    seeds: list[int]
+    scheduler: str
+    steps: int
+    t: float
+    sigma: float
+    values: dict  # {"paper": {"delta", "sharpness", "prior"}, "reference": {"sharpness", "prior"}, "detection": {"sharpness"}}
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    @property
+    def n(self) -> int:
+        return len(self.values.get("detection", {}).get("sharpness", []))
+
+    def sail_threshold(self, objective: str, alpha: float, *, delta: float | None = None,
+                       quantile: float = DEFAULT_QUANTILE) -> float:
+        v = self.values.get(objective)
+        if not v:
+            raise UserInputError(f"the calibration of {self.name} has no values for the {objective!r} objective; recalibrate")
+        if objective == "paper" and delta is not None and not math.isclose(float(v["delta"]), float(delta), rel_tol=1e-6):
+            raise UserInputError(
+                f"the calibration of {self.name} measured the paper objective with delta={v['delta']}, "
+                f"not {delta}; recalibrate with --delta {delta} or pass a threshold"
+            )
+        loss = np.asarray(v["sharpness"], float) + alpha * np.asarray(v["prior"], float)
+        return float(np.quantile(loss, quantile))
+
+    def detection_threshold(self, quantile: float = DETECTION_QUANTILE) -> float:
+        return float(np.quantile(np.asarray(self.values["detection"]["sharpness"], float), quantile))
+
+
+def load_calibrations(path: str | os.PathLike | None = None) -> dict[str, Calibration]:
+    """All records of a calibration file (empty when it does not exist)."""
+    p = Path(path) if path is not None else calibration_path()
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"calibration file {p} is not valid JSON ({exc}); fix or delete it") from None
+    return {k: Calibration.from_dict(v) for k, v in data.get("models", {}).items()}
+
+
+def save_calibration(record: Calibration, path: str | os.PathLike | None = None) -> Path:
+    """Add/replace ``record`` in the calibration file (atomic write); returns the file's path."""
+    p = Path(path) if path is not None else calibration_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    records = load_calibrations(p)
+    records[record.key] = record
+    payload = {"version": FORMAT_VERSION, "models": {k: r.to_dict() for k, r in records.items()}}
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".calibration-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, p)
+    return p
+
+
+def find_calibration(pipe: Any) -> tuple[Calibration, Path] | None:
+    """The user's record for this model, else one shipped in the model folder."""
+    key = model_key(pipe)
+    user = calibration_path()
+    rec = load_calibrations(user).get(key)
+    if rec is not None:
+        return rec, user
+    folder = model_folder(pipe)
+    if folder is not None and (folder / MODEL_FOLDER_FILE).is_file():
+        shipped = folder / MODEL_FOLDER_FILE
+        records = load_calibrations(shipped)
+        if key in records:
+            return records[key], shipped
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution
+# ----------------------------------------------------------------------------------------------
+def published_threshold(pipe: Any, objective: str, alpha: float) -> tuple[float, str] | None:
+    name = Path(str(getattr(pipe, "name_or_path", "") or model_name(pipe)).rstrip("/")).name
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+    entry = PUBLISHED.get(name)
+    if entry is None or objective != "reference" or entry[0] != pred or not math.isclose(alpha, entry[2]):
+        return None
+    return entry[1], f"paper default for {name} (reference objective, alpha={entry[2]}); not calibrated here"
+
+
+def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, settings: Any = None,
+                      quantile: float = DEFAULT_QUANTILE) -> tuple[float, str]:
+    """``(threshold, where it came from)`` for :class:`~sailscope.core.sail.SailSettings` on this model."""
+    if not isinstance(sail.threshold, str):
+        return float(sail.threshold), "user setting"
+    found = find_calibration(pipe)
+    if found is not None:
+        rec, path = found
+        value = rec.sail_threshold(sail.objective, alpha, delta=sail.delta, quantile=quantile)
+        return value, (f"calibrated: q{quantile:g} of {rec.n} non-memorized prompt×seed values "
+                       f"({sail.objective}, alpha={alpha:g}) from {path} [{rec.created[:10]}]")
+    pub = published_threshold(pipe, sail.objective, alpha)
+    if pub is not None:
+        return pub
+    raise UserInputError(
+        f"no SAIL threshold for model {model_name(pipe)!r} ({sail.objective} objective): run "
+        f"`sailscope calibrate --model ...` once, or pass a number as the threshold"
+    )
+
+
+def detection_threshold(pipe: Any, quantile: float = DETECTION_QUANTILE) -> tuple[float, str] | None:
+    """Step-1 sharpness ``‖HΔ sΔ‖²`` threshold (score space, fd HVP) for this model, or None if uncalibrated."""
+    found = find_calibration(pipe)
+    if found is None:
+        return None
+    rec, path = found
+    return rec.detection_threshold(quantile), f"calibrated: q{quantile:g} of {rec.n} values from {path}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------------------------
+def measure(
+    pipe: Any,
+    prompts: Sequence[str],
+    seeds: Iterable[int],
+    *,
+    scheduler: str = "ddim",
+    steps: int = 50,
+    delta: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Calibration:
+    """Both objectives' terms and the step-1 sharpness at each seed's ``x_T``, for every prompt × seed."""
+    from sailscope.core.generate import GenerationSettings, encode, initial_noise, seed_generators
+    from sailscope.core.metrics import sharpness
+    from sailscope.core.sail import (SailSettings, diffusers_eps_pair, first_step, paper_objective,
+                                     reference_objective)
+    from sailscope.core.score import DiffusersScoreModel
+
+    prompts = [p for p in (str(p).strip() for p in prompts) if p]
+    seeds = [int(s) for s in seeds]
+    if not prompts:
+        raise UserInputError("calibration needs at least one non-memorized prompt")
+    if not seeds:
+        raise UserInputError("calibration needs at least one seed")
+    delta = SailSettings().delta if delta is None else float(delta)
+    base = GenerationSettings(prompt=prompts[0], seed=seeds[0], steps=steps, scheduler=scheduler)
+    first = first_step(pipe, base)
+    device = pipe._execution_device
+    model = DiffusersScoreModel.from_pipeline(pipe)
+    vals: dict = {"paper": {"delta": delta, "sharpness": [], "prior": []},
+                  "reference": {"sharpness": [], "prior": []}, "detection": {"sharpness": []}}
+    one = GenerationSettings(prompt=prompts[0], seed=0, steps=steps, scheduler=scheduler)
+    z = torch.cat([initial_noise(pipe, one, generators=seed_generators(s, 1)) for s in seeds]).to(device)
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            cond, uncond, _ = encode(pipe, GenerationSettings(prompt=prompt, seed=0, steps=steps), device)
+            eps_pair = diffusers_eps_pair(pipe, first, cond, uncond)
+            p = paper_objective(eps_pair, z, sigma=first.sigma, alpha=0.0, delta=delta, scale=first.scale)
+            r = reference_objective(eps_pair, z, alpha=0.0, scale=first.scale)
+        b = z.shape[0]
+        gs = model.guided(first.t, cond[:1].expand(b, *cond.shape[1:]), uncond[:1].expand(b, *uncond.shape[1:]),
+                          abar=first.abar)
+        sh = sharpness(gs, first.scale * z, method="fd")
+        vals["paper"]["sharpness"] += p.sharpness.tolist(); vals["paper"]["prior"] += p.prior.tolist()
+        vals["reference"]["sharpness"] += r.sharpness.tolist(); vals["reference"]["prior"] += r.prior.tolist()
+        vals["detection"]["sharpness"] += sh.value.tolist()
+        if progress is not None:
+            progress(i + 1, len(prompts))
+    return Calibration(
+        key=model_key(pipe), name=model_name(pipe), created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+        prompts=list(prompts), seeds=seeds, scheduler=scheduler, steps=steps, t=float(first.t),
+        sigma=first.sigma, values=vals,
+    )
+
+
+__all__ = [
+    "Calibration", "measure", "save_calibration", "load_calibrations", "find_calibration", "resolve_threshold",
+    "detection_threshold", "published_threshold", "model_key", "model_fingerprint", "settings_dir",
+    "calibration_path", "DEFAULT_QUANTILE", "DETECTION_QUANTILE", "PUBLISHED",
+]

@@ -1,0 +1,112 @@
+"""``sailscope calibrate``: measure a model's SAIL objective and step-1 sharpness on non-memorized prompts.
+
+Stores the raw values in the user's calibration file (``$SAILSCOPE_HOME/calibration.json``, default
+``~/.config/sailscope/``) under the model's identity; ``--threshold auto`` (SAIL) and the detector read them.
+``--output FILE`` writes elsewhere, e.g. ``<model folder>/sail_calibration.json`` to ship it with a model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sailscope.core.errors import UserInputError
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-3"`` or ``"0,1,5"`` -> seeds; errors name ``--seeds``."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                out += list(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise UserInputError(f"--seeds must look like 0-3 or 0,1,5; got {text!r}") from None
+    if not out or any(s < 0 for s in out):
+        raise UserInputError(f"--seeds must list non-negative integers, got {text!r}")
+    return out
+
+
+def read_prompts(path: str | None, limit: int | None) -> list[str]:
+    """One prompt per line (``.txt``) or ``{"caption": ...}`` per line (``.jsonl``); default: demo held-out."""
+    if path is None:
+        from sailscope.core.models import DEMO_MODEL_DIR
+
+        default = DEMO_MODEL_DIR / "heldout_prompts.txt"
+        if not default.is_file():
+            raise UserInputError("--prompts is required: a file of non-memorized prompts, one per line")
+        path = str(default)
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"--prompts file not found: {p}")
+    prompts = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if p.suffix == ".jsonl":
+            line = json.loads(line).get("caption", "").strip()
+        if line:
+            prompts.append(line)
+    if not prompts:
+        raise UserInputError(f"--prompts file {p} has no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sailscope.core.cli import add_model_arguments
+    from sailscope.core.sail import SailSettings
+
+    add_model_arguments(parser)
+    parser.add_argument("--prompts", default=None,
+                        help="non-memorized prompts (.txt one per line, or .jsonl with 'caption'); default: the demo's held-out prompts")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--seeds", default="0-3", help="seeds, e.g. 0-3 or 0,1,5 (default 0-3)")
+    parser.add_argument("--scheduler", default="ddim", help="scheduler whose first step is measured (default ddim)")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (sets the first timestep; default 50)")
+    parser.add_argument("--delta", type=float, default=SailSettings().delta, help="paper objective's δ")
+    parser.add_argument("--output", default=None, help="calibration file to write (default: the user's settings file)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sailscope.core import calibration as cal
+    from sailscope.core.cli import load_model_from_args
+    from sailscope.core.sail import default_alpha
+
+    # 1. Check inputs before loading anything
+    seeds = parse_seeds(args.seeds)
+    prompts = read_prompts(args.prompts, args.limit)
+    # 2. Measure
+    pipe = load_model_from_args(args)
+
+    def progress(i: int, n: int) -> None:
+        if not args.json:
+            print(f"\rcalibrating: {i}/{n} prompts", end="" if i < n else "\n", file=sys.stderr, flush=True)
+
+    record = cal.measure(pipe, prompts, seeds, scheduler=args.scheduler, steps=args.steps, delta=args.delta,
+                         progress=progress)
+    path = cal.save_calibration(record, args.output)
+    # 3. Report
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+    summary = {"model": record.name, "key": record.key, "file": str(path), "n": record.n, "t": record.t,
+               "detection_threshold": record.detection_threshold(), "sail_threshold": {}}
+    for objective in ("paper", "reference"):
+        alpha = default_alpha(objective, pred)
+        summary["sail_threshold"][objective] = {
+            "alpha": alpha, "q0.9": record.sail_threshold(objective, alpha, quantile=0.9),
+            "q0.5": record.sail_threshold(objective, alpha, quantile=0.5),
+        }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"calibrated {record.name} on {record.n} prompt×seed values (t={record.t:g}); saved to {path}")
+        print(f"  step-1 sharpness detection threshold (q0.99): {summary['detection_threshold']:.6g}")
+        for objective, v in summary["sail_threshold"].items():
+            print(f"  SAIL {objective} threshold (alpha={v['alpha']:g}): q0.9 {v['q0.9']:.6g}  (median {v['q0.5']:.6g})")
+    return 0

@@ -1,0 +1,68 @@
+"""``sailscope detect``: memorization scores per prompt, one JSON line each, resumable."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sailscope.core.cli import add_model_arguments, load_model_from_args
+from sailscope.core.detect import score_prompts
+from sailscope.core.errors import UserInputError
+from sailscope.core.outputs import append_jsonl, json_safe, read_jsonl
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts", help="a .txt file (one prompt per line) or .jsonl (field caption or prompt)")
+    p.add_argument("--seeds", type=int, default=4, help="number of seeds (0..N-1); the paper uses 4")
+    p.add_argument("--first-steps", type=int, default=1, help="average the metric over the first K steps")
+    p.add_argument("--metric", choices=["sharpness", "wen"], default="sharpness")
+    p.add_argument("--hvp", choices=["exact", "fd"], default="fd")
+    p.add_argument("--steps", type=int, default=50, help="schedule length (timesteps as for a full run)")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--start", type=int, default=0, help="first prompt index (split a list across machines)")
+    p.add_argument("--end", type=int, default=None, help="one past the last prompt index")
+    p.add_argument("--out", default=None, help="JSONL output; re-running skips prompts already in it")
+    p.add_argument("--json", action="store_true", help="print JSON lines on stdout (default: also when no --out)")
+
+
+def read_prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"--prompts file not found: {path}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".jsonl":
+        prompts = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserInputError(f"--prompts line {i + 1} is not valid JSON") from None
+            prompts.append(row.get("caption") or row.get("prompt") or "")
+        return prompts
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    prompts = prompts[args.start: args.end]
+    done = [row["prompt"] for row in read_jsonl(args.out)] if args.out else []
+    if done:
+        print(f"sailscope: resuming: {len(done)} prompt(s) already in {args.out}", file=sys.stderr)
+    pipe = load_model_from_args(args)
+    for score in score_prompts(
+        pipe, prompts, skip=done, seeds=args.seeds, first_steps=args.first_steps, metric=args.metric,
+        hvp=args.hvp, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+    ):
+        row = score.to_dict()
+        if args.out:
+            append_jsonl(args.out, row)
+        if args.json or not args.out:
+            print(json.dumps(json_safe(row)), flush=True)
+    return 0

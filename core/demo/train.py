@@ -1,0 +1,373 @@
+"""Train the embedded demo model (Stable Diffusion architecture, 64x64) on the procedural data.
+
+One command, fixed seeds, resumable::
+
+    python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo
+
+Stages (each resumes from the newest checkpoint in ``run_dir``):
+
+1. build the deterministic dataset (:mod:`sailscope.core.demo.data`);
+2. train ``AutoencoderKL`` (64x64x3 -> 4x16x16) on reconstruction + a tiny KL term;
+3. encode every training image once (posterior mean) and set ``scaling_factor = 1 / std(latents)``;
+4. train ``CLIPTextModel`` + ``UNet2DConditionModel`` jointly on epsilon, SD's scaled-linear schedule
+   (beta 0.00085..0.012, 1000 steps), 10 % caption dropout (empty caption = unconditional), EMA of both;
+5. export a stock diffusers folder (DDIM scheduler, no safety checker), ``memorized.jsonl`` with the
+   training PNGs, ``heldout_prompts.txt`` and ``train_info.json`` (wall time, steps, configuration).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as demo_data
+from .tokenizer import build_clip_tokenizer, write_tokenizer_files
+
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    seed: int = 0
+    # data
+    n_general: int = 4000
+    n_exact: int = 12
+    n_template: int = 3
+    n_dup: int = 64
+    n_heldout: int = 120
+    # VAE
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 300
+    vae_batch: int = 24
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # text encoder
+    text_width: int = 96
+    text_layers: int = 3
+    text_heads: int = 4
+    # UNet
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_layers_per_block: int = 1
+    unet_head_dim: int = 8
+    unet_steps: int = 2400
+    unet_batch: int = 48
+    unet_lr: float = 6e-4
+    unet_warmup: int = 100
+    cond_dropout: float = 0.1
+    ema_decay: float = 0.998
+    # bookkeeping
+    ckpt_every: int = 100
+    export_every: int = 300
+    threads: int = 2
+
+    @classmethod
+    def tiny(cls, **kw) -> "TrainConfig":
+        """Smoke-test sizes (seconds on a CPU)."""
+        base = dict(n_general=32, n_exact=2, n_template=1, n_dup=4, n_heldout=12, vae_channels=(8, 8, 8),
+                    vae_steps=2, vae_batch=4, text_width=32, text_layers=1, text_heads=2, unet_channels=(16, 16, 16),
+                    unet_steps=2, unet_batch=4, unet_warmup=1, ckpt_every=1, export_every=0, unet_head_dim=4)
+        base.update(kw)
+        return cls(**base)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model factories
+# ----------------------------------------------------------------------------------------------
+def make_vae(cfg: TrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels), layers_per_block=1, norm_num_groups=min(8, cfg.vae_channels[0]),
+    )
+
+
+def make_text_encoder(cfg: TrainConfig):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tc = CLIPTextConfig(
+        vocab_size=49408, hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
+        hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=cfg.text_width,
+    )
+    return CLIPTextModel(tc)
+
+
+def make_unet(cfg: TrainConfig):
+    from diffusers import UNet2DConditionModel
+
+    ch = tuple(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers_per_block,
+        block_out_channels=ch,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.text_width, attention_head_dim=cfg.unet_head_dim, norm_num_groups=min(16, ch[0]),
+    )
+
+
+def make_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                         prediction_type="epsilon")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warmup then cosine decay to ``floor * peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def to_tensor_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".ckpt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDataset, info: dict, tokenizer=None) -> Path:
+    """Write a stock diffusers folder plus memorized.jsonl, PNGs, heldout_prompts.txt, train_info.json."""
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer or build_clip_tokenizer(), unet=unet,
+        scheduler=make_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    write_tokenizer_files(out / "tokenizer")  # vocab.json/merges.txt too, for older transformers
+    (out / "memorized").mkdir(exist_ok=True)
+    with open(out / "memorized.jsonl", "w") as f:
+        for i, item in enumerate(ds.memorized):
+            rel = f"memorized/{i:02d}_{item.kind}.png"
+            Image.fromarray(item.image).save(out / rel)
+            f.write(json.dumps({"caption": item.caption, "image": rel, "kind": item.kind}) + "\n")
+    (out / "heldout_prompts.txt").write_text("\n".join(ds.heldout) + "\n")
+    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
+          max_unet_steps: int | None = None) -> dict:
+    """Run (or resume) all stages; returns the info dict written to ``train_info.json``."""
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    run_dir, out = Path(run_dir), Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    meta = _load(run_dir / "meta.ckpt") or {"wall_s": {"vae": 0.0, "encode": 0.0, "unet": 0.0}, "config": asdict(cfg)}
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    # 1. Data
+    ds = demo_data.build_dataset(seed=cfg.seed, n_general=cfg.n_general, n_exact=cfg.n_exact,
+                                 n_template=cfg.n_template, n_dup=cfg.n_dup, n_heldout=cfg.n_heldout)
+    images = to_tensor_images(ds.images)
+    log(f"dataset: {len(ds.captions)} images, {len(ds.memorized)} memorized items, {len(ds.heldout)} held-out prompts")
+
+    # 2. VAE
+    torch.manual_seed(cfg.seed)
+    vae = make_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    st = _load(run_dir / "vae.ckpt")
+    step = 0
+    if st:
+        vae.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step = st["step"]
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if st and "gen" in st:
+        gen.set_state(st["gen"])
+    if step < cfg.vae_steps:
+        vae.train()
+        bar = tqdm(range(step, cfg.vae_steps), initial=step, total=cfg.vae_steps, desc="vae", disable=not progress,
+                   mininterval=5)
+        t0 = time.time()
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 30)
+            x = images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)]
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            rec = vae.decode(z).sample
+            loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.vae_steps:
+                meta["wall_s"]["vae"] += time.time() - t0; t0 = time.time()
+                _save(run_dir / "vae.ckpt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                                             "gen": gen.get_state()})
+                _save(run_dir / "meta.ckpt", meta)
+                if not progress:
+                    log(f"vae step {step + 1} loss {loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+
+    # 3. Latents
+    lat_path = run_dir / "latents.pt"
+    if lat_path.exists():
+        lat = torch.load(lat_path)
+    else:
+        t0 = time.time()
+        with torch.no_grad():
+            mu = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+            rec = torch.cat([vae.decode(mu[i:i + 256]).sample for i in range(0, len(mu), 256)])
+        rmse = ((rec.clamp(-1, 1) - images) / 2).pow(2).mean(dim=(1, 2, 3)).sqrt()
+        kinds = np.array(ds.kinds)
+        lat = {"mu": mu, "scale": float(1.0 / mu.std()), "rmse_general": float(rmse[kinds == "general"].mean()),
+               "rmse_memorized_max": float(rmse[kinds == "exact"].max())}
+        torch.save(lat, lat_path)
+        meta["wall_s"]["encode"] += time.time() - t0
+        _save(run_dir / "meta.ckpt", meta)
+    vae.register_to_config(scaling_factor=lat["scale"])
+    log(f"latents: scale {lat['scale']:.4f}, VAE recon RMSE general {lat['rmse_general']:.4f}, "
+        f"exact max {lat['rmse_memorized_max']:.4f}")
+    latents = lat["mu"] * lat["scale"]
+
+    # 4. Text encoder + UNet
+    tokenizer = build_clip_tokenizer()
+    tok = lambda caps: tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    unique_caps = sorted(set(ds.captions))
+    cap_index = {c: i for i, c in enumerate(unique_caps)}
+    cap_ids = torch.tensor([cap_index[c] for c in ds.captions])
+    cap_tokens = tok(unique_caps)
+    empty_tokens = tok([""])[0]
+
+    torch.manual_seed(cfg.seed + 2)
+    text_encoder, unet = make_text_encoder(cfg), make_unet(cfg)
+    ema_text, ema_unet = copy.deepcopy(text_encoder).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
+    params = list(text_encoder.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    noise_sched = DDPMScheduler(**SD_SCHEDULE)
+    st = _load(run_dir / "unet.ckpt")
+    step = 0
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    if st:
+        text_encoder.load_state_dict(st["text"]); unet.load_state_dict(st["unet"])
+        ema_text.load_state_dict(st["ema_text"]); ema_unet.load_state_dict(st["ema_unet"])
+        opt.load_state_dict(st["opt"]); step = st["step"]; gen.set_state(st["gen"])
+    n_params = {"vae": sum(p.numel() for p in vae.parameters()), "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+                "unet": sum(p.numel() for p in unet.parameters())}
+    log(f"params: {n_params}")
+
+    def info(done: int) -> dict:
+        return {"config": asdict(cfg), "unet_steps_done": done, "vae_steps_done": cfg.vae_steps,
+                "wall_s": dict(meta["wall_s"]), "wall_s_total": sum(meta["wall_s"].values()),
+                "vae_recon_rmse_general": lat["rmse_general"], "vae_recon_rmse_exact_max": lat["rmse_memorized_max"],
+                "scaling_factor": lat["scale"], "params": n_params, "torch": torch.__version__,
+                "command": "python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo"}
+
+    def do_export(done: int) -> None:
+        export_pipeline(out, vae, ema_text, ema_unet, ds, info(done), tokenizer)
+        log(f"exported EMA weights at unet step {done} to {out}")
+
+    end = cfg.unet_steps if max_unet_steps is None else min(cfg.unet_steps, max_unet_steps)
+    if step < end:
+        text_encoder.train(); unet.train()
+        bar = tqdm(range(step, end), initial=step, total=cfg.unet_steps, desc="unet", disable=not progress, mininterval=5)
+        t0 = time.time()
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup)
+            idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+            x0 = latents[idx]
+            ids = cap_tokens[cap_ids[idx]].clone()
+            drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.cond_dropout
+            ids[drop] = empty_tokens
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, 1000, (cfg.unet_batch,), generator=gen)
+            xt = noise_sched.add_noise(x0, noise, t)
+            cond = text_encoder(ids)[0]
+            loss = F.mse_loss(unet(xt, t, cond).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for m, e in ((text_encoder, ema_text), (unet, ema_unet)):
+                    for p, q in zip(m.parameters(), e.parameters()):
+                        q.lerp_(p, 1 - decay)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            done = step + 1
+            if done % cfg.ckpt_every == 0 or done == end:
+                meta["wall_s"]["unet"] += time.time() - t0; t0 = time.time()
+                _save(run_dir / "unet.ckpt", {"text": text_encoder.state_dict(), "unet": unet.state_dict(),
+                                              "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                                              "opt": opt.state_dict(), "step": done, "gen": gen.get_state()})
+                _save(run_dir / "meta.ckpt", meta)
+                if not progress:
+                    log(f"unet step {done} loss {loss.item():.4f}")
+            if cfg.export_every and done % cfg.export_every == 0 and done != end:
+                do_export(done)
+        step = end
+    do_export(step)
+    return info(step)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default="runs/demo", help="checkpoints (resumed when present)")
+    parser.add_argument("--out", default=None, help="export folder (default: the package's assets/models/demo)")
+    parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds)")
+    parser.add_argument("--unet-steps", type=int, default=None, help="total UNet steps (sets the LR schedule)")
+    parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
+    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a tqdm bar")
+
+
+def default_out() -> Path:
+    return Path(__file__).resolve().parents[2] / "assets" / "models" / "demo"
+
+
+def run(args: argparse.Namespace) -> int:
+    kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v is not None}
+    cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
+    info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at)
+    print(json.dumps({"unet_steps_done": info["unet_steps_done"], "wall_s": info["wall_s"]}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sailscope.core.demo.train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,707 @@
+"""SAIL: Sharpness-Aware Initialization for Latent diffusion (paper §5.1, DIGEST §4).
+
+Optimize the initial noise ``x_T`` so that the first sampling step sits in a smooth region of the
+conditional density; the prompt and the model stay untouched. Adam runs on the *unit-variance* noise
+(the tensor stock diffusers draws for the seed, before ``init_noise_sigma``) and is always fp32, even when
+the UNet runs in fp16/bf16 (the UNet sees a cast copy; gradients flow back through the cast).
+
+Notation (DIGEST §1):
+
+==============  ================================================================================
+``z``           the unit-variance initial noise, the optimized variable (``x_T`` in the paper)
+``x``           the UNet's VP input at step 1: ``x = c z`` with ``c = init_noise_sigma`` times the
+                ``scale_model_input`` factor at ``t_0`` (DDIM: ``c = 1``; Euler: ``sqrt(1+σ_max²)/sqrt(1+σ_max²) = 1``
+                up to how the scheduler defines its first sigma)
+``sigma``       VP ``sigma_t`` at ``t_0`` (``sqrt(1 - abar)``), about 0.998 for SD at ``t = 981``
+``eps_Δ``       ``eps_c(x) - eps_u(x)`` (eps space, what Wen's metric measures)
+``sΔ``          ``-eps_Δ / sigma`` (score space)
+``α, δ``        prior weight, finite-difference step of the paper objective
+==============  ================================================================================
+
+Objectives (per candidate, both cost two batched cond+uncond UNet calls forward, and their backward):
+
+* ``paper`` (the formula of §5.1, score space): ``L = ‖sΔ(x + δ sΔ(x)) - sΔ(x)‖² / δ² + α ‖z‖²``.
+  The first term is the forward-difference estimate of ``‖HΔ sΔ‖²`` (units: score², like the
+  ``sharpness`` metric at step 1); the paper prints it without the ``1/δ²``, which only rescales α and the
+  threshold. Gradients flow through both evaluations and through the perturbation ``δ sΔ(x)``.
+* ``reference`` (the authors' released proxy, eps space, unsquared):
+  ``u = eps_Δ(x) / ‖eps_Δ(x)‖``; ``L = ‖eps_Δ(x + u)‖ + α ‖z‖``; gradient flows through ``u``. Its
+  published thresholds (7.6–9.0 for SD 1.4 with α = 0.05, 4–6 for SD 2.0 with α = 0.01) are in these
+  units. Differences from the released loop, on purpose: eps space also for v-models (theirs uses the
+  score difference there, a factor ``1/sigma ≈ 1.002``), ``u`` recomputed at every step (theirs keeps the
+  first step's UNet input), fp32 Adam, no duplicate candidates, no silent threshold raising.
+
+A candidate is *accepted* when its loss is ``≤ threshold``, checked before each Adam step and once more
+after the last one; an accepted candidate leaves the batch (it costs no further UNet evaluations), and with
+``stop="first"`` an image stops searching at its first accepted candidate. When no candidate of an image
+reaches the threshold within ``max_steps`` the result says so (``converged=False``) and returns the
+lowest-loss iterate seen.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError
+
+Objective = Literal["paper", "reference"]
+OBJECTIVES: tuple[str, ...] = ("paper", "reference")
+STOP_RULES: tuple[str, ...] = ("first", "all")
+EpsPair = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+
+# α defaults. reference: the authors' values (SD 1.x eps models 0.05, SD 2.x v models 0.01).
+# paper: chosen so that, at SD-like magnitudes (‖eps_Δ‖ ≈ 2 at step 1, ‖z‖ = sqrt(d)), the prior's share of
+# the gradient matches the reference default: ∇(α'‖z‖²) / ∇‖e‖² = ∇(α‖z‖) / ∇‖e‖  =>  α' ≈ α ‖e‖ / ‖z‖.
+DEFAULT_ALPHA = {("reference", "epsilon"): 0.05, ("reference", "v_prediction"): 0.01,
+                 ("paper", "epsilon"): 1e-3, ("paper", "v_prediction"): 2e-4}
+
+
+def default_alpha(objective: str, prediction_type: str = "epsilon") -> float:
+    """The α used when :class:`SailSettings` leaves it unset."""
+    pred = "v_prediction" if prediction_type == "v_prediction" else "epsilon"
+    return DEFAULT_ALPHA[(objective, pred)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class SailSettings:
+    """Everything that determines SAIL's ``x_T`` besides the generation settings (seed, prompt, scheduler).
+
+    ``threshold``: a number in the objective's units, or ``"auto"`` (per-model calibration, see
+    :mod:`sailscope.core.calibration`). ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
+    noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None`` picks :func:`default_alpha`.
+    """
+
+    objective: Objective = "paper"
+    threshold: float | str = "auto"
+    max_steps: int = 10
+    candidates: int = 1
+    lr: float = 0.05
+    alpha: float | None = None
+    delta: float = 0.1
+    candidate_seed: int = 0
+    stop: Literal["first", "all"] = "first"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UserInputError(f"sail objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if isinstance(self.threshold, str):
+            if self.threshold != "auto":
+                raise UserInputError(f"sail threshold must be a number or 'auto', got {self.threshold!r}")
+        elif isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
+            raise UserInputError(f"sail threshold must be a finite number or 'auto', got {self.threshold!r}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or not 0 <= self.max_steps <= 1000:
+            raise UserInputError(f"sail max_steps must be an integer in [0, 1000], got {self.max_steps!r}")
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
+            raise UserInputError(f"sail candidates must be an integer in [1, 64], got {self.candidates!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserInputError(f"sail lr must be a finite number > 0, got {self.lr!r}")
+        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise UserInputError(f"sail alpha must be a finite number >= 0 (or unset), got {self.alpha!r}")
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0):
+            raise UserInputError(f"sail delta must be a finite number > 0, got {self.delta!r}")
+        if isinstance(self.candidate_seed, bool) or not isinstance(self.candidate_seed, int) or self.candidate_seed < 0:
+            raise UserInputError(f"sail candidate_seed must be an integer >= 0, got {self.candidate_seed!r}")
+        if self.stop not in STOP_RULES:
+            raise UserInputError(f"sail stop must be one of {', '.join(STOP_RULES)}, got {self.stop!r}")
+
+    def alpha_for(self, prediction_type: str = "epsilon") -> float:
+        return float(self.alpha) if self.alpha is not None else default_alpha(self.objective, prediction_type)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Objectives (small pure functions over an eps pair)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ObjectiveValue:
+    """Per-candidate loss and its two terms (shape ``(B,)``), still attached to the graph."""
+
+    loss: Tensor
+    sharpness: Tensor  # first term: paper ‖ΔsΔ‖²/δ² (score²), reference ‖eps_Δ(x+u)‖ (eps)
+    prior: Tensor  # ‖z‖² (paper) or ‖z‖ (reference), before α
+
+
+def _flat_norm(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).norm(dim=1)
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def paper_objective(eps_pair: EpsPair, z: Tensor, *, sigma: float, alpha: float, delta: float,
+                    scale: float = 1.0) -> ObjectiveValue:
+    """``‖sΔ(x + δ sΔ(x)) - sΔ(x)‖² / δ² + α ‖z‖²`` with ``x = scale · z`` (score space)."""
+    x = scale * z
+    eps_c, eps_u = eps_pair(x)
+    sd = -(eps_c - eps_u) / sigma
+    eps_c2, eps_u2 = eps_pair(x + delta * sd)
+    sd2 = -(eps_c2 - eps_u2) / sigma
+    sharp = _flat_norm(sd2 - sd) ** 2 / delta**2
+    prior = _flat_norm(z) ** 2
+    return ObjectiveValue(loss=sharp + alpha * prior, sharpness=sharp, prior=prior)
+
+
+def reference_objective(eps_pair: EpsPair, z: Tensor, *, alpha: float, scale: float = 1.0) -> ObjectiveValue:
+    """The authors' proxy ``‖eps_Δ(x + u)‖ + α ‖z‖`` with ``u = eps_Δ(x)/‖eps_Δ(x)‖`` (eps space)."""
+    x = scale * z
+    eps_c, eps_u = eps_pair(x)
+    ed = eps_c - eps_u
+    u = ed / _per_sample(_flat_norm(ed).clamp_min(1e-12), ed)
+    eps_c2, eps_u2 = eps_pair(x + u)
+    sharp = _flat_norm(eps_c2 - eps_u2)
+    prior = _flat_norm(z)
+    return ObjectiveValue(loss=sharp + alpha * prior, sharpness=sharp, prior=prior)
+
+
+def evaluate_objective(eps_pair: EpsPair, z: Tensor, settings: SailSettings, *, sigma: float, alpha: float,
+                       scale: float = 1.0) -> ObjectiveValue:
+    """The objective named by ``settings.objective``."""
+    if settings.objective == "paper":
+        return paper_objective(eps_pair, z, sigma=sigma, alpha=alpha, delta=settings.delta, scale=scale)
+    return reference_objective(eps_pair, z, alpha=alpha, scale=scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Adam (row-wise, fp32): rows are candidates; a row that left the batch keeps its state untouched
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RowAdam:
+    """``torch.optim.Adam`` (no weight decay, no amsgrad) applied to selected rows of one tensor."""
+
+    shape: tuple[int, ...]
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    m: Tensor = field(init=False)
+    v: Tensor = field(init=False)
+    count: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.m = torch.zeros(self.shape, dtype=torch.float32)
+        self.v = torch.zeros(self.shape, dtype=torch.float32)
+        self.count = torch.zeros(self.shape[0], dtype=torch.int64)
+
+    def step(self, z: Tensor, rows: Tensor, grad: Tensor) -> None:
+        """Update ``z[rows]`` in place with gradients ``grad`` (one row per entry of ``rows``)."""
+        b1, b2 = self.betas
+        g = grad.to(torch.float32)
+        self.count[rows] += 1
+        k = self.count[rows].to(torch.float64)
+        m = self.m[rows].mul_(b1).add_(g, alpha=1 - b1)
+        v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.m[rows], self.v[rows] = m, v
+        bc1 = _per_sample((1 - b1**k).to(torch.float32), g)
+        bc2 = _per_sample((1 - b2**k).sqrt().to(torch.float32), g)
+        z[rows] -= self.lr * (m / bc1) / (v.sqrt() / bc2 + self.eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Records and results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SailStep:
+    """One objective evaluation of the active candidates (step 0 = at the initial noises)."""
+
+    step: int
+    max_steps: int
+    loss: list[float | None]  # per candidate (None: not evaluated at this step)
+    sharpness: list[float | None]  # first term, same units as the objective
+    prior: list[float | None]  # ‖z‖² (paper) or ‖z‖ (reference)
+    accepted: list[int]  # candidates accepted at this step
+    threshold: float
+    elapsed: float
+    unet_calls: int  # cumulative batched UNet calls so far
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SailResult:
+    """The chosen initial noise per image and how it was found.
+
+    ``x_T`` is unit-variance (like :func:`~sailscope.core.generate.initial_noise`), CPU fp32, one row per
+    image. ``chosen[i]`` is a candidate index within image ``i`` (0 = the seed's own ``x_T``);
+    ``steps[i]`` the Adam updates it received. ``unet_calls`` counts batched UNet calls (each evaluates cond
+    and uncond for the active candidates), ``unet_rows`` the candidate-evaluations inside them.
+    """
+
+    x_T: Tensor
+    converged: list[bool]
+    chosen: list[int]
+    steps: list[int]
+    loss: list[float]
+    initial_loss: list[float]
+    trace: list[SailStep]
+    threshold: float
+    threshold_source: str
+    objective: str
+    alpha: float
+    settings: SailSettings
+    candidate_image: list[int]  # image index of each candidate (trace columns)
+    candidate_seeds: list[int | None]  # None: the seed's stock x_T
+    unet_calls: int
+    unet_rows: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def all_converged(self) -> bool:
+        return all(self.converged)
+
+    def report(self) -> dict:
+        return {
+            "objective": self.objective, "alpha": self.alpha, "threshold": self.threshold,
+            "threshold_source": self.threshold_source, "settings": self.settings.to_dict(),
+            "converged": self.converged, "chosen": self.chosen, "steps": self.steps, "loss": self.loss,
+            "initial_loss": self.initial_loss, "candidate_image": self.candidate_image,
+            "candidate_seeds": self.candidate_seeds, "unet_calls": self.unet_calls, "unet_rows": self.unet_rows,
+            "seconds": self.seconds, "warnings": list(self.warnings), "trace": [s.to_dict() for s in self.trace],
+        }
+
+
+class _CountingEpsPair:
+    def __init__(self, fn: EpsPair) -> None:
+        self.fn, self.calls, self.rows = fn, 0, 0
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.fn(x)
+
+
+def _is_cancelled(cancel: Callable[[], bool] | threading.Event | None) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+
+
+def _opt(v: Tensor, rows: list[int], n: int) -> list[float | None]:
+    out: list[float | None] = [None] * n
+    for j, r in enumerate(rows):
+        out[r] = float(v[j])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The optimizer (model-agnostic: any eps pair, Gaussian oracles included)
+# ----------------------------------------------------------------------------------------------
+def iter_optimize(
+    eps_pair: EpsPair,
+    z0: Tensor,
+    settings: SailSettings,
+    *,
+    sigma: float,
+    threshold: float,
+    alpha: float,
+    scale: float = 1.0,
+    candidate_image: Sequence[int] | None = None,
+    candidate_seeds: Sequence[int | None] | None = None,
+    threshold_source: str = "user setting",
+    cancel: Callable[[], bool] | threading.Event | None = None,
+) -> Iterator[SailStep | SailResult]:
+    """Run SAIL on candidates ``z0`` (K, ...); yields a :class:`SailStep` per evaluation, then the result.
+
+    ``candidate_image[k]`` is the image candidate ``k`` belongs to (default: all image 0); the result has
+    one row per image. ``eps_pair`` must accept any batch size (rows are independent).
+    """
+    start = time.perf_counter()
+    counted = _CountingEpsPair(eps_pair)
+    k_total = z0.shape[0]
+    groups = list(candidate_image) if candidate_image is not None else [0] * k_total
+    if len(groups) != k_total:
+        raise UserInputError(f"candidate_image has {len(groups)} entries for {k_total} candidates")
+    n_images = max(groups) + 1
+    z = z0.detach().to("cpu", torch.float32).clone()
+    device = z0.device
+    adam = RowAdam(tuple(z.shape), lr=float(settings.lr))
+    active = list(range(k_total))
+    accepted_step = [-1] * k_total
+    accepted_z: dict[int, Tensor] = {}
+    accepted_loss: dict[int, float] = {}
+    best_loss = [math.inf] * k_total
+    best_z = z.clone()
+    best_steps = [0] * k_total
+    initial_loss = [math.nan] * k_total
+    image_done = [False] * n_images
+    trace: list[SailStep] = []
+
+    for step in range(settings.max_steps + 1):
+        if _is_cancelled(cancel):
+            raise Cancelled(f"SAIL cancelled before step {step} of {settings.max_steps}")
+        need_grad = step < settings.max_steps
+        rows = torch.tensor(active, dtype=torch.long)
+        zi = z[rows].to(device).requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            val = evaluate_objective(counted, zi, settings, sigma=sigma, alpha=alpha, scale=scale)
+        loss = val.loss.detach().to("cpu", torch.float64)
+        newly: list[int] = []
+        for j, r in enumerate(active):
+            lv = float(loss[j])
+            if step == 0:
+                initial_loss[r] = lv
+            if lv < best_loss[r]:  # NaN never wins
+                best_loss[r], best_steps[r] = lv, step
+                best_z[r] = z[r]
+            if lv <= threshold:
+                accepted_step[r], accepted_z[r], accepted_loss[r] = step, z[r].clone(), lv
+                newly.append(r)
+        if all(not math.isfinite(float(v)) for v in loss) and step == 0:
+            raise NonFiniteError("SAIL objective is not finite at the initial noise (NaN/inf from the model)", step=0)
+        for r in newly:
+            image_done[groups[r]] = True
+        trace.append(SailStep(
+            step=step, max_steps=settings.max_steps, loss=_opt(loss, active, k_total),
+            sharpness=_opt(val.sharpness.detach().cpu(), active, k_total),
+            prior=_opt(val.prior.detach().cpu(), active, k_total), accepted=newly, threshold=threshold,
+            elapsed=time.perf_counter() - start, unet_calls=counted.calls,
+        ))
+        yield trace[-1]
+        keep = [j for j, r in enumerate(active)
+                if accepted_step[r] < 0 and not (settings.stop == "first" and image_done[groups[r]])]
+        if not need_grad or not keep:
+            break
+        keep_t = torch.tensor(keep, dtype=torch.long)
+        lk = val.loss[keep_t.to(val.loss.device)]
+        lk = torch.where(torch.isfinite(lk), lk, torch.zeros_like(lk))  # a NaN row must not poison the others
+        (grad,) = torch.autograd.grad(lk.sum(), zi)
+        adam.step(z, rows[keep_t], grad[keep_t.to(grad.device)].detach().to("cpu", torch.float32))
+        active = [active[j] for j in keep]
+
+    # choose per image: earliest accepted candidate (lowest index on ties), else the lowest loss seen
+    x_T, converged, chosen, steps, losses, warnings = [], [], [], [], [], []
+    for i in range(n_images):
+        members = [r for r in range(k_total) if groups[r] == i]
+        acc = [r for r in members if accepted_step[r] >= 0]
+        if acc:
+            r = min(acc, key=lambda c: (accepted_step[c], c))
+            x_T.append(accepted_z[r]); converged.append(True); steps.append(accepted_step[r]); losses.append(accepted_loss[r])
+        else:
+            r = min(members, key=lambda c: (best_loss[c] if math.isfinite(best_loss[c]) else math.inf, c))
+            x_T.append(best_z[r].clone()); converged.append(False); steps.append(best_steps[r]); losses.append(best_loss[r])
+            warnings.append(
+                f"SAIL did not reach the threshold {threshold:.4g} for image {i} within {settings.max_steps} steps "
+                f"({len(members)} candidate(s)); using the lowest-loss noise found (loss {best_loss[r]:.4g}, "
+                f"candidate {members.index(r)}, step {best_steps[r]})"
+            )
+        chosen.append(members.index(r))
+    yield SailResult(
+        x_T=torch.stack(x_T), converged=converged, chosen=chosen, steps=steps, loss=losses,
+        initial_loss=[initial_loss[[r for r in range(k_total) if groups[r] == i][0]] for i in range(n_images)],
+        trace=trace, threshold=threshold, threshold_source=threshold_source, objective=settings.objective,
+        alpha=alpha, settings=settings, candidate_image=groups,
+        candidate_seeds=list(candidate_seeds) if candidate_seeds is not None else [None] * k_total,
+        unet_calls=counted.calls, unet_rows=counted.rows, seconds=time.perf_counter() - start, warnings=warnings,
+    )
+
+
+def optimize(eps_pair: EpsPair, z0: Tensor, settings: SailSettings, **kwargs: Any) -> SailResult:
+    """Consume :func:`iter_optimize` and return its :class:`SailResult`."""
+    result = None
+    for item in iter_optimize(eps_pair, z0, settings, **kwargs):
+        result = item
+    assert isinstance(result, SailResult)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Candidates
+# ----------------------------------------------------------------------------------------------
+def candidate_seed(seed: int, k: int, salt: int = 0) -> int:
+    """The torch seed of extra candidate ``k >= 1`` of the image with ``seed`` (never ``seed + j``-style)."""
+    state = np.random.SeedSequence([int(seed), int(salt), int(k), 0x5A11]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) % (2**63 - 1)
+
+
+def draw_candidates(stock: Tensor, seeds: Sequence[int], settings: SailSettings) -> tuple[Tensor, list[int], list[int | None]]:
+    """Candidates for every image: row 0 of each is the stock ``x_T``, then ``candidates - 1`` distinct draws.
+
+    ``stock`` is ``(N, C, H, W)`` (one row per image, seeds ``seeds``). Returns ``(z0, image_of_row, seed_of_row)``.
+    A draw equal to any earlier candidate (any image) is redrawn with the next salt, so there are no duplicates.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    def key(t: Tensor) -> bytes:
+        return t.contiguous().numpy().tobytes()
+
+    stock = stock.detach().to("cpu", torch.float32)
+    seen = {key(stock[i]) for i in range(stock.shape[0])}
+    out_rows, out_groups, out_seeds = [], [], []
+    for i in range(stock.shape[0]):
+        out_rows.append(stock[i]); out_groups.append(i); out_seeds.append(None)
+        for k in range(1, settings.candidates):
+            salt = settings.candidate_seed
+            while True:
+                s = candidate_seed(seeds[i], k, salt)
+                g = torch.Generator("cpu").manual_seed(s)
+                t = randn_tensor(tuple(stock.shape[1:]), generator=g, device=torch.device("cpu"), dtype=torch.float32)
+                if key(t) not in seen:
+                    break
+                salt += 1_000_003
+            seen.add(key(t))
+            out_rows.append(t); out_groups.append(i); out_seeds.append(s)
+    return torch.stack(out_rows), out_groups, out_seeds
+
+
+# ----------------------------------------------------------------------------------------------
+# Diffusers edge: first-step geometry and the pipeline-level entry points
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FirstStep:
+    """The UNet's view of ``x_T``: timestep, noise level and the scale from unit noise to the VP input."""
+
+    t: Tensor
+    abar: float
+    sigma: float
+    scale: float  # x = scale * z
+
+
+def first_step(pipe: Any, settings: Any) -> FirstStep:
+    """``t_0``, ``abar`` and ``x = scale · z`` for the settings' scheduler (minds ``init_noise_sigma``)."""
+    from sailscope.core.generate import make_scheduler, noise_level
+    from sailscope.core.score import DiffusersScoreModel
+
+    scheduler = make_scheduler(pipe, settings.scheduler)
+    scheduler.set_timesteps(settings.steps, device=torch.device("cpu"))
+    t0 = scheduler.timesteps[0]
+    probe = torch.full((1, 1), float(scheduler.init_noise_sigma), dtype=torch.float32)
+    scale = float(scheduler.scale_model_input(probe, t0).reshape(-1)[0])
+    abar = noise_level(scheduler, DiffusersScoreModel.from_pipeline(pipe), 0, t0)
+    return FirstStep(t=t0, abar=float(abar), sigma=(1.0 - float(abar)) ** 0.5, scale=scale)
+
+
+def diffusers_eps_pair(pipe: Any, first: FirstStep, cond: Tensor, uncond: Tensor) -> EpsPair:
+    """``x -> (eps_c, eps_u)`` at step 1 for any batch size (embeddings broadcast), fp32 out."""
+    from sailscope.core.score import DiffusersScoreModel
+
+    model = DiffusersScoreModel.from_pipeline(pipe)
+    device = model.device
+    c1, u1 = cond[:1], uncond[:1]
+    t = first.t.to(device) if torch.is_tensor(first.t) else first.t
+
+    def eps_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+        b = x.shape[0]
+        return model.eps_pair_raw(x.to(device), t, c1.expand(b, *c1.shape[1:]), u1.expand(b, *u1.shape[1:]),
+                                  abar=first.abar)
+
+    return eps_pair
+
+
+def prediction_type(pipe: Any) -> str:
+    return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
+def iter_sail(
+    pipe: Any,
+    settings: Any,
+    sail: SailSettings,
+    *,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+) -> Iterator[SailStep | SailResult]:
+    """SAIL for a pipeline and :class:`~sailscope.core.generate.GenerationSettings`: progress, then result.
+
+    Candidate 0 of image ``i`` is exactly the noise stock diffusers draws for seed ``seed + i``.
+    """
+    from sailscope.core.calibration import resolve_threshold
+    from sailscope.core.generate import check_settings, encode, initial_noise
+
+    # 1. Check inputs
+    if not isinstance(sail, SailSettings):
+        raise UserInputError(f"sail must be SailSettings, got {type(sail).__name__}")
+    unet_cfg = pipe.unet.config
+    n_down = len(unet_cfg.block_out_channels) - 1
+    check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
+    alpha = sail.alpha_for(prediction_type(pipe))
+    # 2. Threshold (before any model work: a missing calibration fails fast)
+    threshold, source = resolve_threshold(pipe, sail, alpha=alpha, settings=settings)
+    # 3. Embeddings and first-step geometry
+    device = pipe._execution_device
+    with torch.no_grad():
+        cond, uncond, _ = encode(pipe, replace(settings, num_images=1), device)
+    first = first_step(pipe, settings)
+    # 4. Candidates
+    stock = initial_noise(pipe, settings)
+    seeds = [settings.seed + i for i in range(settings.num_images)]
+    z0, groups, row_seeds = draw_candidates(stock, seeds, sail)
+    # 5. Optimize
+    yield from iter_optimize(
+        diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
+        alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
+        threshold_source=source, cancel=cancel,
+    )
+
+
+def run_sail(pipe: Any, settings: Any, sail: SailSettings, **kwargs: Any) -> SailResult:
+    """Consume :func:`iter_sail`."""
+    result = None
+    for item in iter_sail(pipe, settings, sail, **kwargs):
+        result = item
+    assert isinstance(result, SailResult)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Pair generation: original (seed's x_T, prompt as given) and mitigated (SAIL x_T, or RTA's prompt)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PairResult:
+    """Both runs of one mitigation pair, everything else identical.
+
+    ``mitigation`` is the :class:`SailResult` (or :class:`~sailscope.core.rta.RtaResult`);
+    ``mitigated_seconds`` = mitigation time + the mitigated run's sampling time (the cost the user waits for).
+    """
+
+    original: Any  # GenerationResult
+    mitigated: Any  # GenerationResult
+    mitigation: Any  # SailResult | RtaResult
+    method: str
+
+    @property
+    def mitigated_seconds(self) -> float:
+        return float(self.mitigation.seconds) + float(self.mitigated.seconds)
+
+    def report(self) -> dict:
+        return {
+            "method": self.method, "mitigation": self.mitigation.report(),
+            "original": self.original.report(), "mitigated": self.mitigated.report(),
+            "original_seconds": self.original.seconds, "mitigated_seconds": self.mitigated_seconds,
+        }
+
+
+def generate_pair(
+    pipe: Any,
+    settings: Any,
+    mitigation: Any,
+    *,
+    probes: Sequence[Any] = (),
+    cancel: Callable[[], bool] | threading.Event | None = None,
+    run_original: bool = True,
+) -> Iterator[Any]:
+    """Stream a mitigation pair: mitigation progress, then both runs' step records, then a :class:`PairResult`.
+
+    Yields, in order: :class:`SailStep` items and the :class:`SailResult` (SAIL) or the
+    :class:`~sailscope.core.rta.RtaResult` (RTA); the original run's ``StepRecord`` s (``run="original"``)
+    and its ``GenerationResult``; the mitigated run's (``run="sail"`` or ``"rta"``); finally the
+    :class:`PairResult`. ``mitigation`` is a :class:`SailSettings` or :class:`~sailscope.core.rta.RtaSettings`.
+    """
+    from sailscope.core.generate import GenerationResult, generate
+    from sailscope.core.rta import RtaSettings, iter_rta
+
+    # 1. Mitigation plan: a new x_T (SAIL) or new settings (RTA)
+    if isinstance(mitigation, SailSettings):
+        method, result = "sail", None
+        for item in iter_sail(pipe, settings, mitigation, cancel=cancel):
+            yield item
+            result = item
+        x_T, mitigated_settings = result.x_T, settings
+    elif isinstance(mitigation, RtaSettings):
+        method, result = "rta", None
+        for item in iter_rta(pipe, settings, mitigation):
+            yield item
+            result = item
+        x_T, mitigated_settings = None, result.settings
+    else:
+        raise UserInputError(f"mitigation must be SailSettings or RtaSettings, got {type(mitigation).__name__}")
+    # 2. Original run (the seed's x_T)
+    original = None
+    if run_original:
+        for item in generate(pipe, settings, probes=probes, cancel=cancel, run="original"):
+            yield item
+            if isinstance(item, GenerationResult):
+                original = item
+    # 3. Mitigated run
+    mitigated = None
+    for item in generate(pipe, mitigated_settings, x_T=x_T, probes=probes, cancel=cancel, run=method):
+        yield item
+        if isinstance(item, GenerationResult):
+            mitigated = item
+    if mitigated is not None:
+        mitigated.warnings = list(result.warnings) + list(mitigated.warnings)
+    yield PairResult(original=original, mitigated=mitigated, mitigation=result, method=method)
+
+
+def run_pair(pipe: Any, settings: Any, mitigation: Any, **kwargs: Any) -> PairResult:
+    """Consume :func:`generate_pair` and return the :class:`PairResult`."""
+    pair = None
+    for item in generate_pair(pipe, settings, mitigation, **kwargs):
+        if isinstance(item, PairResult):
+            pair = item
+    assert pair is not None
+    return pair
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI helpers (the lead wires these into ``sailscope generate``)
+# ----------------------------------------------------------------------------------------------
+def _threshold_arg(text: str) -> float | str:
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sail-threshold must be a number or 'auto', got {text!r}") from None
+
+
+def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sail`` and its options, plus ``--rta N`` (Random Token Addition baseline)."""
+    d = SailSettings()
+    g = parser.add_argument_group("mitigation (SAIL, or the RTA baseline)")
+    g.add_argument("--sail", action="store_true", help="also generate the SAIL-mitigated image (a pair)")
+    g.add_argument("--sail-objective", choices=OBJECTIVES, default=d.objective,
+                   help="paper: ‖sΔ(x+δsΔ)-sΔ(x)‖²/δ²+α‖x‖² (score space); reference: the authors' eps-space proxy")
+    g.add_argument("--sail-threshold", type=_threshold_arg, default=d.threshold,
+                   help="accept a noise when its loss is <= this; 'auto' = this model's calibration")
+    g.add_argument("--sail-max-steps", type=int, default=d.max_steps, help="Adam steps per candidate (cap)")
+    g.add_argument("--sail-candidates", type=int, default=d.candidates,
+                   help="noises optimized together (1 = only the seed's own)")
+    g.add_argument("--sail-lr", type=float, default=d.lr, help="Adam learning rate")
+    g.add_argument("--sail-alpha", type=float, default=None, help="prior weight α (default: per objective and model)")
+    g.add_argument("--sail-delta", type=float, default=d.delta, help="finite-difference step δ of the paper objective")
+    g.add_argument("--rta", type=int, default=None, metavar="N",
+                   help="baseline instead of SAIL: add N random tokens to the prompt (Random Token Addition)")
+
+
+def sail_settings_from_args(args: argparse.Namespace) -> SailSettings | None:
+    """The :class:`SailSettings` of ``--sail ...`` (None without ``--sail``)."""
+    if not getattr(args, "sail", False):
+        return None
+    return SailSettings(
+        objective=args.sail_objective, threshold=args.sail_threshold, max_steps=args.sail_max_steps,
+        candidates=args.sail_candidates, lr=args.sail_lr, alpha=args.sail_alpha, delta=args.sail_delta,
+    )
+
+
+def mitigation_from_args(args: argparse.Namespace) -> Any:
+    """``SailSettings`` (``--sail``), ``RtaSettings`` (``--rta N``) or None; both at once is an error."""
+    sail = sail_settings_from_args(args)
+    n = getattr(args, "rta", None)
+    if sail is not None and n is not None:
+        raise UserInputError("--sail and --rta are alternatives; pass one")
+    if n is not None:
+        from sailscope.core.rta import RtaSettings
+
+        return RtaSettings(tokens=n)
+    return sail
+
+
+__all__ = [
+    "SailSettings", "SailResult", "SailStep", "PairResult", "ObjectiveValue", "FirstStep", "RowAdam",
+    "paper_objective", "reference_objective", "evaluate_objective", "iter_optimize", "optimize",
+    "candidate_seed", "draw_candidates", "first_step", "diffusers_eps_pair", "iter_sail", "run_sail",
+    "generate_pair", "run_pair", "add_sail_arguments", "sail_settings_from_args", "mitigation_from_args",
+    "default_alpha", "OBJECTIVES",
+]

@@ -1,0 +1,110 @@
+"""Eigen-spectra of score Jacobians (DIGEST §5, issue 4): one entry point, :func:`spectrum_at`.
+
+The spectrum of ``H = ∂s/∂x`` (the Hessian of ``log p_t``) at one latent and timestep, for the
+conditional density, the unconditional one or their difference (``which = cond | uncond | delta``):
+
+==========  ==========================================================================================
+method      what it computes
+==========  ==========================================================================================
+arnoldi     ``k`` eigenvalues (complex Ritz values) by thick-restarted Arnoldi on ``v -> H v``
+lanczos     ``k`` eigenvalues of the symmetric part ``(H + Hᵀ)/2`` (JVP + VJP per vector), or of ``H`` itself
+            with ``assume_symmetric=True`` (closed-form oracles, whose Hessians are symmetric)
+dense       the whole spectrum from the full Jacobian (``d`` batched JVPs, ``torch.linalg.eig``)
+slq         the spectral density by stochastic Lanczos quadrature (symmetric part, like ``lanczos``)
+==========  ==========================================================================================
+
+``target`` picks which end: ``magnitude`` (largest ``|λ|``, the paper's Arnoldi), ``most_negative`` or
+``most_positive`` (by real part). Results are :class:`Spectrum` dataclasses with relative residuals,
+per-value convergence, HVP counts and seconds. Operators and solvers live in ``spectra_operators`` and
+``spectra_solvers`` and are re-exported here.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sailscope.core.errors import UserInputError
+from sailscope.core.metrics import DEFAULT_FD_STEP
+from sailscope.core.spectra_operators import (  # noqa: F401  (re-exports)
+    HVP_CHOICES, WHICH_CHOICES, HvpCounter, LinearOp, ScoreSource, dense_matrix, diffusers_score_factory,
+    matrix_operator, score_jacobian, score_jacobian_transpose, symmetric_part, symmetrized_score_jacobian,
+)
+from sailscope.core.spectra_solvers import (  # noqa: F401  (re-exports)
+    TARGET_CHOICES, PositiveCount, SpectralDensity, Spectrum, arnoldi, count_positive, dense_spectrum,
+    krylov_schur, lanczos, slq,
+)
+
+Method = Literal["arnoldi", "lanczos", "dense", "slq"]
+METHOD_CHOICES = ("arnoldi", "lanczos", "dense", "slq")
+
+
+def spectrum_operator(
+    gs: ScoreSource,
+    x: Tensor,
+    *,
+    which: str = "delta",
+    method: str = "arnoldi",
+    hvp: str = "exact",
+    chunk: int = 16,
+    assume_symmetric: bool = False,
+    fd_step: float = DEFAULT_FD_STEP,
+) -> LinearOp:
+    """The operator a ``method`` runs on: ``H`` (arnoldi, dense) or its symmetric part (lanczos, slq)."""
+    if method not in METHOD_CHOICES:
+        raise UserInputError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+    if method in ("arnoldi", "dense") or assume_symmetric:
+        op = score_jacobian(gs, x, which=which, method=hvp, chunk=chunk, fd_step=fd_step)
+        if assume_symmetric:
+            op.symmetric = True
+            op.description += " (assumed symmetric)"
+        return op
+    if hvp != "exact":
+        raise UserInputError(f"method {method!r} needs the transpose product (hvp='exact'), or assume_symmetric=True")
+    return symmetrized_score_jacobian(gs, x, which=which, chunk=chunk)
+
+
+def spectrum_at(
+    gs: ScoreSource,
+    x: Tensor,
+    which: str = "delta",
+    k: int = 20,
+    method: str = "arnoldi",
+    *,
+    target: str = "magnitude",
+    hvp: str = "exact",
+    tol: float | None = None,
+    m: int | None = None,
+    chunk: int = 16,
+    assume_symmetric: bool = False,
+    probes: int = 8,
+    steps: int = 40,
+    sigma: float | None = None,
+    generator: torch.Generator | None = None,
+    verify: bool = False,
+) -> Spectrum:
+    """The spectrum of ``H_which`` at latent ``x`` (shape ``(1, *latent)``) for one sampling step.
+
+    ``gs`` is a :class:`~sailscope.core.score.GuidedScore` (batch-agnostic) or a factory ``n -> GuidedScore``
+    (see :func:`diffusers_score_factory`). For ``slq`` the returned :class:`Spectrum` has no eigenvalues and
+    carries ``density``; ``k`` is ignored there. For ``dense``, ``k`` limits the values returned.
+    """
+    # 1. Check inputs
+    if method not in METHOD_CHOICES:
+        raise UserInputError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+    if target not in TARGET_CHOICES:
+        raise UserInputError(f"target must be one of {', '.join(TARGET_CHOICES)}, got {target!r}")
+    # 2. Operator
+    op = spectrum_operator(gs, x, which=which, method=method, hvp=hvp, chunk=chunk, assume_symmetric=assume_symmetric)
+    # 3. Solve
+    if method == "dense":
+        return dense_spectrum(op, min(k, op.dim) if k else None, target=target, chunk=chunk, tol=tol)
+    if method == "slq":
+        dens = slq(op, probes=probes, steps=steps, sigma=sigma, generator=generator)
+        empty = torch.zeros(0, dtype=torch.complex128)
+        return Spectrum(eigenvalues=empty, residuals=torch.zeros(0, dtype=torch.float64),
+                        converged=torch.zeros(0, dtype=torch.bool), method="slq", target=target, tol=0.0,
+                        hvps=dens.hvps, seconds=dens.seconds, dim=op.dim, operator=op.description, density=dens)
+    solver = arnoldi if method == "arnoldi" else lanczos
+    return solver(op, k, target=target, tol=tol, m=m, generator=generator, verify=verify)
