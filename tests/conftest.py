@@ -1,0 +1,31 @@
+"""Shared fixtures: seeded tiny random-weight SD pipelines (no files, no network)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from sailscope.core.testing import tiny_pipeline
+
+    return tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_v():
+    from sailscope.core.testing import tiny_pipeline
+
+    return tiny_pipeline(seed=0, prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_pipe):
+    """The tiny pipeline saved as a diffusers folder (safetensors), for loading/CLI tests."""
+    path = tmp_path_factory.mktemp("tiny-sd")
+    tiny_pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
