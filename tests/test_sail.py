@@ -1,0 +1,282 @@
+"""SAIL optimizer on closed-form Gaussian scores (DIGEST §3): objective values, minimizer, gradients, Adam,
+early stop, no convergence, candidates, settings validation. No diffusers model involved."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sailscope.core.errors import UserInputError
+from sailscope.core.oracles import Gaussian, GaussianMixture, guided_from_models
+from sailscope.core.sail import (RowAdam, SailResult, SailSettings, SailStep, draw_candidates, iter_optimize,
+                                 optimize, paper_objective, reference_objective)
+
+D = 6
+
+
+def gaussians(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cond = Gaussian.random(D, generator=g, dtype=dtype, eig_range=(0.5, 3.0))
+    uncond = Gaussian.random(D, generator=g, dtype=dtype, eig_range=(0.8, 1.5))
+    return cond, uncond
+
+
+def affine_delta(cond, uncond):
+    """sΔ(x) = A x + b with A = HΔ = P_u - P_c, b = P_c μ_c - P_u μ_u."""
+    a = uncond.precision - cond.precision
+    b = cond.precision @ cond.mean - uncond.precision @ uncond.mean
+    return a, b
+
+
+# ----------------------------------------------------------------------------------------------
+# Objective values against hand computation
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sigma,scale,delta", [(1.0, 1.0, 0.1), (0.7, 0.9, 0.01)])
+def test_paper_objective_equals_hessian_times_score_on_gaussians(sigma, scale, delta):
+    cond, uncond = gaussians(torch.float64)
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond, sigma=sigma).eps_pair
+    z = torch.randn(3, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alpha = 0.3
+    val = paper_objective(eps_pair, z, sigma=sigma, alpha=alpha, delta=delta, scale=scale)
+    x = scale * z
+    sd = x @ a.T + b
+    # sΔ is affine, so the finite difference is exact for every δ: ‖A sΔ(x)‖²
+    want_sharp = ((sd @ a.T) ** 2).sum(1)
+    want_prior = (z**2).sum(1)
+    torch.testing.assert_close(val.sharpness, want_sharp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(val.prior, want_prior, rtol=1e-12, atol=0)
+    torch.testing.assert_close(val.loss, want_sharp + alpha * want_prior, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_objective_hand_computed_on_gaussians():
+    sigma, scale, alpha = 0.8, 1.1, 0.05
+    cond, uncond = gaussians(torch.float64)
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond, sigma=sigma).eps_pair
+    z = torch.randn(4, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    val = reference_objective(eps_pair, z, alpha=alpha, scale=scale)
+    x = scale * z
+    eps_delta = -sigma * (x @ a.T + b)  # eps = -sigma s
+    u = eps_delta / eps_delta.norm(dim=1, keepdim=True)
+    want = (-sigma * ((x + u) @ a.T + b)).norm(dim=1)  # unsquared, no subtraction of eps_Δ(x)
+    torch.testing.assert_close(val.sharpness, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(val.loss, want + alpha * z.norm(dim=1), rtol=1e-10, atol=1e-12)
+
+
+def test_paper_objective_minimizer_is_the_closed_form_one():
+    # L(x) = ‖A(Ax+b)‖² + α‖x‖²  =>  x* = -(A⁴ + αI)⁻¹ A³ b  (A symmetric)
+    cond, uncond = gaussians(torch.float32, seed=3)
+    a, b = affine_delta(cond, uncond)
+    alpha = 0.5
+    a64, b64 = a.double(), b.double()
+    x_star = -torch.linalg.solve(torch.linalg.matrix_power(a64, 4) + alpha * torch.eye(D, dtype=torch.float64),
+                                 torch.linalg.matrix_power(a64, 3) @ b64)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    z0 = torch.zeros(1, D)
+    s = SailSettings(objective="paper", threshold=-1.0, max_steps=1000, lr=0.02, alpha=alpha)
+    res = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=alpha)
+    assert res.converged == [False]  # a threshold below 0 can never be met
+    # Adam with lr 0.02 hovers within ~lr of the optimum
+    assert (res.x_T[0].double() - x_star).abs().max() < 0.02
+    l_star = float((((a64 @ (a64 @ x_star + b64)) ** 2).sum()) + alpha * (x_star**2).sum())
+    assert res.loss[0] == pytest.approx(l_star, rel=1e-3, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients against central finite differences (nonlinear mixture score, fp64)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("objective", ["paper", "reference"])
+def test_objective_gradient_matches_finite_differences(objective):
+    g = torch.Generator().manual_seed(4)
+    cond = GaussianMixture.random(4, components=3, generator=g, spread=1.5)
+    uncond = GaussianMixture.random(4, components=2, generator=g, spread=1.0)
+    eps_pair = guided_from_models(cond, uncond, sigma=0.9).eps_pair
+
+    def loss(z):
+        if objective == "paper":
+            return paper_objective(eps_pair, z, sigma=0.9, alpha=0.1, delta=0.05, scale=0.95).loss
+        return reference_objective(eps_pair, z, alpha=0.1, scale=0.95).loss
+
+    z = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(z).sum(), z)
+    h = 1e-6
+    fd = torch.zeros_like(z)
+    with torch.no_grad():
+        for i in range(z.shape[0]):
+            for j in range(z.shape[1]):
+                e = torch.zeros_like(z)
+                e[i, j] = h
+                fd[i, j] = (loss(z + e)[i] - loss(z - e)[i]) / (2 * h)
+    # central differences in fp64: error O(h²) + O(eps/h) ≈ 1e-10 relative
+    torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Adam, early stop, no convergence
+# ----------------------------------------------------------------------------------------------
+def test_row_adam_matches_torch_adam():
+    target = torch.randn(3, 5, generator=torch.Generator().manual_seed(5))
+    z_ref = torch.zeros(3, 5, requires_grad=True)
+    opt = torch.optim.Adam([z_ref], lr=0.05)
+    z = torch.zeros(3, 5)
+    adam = RowAdam((3, 5), lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        ((z_ref - target) ** 2).sum().backward()
+        opt.step()
+        adam.step(z, torch.arange(3), 2 * (z - target))
+    torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_single_candidate_equals_a_plain_adam_loop():
+    cond, uncond = gaussians()
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    z0 = torch.randn(1, D, generator=torch.Generator().manual_seed(6))
+    s = SailSettings(objective="paper", threshold=-1.0, max_steps=7, alpha=0.01)
+    res = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=0.01)
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.05)
+    losses = []
+    for _ in range(7):
+        opt.zero_grad()
+        l = paper_objective(eps_pair, z, sigma=1.0, alpha=0.01, delta=0.1).loss
+        losses.append(float(l.detach()))
+        l.sum().backward()
+        opt.step()
+    losses.append(float(paper_objective(eps_pair, z.detach(), sigma=1.0, alpha=0.01, delta=0.1).loss))
+    assert [s.loss[0] for s in res.trace] == pytest.approx(losses, rel=1e-5)
+    assert len(res.trace) == 8 and res.trace[0].step == 0 and res.trace[-1].step == 7
+    # the no-convergence result is the lowest-loss iterate (here the last one: the loss decreases)
+    assert res.loss[0] == pytest.approx(min(losses), rel=1e-6) and res.steps == [7]
+    torch.testing.assert_close(res.x_T[0], z.detach()[0], rtol=1e-5, atol=1e-6)
+    assert res.warnings and "did not reach the threshold" in res.warnings[0]
+    assert res.unet_calls == 2 * 8 and res.unet_rows == 2 * 8
+
+
+def _mixed_candidates():
+    cond, uncond = gaussians()
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    x_low = -torch.linalg.solve(a, b)  # sΔ = 0 here: sharpness term 0
+    z0 = torch.stack([x_low, x_low + 3.0, x_low - 3.0])
+    return eps_pair, z0
+
+
+def test_early_stop_drops_converged_candidates_from_the_batch():
+    eps_pair, z0 = _mixed_candidates()
+    alpha = 0.01
+    l0 = paper_objective(eps_pair, z0, sigma=1.0, alpha=alpha, delta=0.1).loss
+    threshold = float(l0[0]) + 1e-3  # candidate 0 is accepted at once, the others are far above
+    assert float(l0[1:].min()) > threshold + 1.0
+    s = SailSettings(threshold=threshold, max_steps=4, alpha=alpha, stop="all")
+    items = list(iter_optimize(eps_pair, z0, s, sigma=1.0, threshold=threshold, alpha=alpha,
+                               candidate_image=[0, 0, 0]))
+    steps = [i for i in items if isinstance(i, SailStep)]
+    res = items[-1]
+    assert isinstance(res, SailResult)
+    assert steps[0].accepted == [0] and steps[0].loss[0] is not None
+    assert all(st.loss[0] is None for st in steps[1:])  # never evaluated again
+    assert all(st.loss[1] is not None and st.loss[2] is not None for st in steps)
+    # rows per objective evaluation (2 eps_pair calls each): 3 at step 0, then 2 at steps 1..4
+    assert res.unet_rows == 2 * (3 + 2 * 4) and res.unet_calls == 2 * 5
+    assert res.converged == [True] and res.chosen == [0] and res.steps == [0]
+    torch.testing.assert_close(res.x_T[0], z0[0])
+    assert all(st.threshold == threshold for st in steps)
+
+
+def test_stop_first_ends_an_image_search_at_its_first_accepted_candidate():
+    eps_pair, z0 = _mixed_candidates()
+    alpha = 0.01
+    l0 = paper_objective(eps_pair, z0, sigma=1.0, alpha=alpha, delta=0.1).loss
+    threshold = float(l0[0]) + 1e-3
+    s = SailSettings(threshold=threshold, max_steps=4, alpha=alpha, stop="first")
+    # image 0 = candidates 0, 1; image 1 = candidate 2 (keeps searching, never converges)
+    res = optimize(eps_pair, z0, s, sigma=1.0, threshold=threshold, alpha=alpha, candidate_image=[0, 0, 1])
+    assert res.converged == [True, False]
+    assert all(st.loss[1] is None for st in res.trace[1:])  # image 0 done: its other candidate stops too
+    assert all(st.loss[2] is not None for st in res.trace)
+    assert res.x_T.shape == (2, D) and res.chosen == [0, 0]
+    assert len(res.warnings) == 1 and "image 1" in res.warnings[0]
+
+
+def test_accepted_candidate_is_checked_before_the_step_and_earliest_wins():
+    cond, uncond = gaussians()
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    z0 = torch.randn(2, D, generator=torch.Generator().manual_seed(7)) * 2
+    base = optimize(eps_pair, z0, SailSettings(threshold=-1.0, max_steps=6, alpha=0.01), sigma=1.0,
+                    threshold=-1.0, alpha=0.01, candidate_image=[0, 0])
+    losses = [[st.loss[k] for st in base.trace] for k in range(2)]
+    # threshold that candidate 1 meets at step 2 and candidate 0 later (or never)
+    thr = losses[1][2] + 1e-6
+    first0 = next((i for i, l in enumerate(losses[0]) if l <= thr), None)
+    first1 = next(i for i, l in enumerate(losses[1]) if l <= thr)
+    res = optimize(eps_pair, z0, SailSettings(threshold=thr, max_steps=6, alpha=0.01, stop="all"), sigma=1.0,
+                   threshold=thr, alpha=0.01, candidate_image=[0, 0])
+    want = 1 if first0 is None or first1 < first0 else 0
+    assert res.converged == [True] and res.chosen == [want]
+    assert res.steps == [min(x for x in (first0, first1) if x is not None)]
+    assert res.loss[0] <= thr
+
+
+def test_optimizer_is_fp32_and_deterministic():
+    cond, uncond = gaussians(torch.float32)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    z0 = torch.randn(2, D, generator=torch.Generator().manual_seed(8))
+    s = SailSettings(threshold=-1.0, max_steps=5, alpha=0.01)
+    r1 = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=0.01, candidate_image=[0, 1])
+    r2 = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=0.01, candidate_image=[0, 1])
+    assert r1.x_T.dtype == torch.float32
+    assert torch.equal(r1.x_T, r2.x_T)
+    assert [st.loss for st in r1.trace] == [st.loss for st in r2.trace]
+
+
+def test_max_steps_zero_returns_the_initial_noise():
+    cond, uncond = gaussians()
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    z0 = torch.randn(1, D, generator=torch.Generator().manual_seed(9))
+    res = optimize(eps_pair, z0, SailSettings(threshold=1e9, max_steps=0), sigma=1.0, threshold=1e9, alpha=0.0)
+    assert res.converged == [True] and res.steps == [0] and torch.equal(res.x_T, z0)
+    assert res.unet_calls == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Candidates and settings
+# ----------------------------------------------------------------------------------------------
+def test_candidates_are_distinct_deterministic_and_start_with_the_stock_noise():
+    stock = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    s = SailSettings(candidates=4)
+    z0, groups, seeds = draw_candidates(stock, [10, 11], s)
+    z1, _, seeds1 = draw_candidates(stock, [10, 11], s)
+    assert torch.equal(z0, z1) and seeds == seeds1
+    assert groups == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert torch.equal(z0[0], stock[0]) and torch.equal(z0[4], stock[1])
+    assert seeds[0] is None and seeds[4] is None
+    flat = z0.reshape(8, -1)
+    assert len({tuple(r.tolist()) for r in flat}) == 8  # no duplicates across images either
+    assert len(set(s for s in seeds if s is not None)) == 6 and not {10, 11, 12} & set(seeds)
+    z2, _, _ = draw_candidates(stock, [10, 11], SailSettings(candidates=4, candidate_seed=1))
+    assert not torch.equal(z2[1], z0[1])
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    ({"objective": "Paper"}, "objective"), ({"threshold": "high"}, "threshold"),
+    ({"threshold": math.nan}, "threshold"), ({"max_steps": -1}, "max_steps"), ({"candidates": 0}, "candidates"),
+    ({"lr": 0.0}, "lr"), ({"alpha": -1.0}, "alpha"), ({"delta": 0.0}, "delta"), ({"stop": "any"}, "stop"),
+])
+def test_settings_validation_names_the_argument(kwargs, word):
+    with pytest.raises(UserInputError, match=word):
+        SailSettings(**kwargs)
+
+
+def test_settings_are_frozen_keyword_only_with_model_defaults():
+    s = SailSettings()
+    assert (s.objective, s.threshold, s.lr, s.candidates) == ("paper", "auto", 0.05, 1)
+    with pytest.raises(Exception):
+        s.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        SailSettings("paper")  # type: ignore[misc]
+    assert SailSettings(objective="reference").alpha_for("epsilon") == 0.05
+    assert SailSettings(objective="reference").alpha_for("v_prediction") == 0.01
+    assert SailSettings(alpha=0.2).alpha_for("epsilon") == 0.2
