@@ -1,0 +1,279 @@
+"""The host adapters' math: a GuidedScore built from an A1111-style or ComfyUI-style denoiser (x0 output,
+k-diffusion sigmas) gives the same eps, sΔ, Wen, sharpness and SAIL gradients as the diffusers path on the
+same UNet and the same noise. The host-style denoisers (tests/hosts/denoisers.py) follow k-diffusion's
+``CompVisDenoiser`` and ComfyUI's ``BaseModel.apply_model``/``ModelSamplingDiscrete`` published
+parameterizations; both sides call the same tiny UNet at the same discrete timestep (t = 999 at sigma_max).
+
+Tolerances: both paths evaluate the identical UNet call; what differs is fp32 rounding of
+``x_k = x_vp sqrt(1+sigma^2)`` and ``(x_k - x0)/sigma`` (sigma_max ≈ 14.6), about 1e-6 relative.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "hosts"))
+from denoisers import ComfyBaseModel, KDiffusionCompVisDenoiser  # noqa: E402
+
+from sailscope.core.metrics import sharpness, wen_metric
+from sailscope.core.score import DiffusersScoreModel
+from sailscope.extension import common
+
+T_FIRST = 999  # the first timestep of a k-diffusion schedule that starts at sigma_max
+RTOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    from sailscope.core.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(["a red square", "a blue circle"], "cpu", 1, True, None)
+    dsm = DiffusersScoreModel.from_pipeline(pipe)
+    abar = dsm.abar(T_FIRST)
+    sigma_k = math.sqrt((1 - abar) / abar)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    return dict(pipe=pipe, cond=cond, uncond=uncond, dsm=dsm, sigma_k=sigma_k, noise=noise)
+
+
+def a1111_gs(s):
+    den = KDiffusionCompVisDenoiser(s["pipe"].unet, s["pipe"].scheduler.alphas_cumprod)
+
+    def denoise(x, sigma, cond):
+        return den(x, sigma, cond={"c_crossattn": [cond], "c_concat": [None]})
+
+    return common.guided_from_denoiser(denoise, s["cond"], s["uncond"], s["sigma_k"]), den
+
+
+def comfy_gs(s):
+    model = ComfyBaseModel(s["pipe"].unet, s["pipe"].scheduler.alphas_cumprod)
+
+    def x0_pair(x_k, sigma_rows):  # what calc_cond_batch returns: [cond_pred, uncond_pred]
+        out = model.apply_model(torch.cat([x_k, x_k]), torch.cat([sigma_rows, sigma_rows]),
+                                c_crossattn=torch.cat([s["cond"], s["uncond"]]))
+        return out.chunk(2)
+
+    return common.guided_from_x0_pair(x0_pair, float(model.model_sampling.sigma_max)), model
+
+
+def diffusers_gs(s):
+    return s["dsm"].guided(T_FIRST, s["cond"], s["uncond"])
+
+
+def close(a, b, rtol=RTOL):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    err = float((a - b).norm() / b.norm().clamp_min(1e-30))
+    assert err <= rtol, f"relative error {err:.2e} > {rtol:.0e}"
+
+
+# ---------------------------------------------------------------------------------------------
+def test_noise_conventions(setup):
+    sk, noise = setup["sigma_k"], setup["noise"]
+    # A1111/Forge: the sampler starts at x_k = noise * sigmas[0]
+    x_vp = common.noise_to_vp(noise, sk, "sigma")
+    close(x_vp, common.vp_from_k(noise * sk, sk), 1e-7)
+    close(common.vp_to_noise(x_vp, sk, "sigma"), noise, 1e-7)
+    # ComfyUI at full denoise: x_k = noise * sqrt(1 + sigma^2) -> the VP latent is the noise itself
+    close(common.noise_to_vp(noise, sk, "max_denoise"), noise, 0)
+    assert common.sigma_vp_from_k(sk) == pytest.approx(math.sqrt(1 - setup["dsm"].abar(T_FIRST)), rel=1e-12)
+    with pytest.raises(ValueError, match="noise_scaling"):
+        common.first_step_scale(sk, "karras")
+
+
+@pytest.mark.parametrize("host", ["a1111", "comfyui"])
+def test_eps_and_score_delta_match_diffusers(setup, host):
+    gs_host, _ = (a1111_gs if host == "a1111" else comfy_gs)(setup)
+    gs_ref = diffusers_gs(setup)
+    assert gs_host.sigma == pytest.approx(gs_ref.sigma, rel=1e-6)
+    x = common.noise_to_vp(setup["noise"], setup["sigma_k"], "sigma")
+    with torch.no_grad():
+        (ec_h, eu_h), (ec_r, eu_r) = gs_host.eps_pair(x), gs_ref.eps_pair(x)
+        close(ec_h, ec_r)
+        close(eu_h, eu_r)
+        close(gs_host.score_delta(x), gs_ref.score_delta(x), 1e-4)
+        close(wen_metric(ec_h, eu_h), wen_metric(ec_r, eu_r), 1e-4)
+
+
+@pytest.mark.parametrize("host", ["a1111", "comfyui"])
+def test_one_host_call_per_eps_pair(setup, host):
+    gs_host, model = (a1111_gs if host == "a1111" else comfy_gs)(setup)
+    with torch.no_grad():
+        gs_host.eps_pair(setup["noise"])
+    assert model.calls == 1
+
+
+@pytest.mark.parametrize("host,method", [("a1111", "fd"), ("comfyui", "fd"), ("a1111", "exact")])
+def test_sharpness_matches_diffusers(setup, host, method):
+    gs_host, _ = (a1111_gs if host == "a1111" else comfy_gs)(setup)
+    gs_ref = diffusers_gs(setup)
+    x = common.noise_to_vp(setup["noise"], setup["sigma_k"], "sigma")
+    sh_h = sharpness(gs_host, x, method=method)
+    sh_r = sharpness(gs_ref, x, method=method)
+    # fd: the same relative step on both sides; the difference quotient amplifies fp32 rounding of
+    # eps (1e-6) by ~1/fd_step, hence the looser tolerance than for eps itself.
+    close(sh_h.value, sh_r.value, 1e-3 if method == "fd" else 1e-4)
+    pr = common.probe(gs_host, x, method=method)
+    close(pr.sharpness, sh_r.value, 1e-3 if method == "fd" else 1e-4)
+    assert len(pr.wen) == 2 and pr.sigma_vp == pytest.approx(gs_ref.sigma, rel=1e-6)
+
+
+def test_sail_gradient_matches_diffusers(setup):
+    """What SAIL differentiates (the official proxy ‖eps_Δ(x + u)‖ + α‖x‖) has the same gradient."""
+    x0 = common.noise_to_vp(setup["noise"], setup["sigma_k"], "sigma")
+
+    def grad(gs):
+        with common.autograd_enabled():
+            x = common.grad_ready(x0).requires_grad_(True)
+            ec, eu = gs.eps_pair(x)
+            d = ec - eu
+            u = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            ec2, eu2 = gs.eps_pair(x + u)
+            loss = (ec2 - eu2).flatten(1).norm(dim=1).sum() + 0.05 * x.flatten(1).norm(dim=1).sum()
+            (g,) = torch.autograd.grad(loss, x)
+        return g
+
+    close(grad(a1111_gs(setup)[0]), grad(diffusers_gs(setup)), 1e-4)
+    close(grad(comfy_gs(setup)[0]), grad(diffusers_gs(setup)), 1e-4)
+
+
+def test_sail_x_T_matches_diffusers(setup):
+    """core.sail on the diffusers eps pair vs common.run_sail on the A1111/ComfyUI denoisers: same x_T."""
+    from sailscope.core import sail as core_sail
+
+    opts = common.HostOptions(sail=True, threshold=0.0, max_steps=3, lr=0.05)  # never accepted: 3 full steps
+    sk, noise = setup["sigma_k"], setup["noise"]
+    for host, scaling, make in (("a1111", "sigma", a1111_gs), ("comfyui", "max_denoise", comfy_gs)):
+        scale = common.first_step_scale(sk, scaling)
+        ref = []
+        for i in range(2):
+            gs_i = setup["dsm"].guided(T_FIRST, setup["cond"][i:i + 1].expand(1, -1, -1), setup["uncond"][i:i + 1])
+            r = core_sail.optimize(gs_i.eps_pair, noise[i:i + 1].clone(), opts.sail_settings(), sigma=gs_i.sigma,
+                                   threshold=0.0, alpha=0.05, scale=scale)
+            ref.append(r.x_T[0])
+        ref = torch.stack(ref)
+        assert not torch.allclose(ref, noise)  # SAIL moved the noise
+
+        def make_gs(i, make=make):
+            sub = dict(setup, cond=setup["cond"][i:i + 1], uncond=setup["uncond"][i:i + 1])
+            return make(sub)[0]
+
+        out = common.run_sail(make_gs, noise, sk, scaling, opts)
+        close(out.noise, ref, 1e-4)
+        assert [s["steps"] for s in out.summary] == [3, 3] or all(s["accepted"] is False for s in out.summary)
+
+
+def test_sail_candidates_and_acceptance(setup):
+    opts = common.HostOptions(sail=True, threshold=1e9, max_steps=2, candidates=2)
+    def make_gs(i):  # one-row conditioning: SAIL's 2 candidates of image i share its prompt
+        return a1111_gs(dict(setup, cond=setup["cond"][i:i + 1], uncond=setup["uncond"][i:i + 1]))[0]
+
+    out = common.run_sail(make_gs, setup["noise"], setup["sigma_k"], "sigma", opts, seeds=[5, 6])
+    assert [s["accepted"] for s in out.summary] == [True, True]  # threshold 1e9: the seed's own noise at step 0
+    close(out.noise, setup["noise"], 0)
+    with pytest.raises(common.HostError, match="seeds"):
+        common.run_sail(lambda i: a1111_gs(setup)[0], setup["noise"], setup["sigma_k"], "sigma", opts)
+    with pytest.raises(ValueError, match="threshold"):
+        common.HostOptions(threshold="auto")
+    with pytest.raises(ValueError, match="sharpness"):
+        common.HostOptions(sharpness="Exact")
+
+
+def test_batch_rows_are_independent(setup):
+    gs_host, _ = a1111_gs(setup)
+    x = setup["noise"]
+    with torch.no_grad():
+        both = gs_host.score_delta(x)
+        one = common.guided_from_denoiser(
+            lambda xx, ss, cc: KDiffusionCompVisDenoiser(setup["pipe"].unet, setup["pipe"].scheduler.alphas_cumprod)(
+                xx, ss, cond={"c_crossattn": [cc]}),
+            setup["cond"][1:], setup["uncond"][1:], setup["sigma_k"],
+        ).score_delta(x[1:])
+    close(both[1:], one, 1e-4)
+
+
+def test_wen_from_denoised_equals_eps_metric(setup):
+    gs_host, den = a1111_gs(setup)
+    x_k = setup["noise"] * setup["sigma_k"]
+    sig = torch.full((2,), setup["sigma_k"])
+    with torch.no_grad():
+        out = den(torch.cat([x_k, x_k]), torch.cat([sig, sig]),
+                  cond={"c_crossattn": [torch.cat([setup["cond"], setup["uncond"]])]})
+        x0_c, x0_u = out[:2], out[2:]
+        ec, eu = gs_host.eps_pair(common.vp_from_k(x_k, setup["sigma_k"]))
+    close(common.wen_from_denoised(x0_c, x0_u, setup["sigma_k"]), wen_metric(ec, eu), 1e-4)
+    close(common.wen_from_denoised(x0_c, x0_u, sig), wen_metric(ec, eu), 1e-4)
+
+
+def test_works_under_inference_mode_and_no_grad(setup):
+    """Hosts call us under no_grad (A1111) or inference_mode (Forge, ComfyUI)."""
+    gs_host, _ = comfy_gs(setup)
+    with torch.inference_mode():
+        noise = torch.randn(2, 4, 8, 8)
+        pr = common.probe(gs_host, common.noise_to_vp(noise, setup["sigma_k"], "max_denoise"), method="fd")
+        assert all(math.isfinite(v) and v > 0 for v in pr.sharpness)
+        with common.autograd_enabled():
+            x = common.grad_ready(noise).requires_grad_(True)
+            assert not x.is_inference()
+            ec, eu = gs_host.eps_pair(x)
+            (g,) = torch.autograd.grad((ec - eu).square().sum(), x)
+    assert torch.isfinite(g).all()
+    with torch.no_grad():
+        pr2 = common.probe(gs_host, common.noise_to_vp(noise.clone(), setup["sigma_k"], "max_denoise"))
+    close(pr2.sharpness, pr.sharpness, 1e-6)
+
+
+def test_inference_weight_error_is_explained():
+    with torch.inference_mode():
+        lin = torch.nn.Linear(3, 3)
+    with common.autograd_enabled():
+        x = torch.randn(2, 3, requires_grad=True)
+        with pytest.raises(RuntimeError) as info:
+            lin(x).sum().backward()
+    msg = str(common.explain_autograd_error(info.value))
+    assert "inference tensors" in msg and "SAIL could not run" in msg
+
+
+def test_dict_conditioning_and_mismatched_batch():
+    a = {"crossattn": torch.zeros(2, 3, 4), "vector": torch.zeros(2, 5)}
+    b = {"crossattn": torch.ones(2, 3, 4), "vector": torch.ones(2, 5)}
+    both = common.cat_conds([a, b])
+    assert both["crossattn"].shape == (4, 3, 4) and both["vector"][2:].eq(1).all()
+    with pytest.raises(common.HostError, match="rows"):
+        common.batched_x0_pair(lambda x, s, c: x, torch.zeros(2, 3), torch.zeros(1, 3))
+    with pytest.raises(common.HostError, match="sigma_k"):
+        common.guided_from_x0_pair(lambda x, s: (x, x), 0.0)
+
+
+def a1111_quote(text):
+    """infotext_utils.quote as published: JSON-quote only when the value has ',', newline or ':'."""
+    import json
+
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def test_infotext_round_trip():
+    opts = common.HostOptions(sail=True, threshold=8.2, alpha=0.05, lr=0.05, max_steps=10, candidates=2)
+    settings = {k: getattr(opts, k) for k in ("sail", "objective", "threshold", "alpha", "lr", "max_steps", "candidates")}
+    image = {"wen": 12.3456789, "sharpness": 1234.5678, "original_sharpness": 9.87e5, "risk": "high",
+             "sail": {"accepted": True, "steps": 3, "loss": 7.91}, "status": "SAIL: ok, metrics: ok"}
+    pairs = {**common.infotext_settings(opts), **common.infotext_image(image)}
+    # A1111 joins with ", " and quotes values that contain ',', ':' or '"' (infotext_utils.quote)
+    line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in pairs.items())
+    parsed = common.parse_infotext_line("Steps: 20, Sampler: Euler a, " + line)
+    assert parsed["Sampler"] == "Euler a"
+    assert common.parse_infotext(parsed) == settings
+    assert parsed["SAIL result"] == "accepted 3 steps loss 7.91"
+    assert parsed["SAIL Scope status"] == "SAIL: ok, metrics: ok"
+    assert float(parsed["SAIL Scope sharpness"]) == pytest.approx(1234.5678, rel=1e-3)
+    assert common.infotext_settings({"sail": False}) == {}
+    assert common.HostOptions(**common.parse_infotext(parsed)) == opts
+    assert common.parse_infotext({"SAIL threshold": "abc"}) == {}
+    assert common.risk_label(10.0, 8.2) == "high" and common.risk_label(None, 8.2) is None
