@@ -67,7 +67,9 @@ def wen_metric(eps_c: Tensor, eps_u: Tensor) -> Tensor:
 
 def to_eps_space(sharpness_value: Tensor | float, sigma: Tensor | float) -> Tensor:
     """Score-space ``‖HΔ sΔ‖²`` -> the authors' eps-space ``‖HΔ^eps eps_Δ‖²`` (= sigma_t^4 times it)."""
-    return torch.as_tensor(sharpness_value) * torch.as_tensor(sigma) ** 4
+    value = torch.as_tensor(sharpness_value)
+    sigma = torch.as_tensor(sigma, dtype=value.dtype if value.is_floating_point() else torch.float64)
+    return value * sigma**4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def sharpness(
     else:
         raise ValueError(f"method must be 'exact' or 'fd', got {method!r}")
     value = _flat_norm(h) ** 2
-    return Sharpness(value=value, score_delta=score_delta, hvp=h, sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]), method=method)
+    sigma = gs.sigma if isinstance(gs.sigma, (int, float)) else float(torch.as_tensor(gs.sigma).reshape(-1)[0])
+    return Sharpness(value=value, score_delta=score_delta, hvp=h, sigma=float(sigma), method=method)
 
 
 # ----------------------------------------------------------------------------------------------
