@@ -1,0 +1,107 @@
+"""Per-model threshold calibration: stored values equal the objective/sharpness the product computes,
+thresholds are quantiles, sources are named, identity follows the weights, the CLI writes the file."""
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from sailscope.core import calibration as cal
+from sailscope.core.errors import UserInputError
+from sailscope.core.generate import GenerationSettings, run_generation
+from sailscope.core.sail import SailSettings, run_sail
+
+PROMPTS = ["a red circle", "two blue squares at the top"]
+SEEDS = [0, 5]
+
+
+@pytest.fixture(scope="module")
+def record(tiny_pipe):
+    return cal.measure(tiny_pipe, PROMPTS, SEEDS, steps=3)
+
+
+def test_values_equal_the_objective_and_the_step1_sharpness(tiny_pipe, record):
+    assert record.n == 4 and record.seeds == SEEDS
+    # order: prompt-major, seed-minor. Calibration batches the seeds, SAIL runs one: fp32 batch-size rounding
+    # (~1e-6 in eps) is amplified by the finite difference's 1/δ, hence rel 1e-3 on the sharpness terms.
+    gs = GenerationSettings(prompt=PROMPTS[1], seed=5, steps=3, sharpness_at="first")
+    sail = run_sail(tiny_pipe, gs, SailSettings(threshold=1e9, max_steps=0, alpha=0.0))
+    assert record.values["paper"]["sharpness"][3] == pytest.approx(sail.trace[0].sharpness[0], rel=1e-3)
+    assert record.values["paper"]["prior"][3] == pytest.approx(float((sail.x_T**2).sum()), rel=1e-6)
+    ref = run_sail(tiny_pipe, gs, SailSettings(objective="reference", threshold=1e9, max_steps=0, alpha=0.0))
+    assert record.values["reference"]["sharpness"][3] == pytest.approx(ref.trace[0].sharpness[0], rel=1e-4)
+    # the detection value is what generate() records as step-1 sharpness
+    g = run_generation(tiny_pipe, gs)
+    assert record.values["detection"]["sharpness"][3] == pytest.approx(g.records[0].sharpness[0], rel=1e-3)
+
+
+def test_thresholds_are_quantiles_and_auto_names_its_source(tiny_pipe, record, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path))
+    path = cal.save_calibration(record)
+    assert path == tmp_path / "calibration.json" and json.loads(path.read_text())["version"] == 1
+    v = record.values["reference"]
+    want = float(np.quantile(np.array(v["sharpness"]) + 0.05 * np.array(v["prior"]), 0.9))
+    assert record.sail_threshold("reference", 0.05) == pytest.approx(want)
+    thr, source = cal.resolve_threshold(tiny_pipe, SailSettings(objective="reference"), alpha=0.05)
+    assert thr == pytest.approx(want) and str(path) in source and "calibrated" in source
+    res = run_sail(tiny_pipe, GenerationSettings(prompt="a red circle", steps=3),
+                   SailSettings(objective="reference", max_steps=1))
+    assert res.threshold == pytest.approx(want) and res.threshold_source == source
+    assert cal.detection_threshold(tiny_pipe)[0] == pytest.approx(
+        float(np.quantile(record.values["detection"]["sharpness"], 0.99)))
+    with pytest.raises(UserInputError, match="delta"):
+        cal.resolve_threshold(tiny_pipe, SailSettings(delta=0.5), alpha=1e-3)
+    assert cal.resolve_threshold(tiny_pipe, SailSettings(threshold=3.0), alpha=1e-3) == (3.0, "user setting")
+
+
+def test_identity_follows_the_weights(tiny_pipe):
+    key = cal.model_key(tiny_pipe)
+    assert key == cal.model_key(tiny_pipe)
+    other = SimpleNamespace(unet=copy.deepcopy(tiny_pipe.unet), scheduler=tiny_pipe.scheduler,
+                            name_or_path="", config={})
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1e-3)
+    assert cal.model_key(other) != key
+
+
+def test_published_defaults_only_for_their_models():
+    sd14 = SimpleNamespace(name_or_path="CompVis/stable-diffusion-v1-4",
+                           scheduler=SimpleNamespace(config={"prediction_type": "epsilon"}))
+    assert cal.published_threshold(sd14, "reference", 0.05)[0] == 8.2
+    assert cal.published_threshold(sd14, "paper", 1e-3) is None  # published numbers are in proxy units
+    assert cal.published_threshold(sd14, "reference", 0.1) is None  # calibrated with alpha 0.05 only
+    sd20 = SimpleNamespace(name_or_path="/models/stable-diffusion-2",
+                           scheduler=SimpleNamespace(config={"prediction_type": "v_prediction"}))
+    assert cal.published_threshold(sd20, "reference", 0.01)[0] == 5.0
+
+
+def test_settings_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "h"))
+    assert cal.calibration_path() == tmp_path / "h" / "calibration.json"
+    monkeypatch.delenv("SAILSCOPE_HOME")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "x"))
+    assert cal.settings_dir() == tmp_path / "x" / "sailscope"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(UserInputError, match="not valid JSON"):
+        cal.load_calibrations(bad)
+
+
+def test_cli_calibrate_writes_the_file(tiny_model_dir, tmp_path, capsys):
+    from sailscope.core.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n\na blue square\n")
+    out = tmp_path / "c.json"
+    rc = main(["calibrate", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "fp32",
+               "--prompts", str(prompts), "--seeds", "0-1", "--steps", "3", "--output", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 4 and summary["file"] == str(out)
+    (rec,) = cal.load_calibrations(out).values()
+    assert rec.prompts == ["a red circle", "a blue square"] and rec.seeds == [0, 1]
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--seeds", "x"]) == 1
