@@ -153,8 +153,8 @@ def guided_from_x0_pair(x0_pair: X0PairFn, sigma_k: float, *, t: float = 0.0) ->
         sigma_rows = torch.full((x_vp.shape[0],), sigma_k, dtype=x_vp.dtype, device=x_vp.device)
         x0_c, x0_u = x0_pair(x_k, sigma_rows)
         x_k32 = x_k.float() if x_k.dtype not in (torch.float32, torch.float64) else x_k
-        eps_c = eps_from_denoised(x_k32, x0_c.to(x_k32.dtype), sigma_k)
-        eps_u = eps_from_denoised(x_k32, x0_u.to(x_k32.dtype), sigma_k)
+        eps_c = eps_from_denoised(x_k32, x0_c.to(x_k32.device, x_k32.dtype), sigma_k)
+        eps_u = eps_from_denoised(x_k32, x0_u.to(x_k32.device, x_k32.dtype), sigma_k)
         return eps_c, eps_u
 
     return GuidedScore(eps_pair=eps_pair, sigma=sigma_vp_from_k(sigma_k), t=t)
