@@ -62,7 +62,7 @@ def math_attention():
 # ----------------------------------------------------------------------------------------------
 def wen_metric(eps_c: Tensor, eps_u: Tensor) -> Tensor:
     """Wen et al.'s ``‖eps_c - eps_u‖`` per sample (eps space, as published)."""
-    return _flat_norm(eps_c.float() - eps_u.float())
+    return _flat_norm(at_least_fp32(eps_c) - at_least_fp32(eps_u))
 
 
 def to_eps_space(sharpness_value: Tensor | float, sigma: Tensor | float) -> Tensor:
