@@ -1,0 +1,220 @@
+"""The app's handlers called directly (no server): streaming, saving, bad input, cancel, sessions, views.
+
+Runs on the seeded tiny pipeline (``core.testing``) with 2–4 steps so the whole module stays well under a
+minute of compute on a 2-core CPU (imports dominate).
+"""
+from __future__ import annotations
+
+import html
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from sailscope.core.testing import tiny_pipeline  # noqa: E402
+from sailscope.ui import app as ui_app  # noqa: E402
+from sailscope.ui.app import (  # noqa: E402
+    GEN_OUTPUTS, AppContext, audit_handler, cancel_handler, compare_handler, generate_handler, load_model_handler,
+    read_prompt_list, spectrum_view_handler,
+)
+from sailscope.ui.jobs import AppConfig, JobView, parse_steps, sail_available  # noqa: E402
+from sailscope.ui.outputs import read_infotext  # noqa: E402
+
+S = {name: i for i, name in enumerate(GEN_OUTPUTS)}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture()
+def ctx(pipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
+    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
+    c.models.pipe = pipe
+    return c
+
+
+def request(session: str):
+    return SimpleNamespace(session_hash=session)
+
+
+def gen_args(**over):
+    args = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0, scheduler="ddim",
+                sharpness_at="every step", sail_on=False, sail_objective="paper", sail_threshold="auto",
+                sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="", spectrum_method="arnoldi",
+                spectrum_k=3)
+    args.update(over)
+    return [args[k] for k in ui_app.GEN_INPUTS]
+
+
+def last(gen):
+    out = None
+    for out in gen:
+        pass
+    return out
+
+
+def status_of(update) -> str:
+    return html.unescape(update[S["status"]])
+
+
+def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
+    updates = list(generate_handler(ctx, *gen_args(spectrum_steps="1"), request=request("a")))
+    # one update to start, one per step (live_interval 0), one for the result, one final
+    assert len(updates) >= 3 + 2
+    live = [u for u in updates[1:-1] if not isinstance(u[S["metrics_plot"]], dict)]
+    n_points = [len(u[S["metrics_plot"]].data[0].x) for u in live]
+    assert n_points[:3] == [1, 2, 3]  # the plot gains a point per step while sampling
+    final = updates[-1]
+    assert "ss-ok" in status_of(final), status_of(final)
+    png, report = Path(final[S["image_original"]]), Path(final[S["report_file"]])
+    assert png.suffix == ".png" and png.is_file() and report.is_file()
+    text = read_infotext(png)
+    assert text.startswith("a red square\n") and "Steps: 3" in text and "Sampler: DDIM" in text and "Seed: 0" in text
+    assert "Step-1 sharpness" in text
+    data = json.loads(report.read_text())
+    assert len(data["runs"]["original"]["steps"]) == 3
+    assert data["detection"]["runs"]["original"]["step1_sharpness"] == pytest.approx(
+        data["runs"]["original"]["steps"][0]["sharpness"][0])
+    assert set(data["spectra"]["original"]["1"]) == {"cond", "uncond", "delta"}
+    # the spectrum slider view reads the finished job's state (no model work)
+    fig = spectrum_view_handler(final[S["state"]], "original", 1)
+    assert len(fig.data) == 3
+    assert not list(png.parent.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("over, expected", [
+    (dict(steps=0), "steps must be an integer in [1, 1000]"),
+    (dict(steps=1001), "steps must be an integer in [1, 1000]"),
+    (dict(width=13), "width must be a positive multiple"),
+    (dict(guidance=-1), "guidance must be a finite number >= 0"),
+    (dict(scheduler="plms"), "unknown scheduler"),
+    (dict(seed=1.5), "seed must be a whole number"),
+    (dict(spectrum_steps="9"), "outside 1..3"),
+    (dict(prompt="x" * 5000), "the limit is 4000"),
+])
+def test_bad_input_shows_a_readable_message_and_the_next_request_works(ctx, over, expected):
+    updates = list(generate_handler(ctx, *gen_args(**over), request=request("a")))
+    assert len(updates) == 1 and "ss-error" in status_of(updates[0]) and expected in status_of(updates[0])
+    assert ctx.cancels._events == {}  # the session's cancel flag was released
+
+
+def test_long_and_empty_prompts_warn_but_run(ctx):
+    final = last(generate_handler(ctx, *gen_args(prompt="", steps=1, sharpness_at="none"), request=request("a")))
+    assert "ss-ok" in status_of(final) and "empty prompt" in status_of(final)
+    final = last(generate_handler(ctx, *gen_args(prompt="word " * 40, steps=1, sharpness_at="none"), request=request("a")))
+    assert "ss-ok" in status_of(final) and "truncated" in status_of(final)
+
+
+def test_no_model_loaded_is_a_message(tmp_path):
+    c = AppContext(AppConfig(outputs=str(tmp_path)))
+    (u,) = list(generate_handler(c, *gen_args(), request=request("a")))
+    assert "no model is loaded" in status_of(u)
+
+
+def test_cancel_stops_within_a_step_and_only_that_session(ctx):
+    gen_a = generate_handler(ctx, *gen_args(steps=4), request=request("A"))
+    gen_b = generate_handler(ctx, *gen_args(steps=2), request=request("B"))
+    next(gen_a), next(gen_a)  # start + step 1
+    next(gen_b)
+    assert "cancelling" in cancel_handler(ctx, request("A"))
+    rest_a = list(gen_a)
+    assert "cancelled" in status_of(rest_a[-1]) and "nothing was saved" in status_of(rest_a[-1])
+    assert len(rest_a) == 1  # no further step ran
+    final_b = last(gen_b)
+    assert "ss-ok" in status_of(final_b)  # session B never saw A's cancel
+    assert "nothing to cancel" in cancel_handler(ctx, request("A"))
+    # and A can generate again
+    assert "ss-ok" in status_of(last(generate_handler(ctx, *gen_args(steps=1), request=request("A"))))
+
+
+def test_concurrent_sessions_get_their_own_results(ctx):
+    results = {}
+
+    def run(name, seed):
+        results[name] = last(generate_handler(ctx, *gen_args(seed=seed, steps=2, prompt=name), request=request(name)))
+
+    threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("one", 1), ("two", 2))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for name, seed in (("one", 1), ("two", 2)):
+        report = json.loads(Path(results[name][S["report_file"]]).read_text())
+        assert report["settings"]["prompt"] == name and report["settings"]["seed"] == seed
+
+
+@pytest.mark.skipif(not sail_available(), reason="core.sail not in this build")
+def test_sail_pair_shows_both_images_loss_trace_and_infotext(ctx):
+    final = last(generate_handler(ctx, *gen_args(sail_on=True, sail_threshold="1e12", sail_max_steps=1, steps=2),
+                                  request=request("s")))
+    assert "ss-ok" in status_of(final), status_of(final)
+    assert Path(final[S["image_original"]]).is_file() and Path(final[S["image_sail"]]).is_file()
+    report = json.loads(Path(final[S["report_file"]]).read_text())
+    assert report["sail"]["threshold"] == 1e12 and report["sail"]["converged"] == [True]
+    assert set(report["runs"]) == {"original", "sail"}
+    assert "SAIL: on" in read_infotext(final[S["image_sail"]])
+    assert len(final[S["sail_plot"]].data) >= 1
+
+
+def test_job_view_progress_and_nearest_spectrum():
+    from sailscope.core.generate import GenerationSettings, StepRecord
+
+    v = JobView(settings=GenerationSettings(prompt="p", steps=4))
+    for s in (1, 2):
+        v.apply(StepRecord(step=s, total=4, t=0.0, sigma=1.0, wen=[0.1], extras={"spectra": {"delta": {"x": s}}}))
+    assert v.progress()[:2] == (2, 4)
+    assert v.spectrum_for("original", 4) == (2, {"delta": {"x": 2}})
+    assert parse_steps("1, 3", 4) == {1, 3} and parse_steps("", 4) == frozenset()
+
+
+def test_compare_prompts_plot_and_table(ctx):
+    out = list(compare_handler(ctx, "a cat\na dog", "0", 2, 7.5, "ddim", "arnoldi", 3, request=request("c")))
+    status, fig, table = out[-1]
+    assert "compared 2" in status
+    assert len(table) == 2 and all(r[2] is not None for r in table)
+    assert any(t.type == "bar" for t in fig.data)
+    (bad,) = list(compare_handler(ctx, "", "0", 2, 7.5, "ddim", "arnoldi", 3, request=request("c")))
+    assert "at least one prompt" in bad[0]
+
+
+def test_audit_streams_resumes_exports_and_draws_roc(ctx, tmp_path):
+    args = ("a cat\na dog\na bird", None, "a dog", 1, 2, "sharpness", "t1")
+    first = list(audit_handler(ctx, *args, request=request("u")))
+    status, table, hist, roc, files = first[-1]
+    assert "3 prompts done" in status and len(table) == 3
+    assert "AUC" in roc.layout.title.text
+    assert sorted(Path(f).suffix for f in files) == [".csv", ".json"]
+    again = list(audit_handler(ctx, *args, request=request("u")))
+    assert "3 resumed" in html.unescape(again[0][0])
+    big = tmp_path / "big.txt"
+    big.write_text("p\n" * 400_000)
+    (err,) = list(audit_handler(ctx, "", str(big), "", 1, 2, "sharpness", "t2", request=request("u")))
+    assert "ss-error" in err[0] and "the limit is" in html.unescape(err[0])
+
+
+def test_read_prompt_list_formats(tmp_path):
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("prompt,memorized\nA,1\nB,0\nC,\n")
+    assert read_prompt_list("", str(csv_file), 10_000, 10) == [("A", True), ("B", False), ("C", None)]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"prompt": "A", "memorized": true}\n"B"\n')
+    assert read_prompt_list("Z\nA", str(jl), 10_000, 10) == [("Z", None), ("A", None), ("B", None)]
+    with pytest.raises(Exception, match="limit is 1"):
+        read_prompt_list("a\nb", None, 10_000, 1)
+
+
+def test_model_view_refuses_free_form_paths_unless_allowed(ctx, tmp_path):
+    status, _, _ = load_model_handler(ctx, "/etc", "", "cpu", "fp32")
+    assert "--allow-paths" in html.unescape(status) and ctx.models.pipe is not None  # the loaded model stays
+
+
+def test_build_ui_wires_one_model_slot():
+    demo = ui_app.build_ui(AppConfig(model=None))
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    model_jobs = [f for f in fns if getattr(f, "concurrency_id", None) == "model"]
+    assert len(model_jobs) == 4 and all(f.concurrency_limit == 1 for f in model_jobs)

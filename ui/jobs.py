@@ -1,0 +1,407 @@
+"""Model jobs behind the app, free of gradio: model manager, cancel registry, job streams and their view.
+
+The gradio handlers (``ui/app.py``) and the A1111 tab turn a :class:`JobView` into component updates; all
+numbers in it come from ``core`` (records, spectra, SAIL results). Nothing here computes a metric.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from sailscope.core.errors import SailScopeError, UserInputError
+from sailscope.core.generate import GenerationResult, GenerationSettings, StepRecord, generate
+
+log = logging.getLogger("sailscope.ui")
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+SPECTRUM_METHODS = ("arnoldi", "lanczos", "slq")
+WHICH = ("cond", "uncond", "delta")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration and model management
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class AppConfig:
+    """What ``sailscope serve`` decides once for every session."""
+
+    model: str | None = "demo"
+    models_dirs: Sequence[str] = ()
+    allow_paths: bool = False  # free-form model paths typed in the browser
+    outputs: str = "outputs"
+    device: str | None = None
+    dtype: str | None = None
+    max_upload_bytes: int = 512 * 1024  # audit prompt lists
+    max_audit_prompts: int = 1000
+    max_compare_items: int = 12
+    live_interval: float = 0.25  # seconds between live plot updates (the first step is always shown)
+
+
+class ModelManager:
+    """The one loaded pipeline, shared by all sessions; loading is serialized and frees the old model."""
+
+    def __init__(self, config: AppConfig, pipe: Any = None) -> None:
+        self.config = config
+        self.pipe = pipe
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def info(self) -> Any:
+        return getattr(self.pipe, "sailscope_info", None) if self.pipe is not None else None
+
+    def choices(self) -> list[str]:
+        from sailscope.core.models import list_local_models
+
+        found = list_local_models(list(self.config.models_dirs))
+        current = self.info.path if self.info is not None and self.info.source != "demo" else None
+        if current and current not in found:
+            found.append(current)
+        return found
+
+    def check_allowed(self, model: str) -> str:
+        model = (model or "").strip()
+        if not model:
+            raise UserInputError("choose a model first")
+        if model in self.choices() or self.config.allow_paths:
+            return model
+        raise UserInputError(
+            f"{model!r} is not one of the models found in the configured folders; free-form paths need the "
+            "server to be started with --allow-paths"
+        )
+
+    def load(self, model: str, device: str | None = None, dtype: str | None = None) -> Any:
+        from sailscope.core.models import load_pipeline
+
+        model = self.check_allowed(model)
+        device = None if device in (None, "", "auto") else device
+        dtype = None if dtype in (None, "", "auto") else dtype
+        with self._lock:
+            self.pipe = None
+            free_memory()
+            try:
+                self.pipe = load_pipeline(model, device=device, dtype=dtype)
+                self.error = None
+            except SailScopeError as exc:
+                self.error = str(exc)
+                raise
+        return self.pipe
+
+    def require(self) -> Any:
+        if self.pipe is None:
+            raise UserInputError(
+                "no model is loaded" + (f" ({self.error})" if self.error else "") + ": choose one in the Model tab"
+            )
+        return self.pipe
+
+
+def free_memory() -> None:
+    """Drop unreferenced tensors (and the CUDA cache) after a cancelled or failed job."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - memory hygiene must never fail a request
+        pass
+
+
+class CancelRegistry:
+    """One cancel flag per browser session: the Cancel button of a session stops only its own job."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events[session] = event
+        return event
+
+    def cancel(self, session: str) -> bool:
+        with self._lock:
+            event = self._events.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def finish(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
+
+
+# ----------------------------------------------------------------------------------------------
+# Detection threshold and risk (placeholders until core ships them; see docs/app.md)
+# ----------------------------------------------------------------------------------------------
+def detection_threshold(pipe: Any) -> tuple[float | None, str]:
+    """The model's step-1 sharpness threshold and where it came from (``core.calibration``)."""
+    try:
+        from sailscope.core.calibration import detection_threshold as core_threshold
+    except ImportError:
+        return None, "no calibration module in this build"
+    try:
+        found = core_threshold(pipe)
+    except (SailScopeError, OSError, KeyError, ValueError) as exc:
+        return None, f"calibration unreadable: {exc}"
+    if found is None:
+        return None, "model not calibrated: run `sailscope calibrate`"
+    value, source = found
+    return float(value), str(source)
+
+
+def risk_level(sharpness: float | None, threshold: float | None) -> str:
+    """``high`` / ``low`` / ``unknown``: core's rule when it has one, else ``sharpness >= threshold``."""
+    try:
+        from sailscope.core.detect import risk_level as core_risk  # type: ignore[attr-defined]
+
+        return core_risk(sharpness, threshold)
+    except ImportError:
+        pass
+    if sharpness is None or threshold is None:
+        return "unknown"
+    return "high" if sharpness >= threshold else "low"
+
+
+# ----------------------------------------------------------------------------------------------
+# Spectra during sampling (a generate() probe calling core.spectra)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpectrumRequest:
+    steps: frozenset[int]
+    k: int = 8
+    method: str = "arnoldi"
+    which: tuple[str, ...] = WHICH
+
+
+def parse_steps(text: str | None, total: int, name: str = "spectrum steps") -> frozenset[int]:
+    """``"1, 10, 50"`` -> {1, 10, 50}; empty -> none. Errors name the field."""
+    text = (text or "").strip()
+    if not text or text.lower() == "none":
+        return frozenset()
+    out = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise UserInputError(f"{name} must be step numbers separated by commas, got {part!r}") from None
+        if not 1 <= value <= total:
+            raise UserInputError(f"{name}: step {value} is outside 1..{total}")
+        out.add(value)
+    return frozenset(out)
+
+
+def spectrum_probe(request: SpectrumRequest):
+    """A ``generate`` probe: at the requested steps, ``core.spectra.spectrum_at`` for each ``which`` (image 0)."""
+    from sailscope.core.spectra import spectrum_at
+
+    hvp = "exact" if request.method in ("lanczos", "slq") else "fd"
+
+    def probe(ctx: Any) -> dict | None:
+        if ctx.step not in request.steps:
+            return None
+        out: dict[str, dict] = {}
+        for which in request.which:
+            try:
+                spec = spectrum_at(ctx.guided, ctx.x[:1], which=which, k=request.k, method=request.method, hvp=hvp, chunk=1)
+                out[which] = spec.to_dict()
+            except (SailScopeError, RuntimeError, NotImplementedError, ValueError) as exc:
+                out[which] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        return {"spectra": out}
+
+    return probe
+
+
+# ----------------------------------------------------------------------------------------------
+# A generation job and its view
+# ----------------------------------------------------------------------------------------------
+def sail_available() -> bool:
+    try:
+        from sailscope.core import sail  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(sail, "generate_pair")
+
+
+def run_job(pipe: Any, settings: GenerationSettings, *, sail: Any = None, compare: bool = True,
+            spectrum: SpectrumRequest | None = None, cancel: threading.Event | None = None) -> Iterator[Any]:
+    """Stream core items: SAIL progress (when ``sail``), step records, results, and a pair result."""
+    probes = [spectrum_probe(spectrum)] if spectrum is not None and spectrum.steps else []
+    if sail is None:
+        yield from generate(pipe, settings, probes=probes, cancel=cancel, run="original")
+        return
+    from sailscope.core.sail import generate_pair
+
+    yield from generate_pair(pipe, settings, sail, probes=probes, cancel=cancel, run_original=compare)
+
+
+@dataclass
+class JobView:
+    """What a session sees of its job; ``apply`` each streamed core item."""
+
+    settings: GenerationSettings
+    sail: Any = None
+    compare: bool = True
+    records: dict[str, list[StepRecord]] = field(default_factory=dict)
+    results: dict[str, GenerationResult] = field(default_factory=dict)
+    spectra: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> step -> which -> Spectrum.to_dict()
+    sail_steps: list[Any] = field(default_factory=list)
+    sail_result: Any = None
+    pair: Any = None
+    phase: str = "starting"
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    first_point_seconds: float | None = None
+
+    @property
+    def runs(self) -> list[str]:
+        runs = ["original"] if (self.sail is None or self.compare) else []
+        return runs + (["sail"] if self.sail is not None else [])
+
+    def apply(self, item: Any) -> str:
+        """Record one core item; returns its kind (``record``, ``result``, ``sail_step``, ``sail_result``, ``pair``)."""
+        kind = type(item).__name__
+        if isinstance(item, StepRecord):
+            self.records.setdefault(item.run, []).append(item)
+            if "spectra" in item.extras:
+                self.spectra.setdefault(item.run, {})[item.step] = item.extras["spectra"]
+            if self.first_point_seconds is None:
+                self.first_point_seconds = time.perf_counter() - self.started
+            self.phase = item.run
+            return "record"
+        if isinstance(item, GenerationResult):
+            self.results[item.run] = item
+            self.warnings += [w for w in item.warnings if w not in self.warnings]
+            return "result"
+        if kind == "SailStep":
+            self.sail_steps.append(item)
+            self.phase = "sail-search"
+            return "sail_step"
+        if kind == "SailResult":
+            self.sail_result = item
+            return "sail_result"
+        if kind == "PairResult":
+            self.pair = item
+            return "pair"
+        return "other"
+
+    # -- read-outs (formatting of core numbers) ---------------------------------------------
+    def progress(self) -> tuple[int, int, str]:
+        """(units done, units total, label): SAIL evaluations plus sampling steps of every run."""
+        steps = self.settings.steps
+        sail_total = (self.sail.max_steps + 1) if self.sail is not None else 0
+        sail_done = sail_total if (self.sail_result is not None) else len(self.sail_steps)
+        done = sail_done + sum(len(self.records.get(r, [])) for r in self.runs)
+        total = sail_total + steps * len(self.runs)
+        if self.phase == "sail-search":
+            label = f"SAIL search: step {len(self.sail_steps) - 1} of ≤ {self.sail.max_steps}"
+        elif self.phase in ("original", "sail"):
+            n = len(self.records.get(self.phase, []))
+            label = f"{'SAIL' if self.phase == 'sail' else 'original'} run: step {n} of {steps}"
+        else:
+            label = self.phase
+        return done, total, label
+
+    def step1(self, run: str) -> tuple[float | None, float | None]:
+        """(step-1 sharpness, step-1 Wen) of image 0 of a run, as core recorded them."""
+        recs = self.records.get(run) or []
+        if not recs:
+            return None, None
+        r = recs[0]
+        return (r.sharpness[0] if r.sharpness else None), (r.wen[0] if r.wen else None)
+
+    def sail_trace(self) -> list[dict]:
+        """SAIL loss rows ``{"step", "candidate", "loss"}`` from core's per-step trace."""
+        rows = []
+        for s in self.sail_steps:
+            for cand, loss in enumerate(s.loss):
+                if loss is not None:
+                    rows.append({"step": s.step, "candidate": cand, "loss": loss})
+        return rows
+
+    def sail_threshold(self) -> float | None:
+        if self.sail_result is not None:
+            return self.sail_result.threshold
+        return self.sail_steps[-1].threshold if self.sail_steps else None
+
+    def spectrum_steps(self, run: str) -> list[int]:
+        return sorted(self.spectra.get(run, {}))
+
+    def spectrum_for(self, run: str, step: int | None) -> tuple[int | None, dict | None]:
+        """The spectra of ``run`` at the computed step nearest to ``step``."""
+        steps = self.spectrum_steps(run)
+        if not steps:
+            return None, None
+        chosen = steps[0] if step is None else min(steps, key=lambda s: (abs(s - step), s))
+        return chosen, self.spectra[run][chosen]
+
+    def report(self, model_info: Any = None, threshold: tuple[float | None, str] | None = None) -> dict:
+        """The JSON report: settings, model, per-run core reports, SAIL report, risk, files."""
+        thr, src = threshold or (None, "")
+        out: dict[str, Any] = {
+            "app": "sailscope",
+            "model": model_info.__dict__ if model_info is not None and hasattr(model_info, "__dict__") else model_info,
+            "settings": self.settings.to_dict(),
+            "detection": {"threshold": thr, "threshold_source": src, "runs": {}},
+            "runs": {run: res.report() for run, res in self.results.items()},
+            "sail": self.sail_result.report() if self.sail_result is not None else None,
+            "sail_settings": self.sail.to_dict() if self.sail is not None else None,
+            "spectra": {run: {str(k): v for k, v in steps.items()} for run, steps in self.spectra.items()},
+            "warnings": self.warnings,
+            "files": dict(self.files),
+            "first_point_seconds": self.first_point_seconds,
+        }
+        for run in self.results:
+            s1, w1 = self.step1(run)
+            out["detection"]["runs"][run] = {"step1_sharpness": s1, "step1_wen": w1, "risk": risk_level(s1, thr)}
+        return out
+
+    def infotext_extra(self, run: str, model_info: Any, threshold: tuple[float | None, str]) -> dict:
+        s1, w1 = self.step1(run)
+        thr, src = threshold
+        extra: dict[str, Any] = {
+            "Model": getattr(model_info, "name", None),
+            "SAIL Scope run": run,
+            "Step-1 sharpness": s1,
+            "Step-1 Wen": w1,
+            "Memorization risk": risk_level(s1, thr) if s1 is not None else None,
+            "Detection threshold": f"{thr:.4g} ({src})" if thr is not None else None,
+        }
+        if self.sail is not None:
+            extra.update({"SAIL": "on" if run == "sail" else "off (comparison)", "SAIL objective": self.sail.objective,
+                          "SAIL threshold": self.sail_threshold(), "SAIL max steps": self.sail.max_steps,
+                          "SAIL candidates": self.sail.candidates})
+            if run == "sail" and self.sail_result is not None:
+                r = self.sail_result
+                extra.update({"SAIL converged": r.converged[0], "SAIL loss": r.loss[0], "SAIL steps": r.steps[0],
+                              "SAIL threshold source": r.threshold_source})
+        return extra
+
+
+def save_outputs(view: JobView, outputs: str, model_info: Any, threshold: tuple[float | None, str]) -> dict[str, str]:
+    """Every finished image as PNG (infotext) plus the job's JSON report; returns the paths written."""
+    from sailscope.ui.outputs import infotext, new_stem, save_image, save_report
+
+    stem = new_stem(outputs, view.settings.seed)
+    settings = dict(view.settings.to_dict(), model=getattr(model_info, "name", None))
+    for run, res in view.results.items():
+        for i, image in enumerate(res.images):
+            text = infotext(dict(settings, width=image.width, height=image.height, seed=view.settings.seed + i),
+                            view.infotext_extra(run, model_info, threshold))
+            view.files[f"{run}" + (f"_{i}" if i else "")] = str(save_image(stem, run if not i else f"{run}-{i}", image, text))
+    view.files["report"] = str(stem.parent / f"{stem.name}-report.json")
+    save_report(stem, view.report(model_info, threshold))
+    return view.files
