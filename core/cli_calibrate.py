@@ -32,15 +32,38 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def read_prompts(path: str | None, limit: int | None) -> list[str]:
-    """One prompt per line (``.txt``) or ``{"caption": ...}`` per line (``.jsonl``); default: demo held-out."""
-    if path is None:
-        from sailscope.core.models import DEMO_MODEL_DIR
+def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, seed: int = 99) -> list[str]:
+    """Fresh demo-grammar captions: neither memorized nor in the held-out evaluation set (no in-sample tuning)."""
+    import numpy as np
 
-        default = DEMO_MODEL_DIR / "heldout_prompts.txt"
-        if not default.is_file():
+    from sailscope.core.demo.data import random_caption_spec
+    from sailscope.core.models import DEMO_MODEL_DIR
+
+    folder = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
+    exclude: set[str] = set()
+    if (folder / "heldout_prompts.txt").is_file():
+        exclude |= {l.strip() for l in (folder / "heldout_prompts.txt").read_text().splitlines()}
+    if (folder / "memorized.jsonl").is_file():
+        exclude |= {json.loads(l)["caption"] for l in (folder / "memorized.jsonl").read_text().splitlines() if l.strip()}
+    rng = np.random.default_rng([seed, 7])
+    out: list[str] = []
+    while len(out) < n:
+        text = random_caption_spec(rng).text()
+        if text not in exclude and text not in out:
+            out.append(text)
+    return out
+
+
+def read_prompts(path: str | None, limit: int | None, model: str = "") -> list[str]:
+    """One prompt per line (``.txt``) or ``{"caption": ...}`` per line (``.jsonl``).
+
+    Default for ``--model demo``: 48 fresh grammar captions (:func:`demo_calibration_prompts`).
+    """
+    if path is None:
+        if model != "demo":
             raise UserInputError("--prompts is required: a file of non-memorized prompts, one per line")
-        path = str(default)
+        prompts = demo_calibration_prompts()
+        return prompts[:limit] if limit else prompts
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"--prompts file not found: {p}")
@@ -64,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     parser.add_argument("--prompts", default=None,
-                        help="non-memorized prompts (.txt one per line, or .jsonl with 'caption'); default: the demo's held-out prompts")
+                        help="non-memorized prompts (.txt one per line, or .jsonl with 'caption'); default for the demo model: "
+                             "48 fresh grammar captions (not memorized, not in its held-out set)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("--seeds", default="0-3", help="seeds, e.g. 0-3 or 0,1,5 (default 0-3)")
     parser.add_argument("--scheduler", default="ddim", help="scheduler whose first step is measured (default ddim)")
@@ -81,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. Check inputs before loading anything
     seeds = parse_seeds(args.seeds)
-    prompts = read_prompts(args.prompts, args.limit)
+    prompts = read_prompts(args.prompts, args.limit, args.model)
     # 2. Measure
     pipe = load_model_from_args(args)
 

@@ -105,3 +105,16 @@ def test_cli_calibrate_writes_the_file(tiny_model_dir, tmp_path, capsys):
     (rec,) = cal.load_calibrations(out).values()
     assert rec.prompts == ["a red circle", "a blue square"] and rec.seeds == [0, 1]
     assert main(["calibrate", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--seeds", "x"]) == 1
+
+
+def test_demo_calibration_prompts_exclude_evaluation_and_memorized_captions(tmp_path):
+    from sailscope.core.cli_calibrate import demo_calibration_prompts, read_prompts
+
+    base = demo_calibration_prompts(10, tmp_path)
+    assert len(set(base)) == 10 and base == demo_calibration_prompts(10, tmp_path)
+    (tmp_path / "heldout_prompts.txt").write_text(base[0] + "\n")
+    (tmp_path / "memorized.jsonl").write_text(json.dumps({"caption": base[1]}) + "\n")
+    fresh = demo_calibration_prompts(10, tmp_path)
+    assert base[0] not in fresh and base[1] not in fresh and fresh[:8] == base[2:]
+    with pytest.raises(UserInputError, match="--prompts"):
+        read_prompts(None, None, "/some/model")

@@ -1,0 +1,232 @@
+"""SAIL and RTA on the embedded demo model: the table of docs/mitigation.md, from scratch (CPU, not CI).
+
+    python tests/bench/demo_sail_eval.py --out runs/demo_sail            # full run (seeds 0-3, 50 DDIM steps)
+    python tests/bench/demo_sail_eval.py --quick --out /tmp/demo_sail    # 4 memorized, 8 held-out, 2 seeds
+
+Stages: (1) calibrate the model's thresholds on *fresh* grammar captions (neither memorized nor in the
+held-out evaluation set), into ``<out>/calibration.json`` (``SAILSCOPE_HOME=<out>`` for this run);
+(2) originals (seed's ``x_T``) for memorized and held-out prompts; (3) SAIL at default settings;
+(4) SAIL at 5 thresholds and RTA at 5 token counts on the memorized prompts; (5) timings.
+
+Definitions (demo model card): *copy distance* = RMSE in [0, 1] pixels to the memorized training image;
+*copy* = distance < ``τ_copy`` (``--tau``, default from the card's ``train_info.json`` ``tau_copy`` if
+present, else 0.15); *attribute accuracy* = :func:`sailscope.core.demo.data.check_attributes`.
+Held-out prompts: copy = distance to the nearest memorized training image < ``τ_copy``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--out", default="runs/demo_sail")
+    p.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (default 4)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--heldout", type=int, default=40, help="held-out prompts evaluated (default 40)")
+    p.add_argument("--calib-prompts", type=int, default=48, help="fresh captions for calibration")
+    p.add_argument("--tau", type=float, default=None)
+    p.add_argument("--objective", default="paper", choices=["paper", "reference"])
+    p.add_argument("--quantiles", default="0.5,0.75,0.9,0.95,0.99", help="SAIL threshold sweep (calibration quantiles)")
+    p.add_argument("--rta", default="1,2,4,6,8", help="RTA token counts")
+    p.add_argument("--timing", type=int, default=6, help="memorized prompts in the timing comparison")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip", default="", help="comma list of stages to skip: sweep,rta,timing")
+    return p.parse_args(argv)
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["SAILSCOPE_HOME"] = str(out.resolve())
+    import torch
+    from PIL import Image
+
+    from sailscope.core import calibration as cal
+    from sailscope.core.demo.data import check_attributes
+    from sailscope.core.generate import GenerationSettings, run_generation
+    from sailscope.core.models import DEMO_MODEL_DIR, load_pipeline
+    from sailscope.core.rta import RtaSettings
+    from sailscope.core.sail import SailSettings, run_sail
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    folder = DEMO_MODEL_DIR if args.model == "demo" else Path(args.model)
+    if not (folder / "model_index.json").is_file():
+        print(f"demo_sail_eval: no model at {folder} (train it: sailscope train-demo)", file=sys.stderr)
+        return 2
+    pipe = load_pipeline(str(folder) if args.model != "demo" else "demo", device="cpu", dtype="fp32")
+    memo = [json.loads(l) for l in (folder / "memorized.jsonl").read_text().splitlines() if l.strip()]
+    for m in memo:
+        m["train"] = np.asarray(Image.open(folder / m["image"]).convert("RGB"), float) / 255.0
+    heldout = [l.strip() for l in (folder / "heldout_prompts.txt").read_text().splitlines() if l.strip()]
+    info = json.loads((folder / "train_info.json").read_text()) if (folder / "train_info.json").is_file() else {}
+    tau = args.tau if args.tau is not None else float(info.get("tau_copy", 0.15))
+    n_seeds, steps = args.seeds, args.steps
+    if args.quick:
+        memo, heldout, n_seeds, args.calib_prompts, args.timing = memo[:4], heldout[:8], 2, 12, 2
+    heldout = heldout[: args.heldout]
+    seeds = list(range(n_seeds))
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    results: dict = {"model": str(folder), "tau_copy": tau, "seeds": seeds, "steps": steps, "guidance": args.guidance}
+
+    def gen(prompt, x_T=None, n=n_seeds):
+        gs = GenerationSettings(prompt=prompt, seed=0, num_images=n, steps=steps, guidance=args.guidance)
+        return run_generation(pipe, gs, x_T=x_T)
+
+    def gs_of(prompt, n=n_seeds):
+        return GenerationSettings(prompt=prompt, seed=0, num_images=n, steps=steps, guidance=args.guidance)
+
+    # 1. Calibration on fresh captions
+    t0 = time.perf_counter()
+    from sailscope.core.cli_calibrate import demo_calibration_prompts
+
+    calib_prompts = demo_calibration_prompts(args.calib_prompts, folder)  # same prompts as `sailscope calibrate`
+    record = cal.measure(pipe, calib_prompts, seeds, steps=steps)
+    cal.save_calibration(record)
+    det_thr = record.detection_threshold()
+    log(f"calibrated on {record.n} values in {time.perf_counter() - t0:.0f}s; detection threshold {det_thr:.4g}")
+    results["calibration"] = {"n": record.n, "detection_threshold": det_thr, "seconds": time.perf_counter() - t0}
+
+    # 2. Originals
+    def score_memo(m, arr):
+        d = [rmse(a, m["train"]) for a in arr]
+        return {"dist": d, "copy": [x < tau for x in d], "attr": [bool(check_attributes(a, m["caption"])) for a in arr]}
+
+    memo_train = np.stack([m["train"] for m in memo])
+
+    def score_held(p, arr, ref=None):
+        near = [float(np.sqrt(((memo_train - a[None]) ** 2).mean(axis=(1, 2, 3))).min()) for a in arr]
+        r = {"near_memo": near, "copy": [x < tau for x in near], "attr": [bool(check_attributes(a, p)) for a in arr]}
+        if ref is not None:
+            r["dist_to_original"] = [rmse(a, b) for a, b in zip(arr, ref)]
+        return r
+
+    orig_memo, orig_held = {}, {}
+    for m in memo:
+        g = gen(m["caption"])
+        orig_memo[m["caption"]] = g
+        m["orig"] = score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}
+    for p in heldout:
+        orig_held[p] = gen(p)
+    log("originals done")
+
+    def summarize_memo(rows, kind="exact"):
+        rows = [r for r, m in rows if m["kind"] == kind]
+        flat = lambda key: [v for r in rows for v in r[key]]
+        return {"copy_rate": float(np.mean(flat("copy"))), "mean_dist": float(np.mean(flat("dist"))),
+                "attr_acc": float(np.mean(flat("attr"))), "n": len(flat("copy"))}
+
+    held_orig_scores = {p: score_held(p, orig_held[p].array) for p in heldout}
+    results["original"] = {
+        "memorized_exact": summarize_memo([(m["orig"], m) for m in memo]),
+        "memorized_template": summarize_memo([(m["orig"], m) for m in memo], "template"),
+        "heldout": {"copy_rate": float(np.mean([c for s in held_orig_scores.values() for c in s["copy"]])),
+                    "attr_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["attr"]]))},
+        "step1_sharpness_memorized": float(np.mean([v for m in memo for v in m["orig"]["sharpness"]])),
+    }
+
+    # 3. SAIL at default settings (threshold auto = calibration)
+    def sail_rows(sail: SailSettings, prompts_memo, prompts_held):
+        rows, held, meta = [], {}, []
+        for m in prompts_memo:
+            r = run_sail(pipe, gs_of(m["caption"]), sail)
+            g = gen(m["caption"], x_T=r.x_T)
+            rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}, m))
+            meta.append({"converged": r.converged, "steps": r.steps, "seconds": r.seconds, "calls": r.unet_calls,
+                         "threshold": r.threshold, "source": r.threshold_source})
+        for p in prompts_held:
+            r = run_sail(pipe, gs_of(p), sail)
+            g = gen(p, x_T=r.x_T)
+            held[p] = score_held(p, g.array, orig_held[p].array) | {"steps": r.steps, "converged": r.converged}
+        out = {"memorized_exact": summarize_memo(rows), "memorized_template": summarize_memo(rows, "template"),
+               "converged_rate": float(np.mean([c for x in meta for c in x["converged"]])),
+               "mean_steps": float(np.mean([c for x in meta for c in x["steps"]])),
+               "threshold": meta[0]["threshold"] if meta else None, "threshold_source": meta[0]["source"] if meta else None,
+               "step1_sharpness_exact": [v for r, m in rows if m["kind"] == "exact" for v in r["sharpness"]]}
+        out["step1_below_detection"] = float(np.mean([v < det_thr for v in out["step1_sharpness_exact"]])) if rows else None
+        if held:
+            out["heldout"] = {
+                "copy_rate": float(np.mean([c for s in held.values() for c in s["copy"]])),
+                "attr_acc": float(np.mean([c for s in held.values() for c in s["attr"]])),
+                "mean_dist_to_original": float(np.mean([c for s in held.values() for c in s["dist_to_original"]])),
+                "converged_rate": float(np.mean([c for s in held.values() for c in s["converged"]])),
+                "mean_steps": float(np.mean([c for s in held.values() for c in s["steps"]])),
+            }
+        return out
+
+    default = SailSettings(objective=args.objective)
+    results["sail_default"] = sail_rows(default, memo, heldout) | {"settings": default.to_dict()}
+    log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
+    skip = set(args.skip.split(","))
+
+    # 4. Sweeps on memorized prompts
+    alpha = default.alpha_for("epsilon")
+    if "sweep" not in skip:
+        results["sail_sweep"] = []
+        for q in (float(x) for x in args.quantiles.split(",")):
+            thr = record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q)
+            s = SailSettings(objective=args.objective, threshold=thr)
+            results["sail_sweep"].append({"quantile": q, "threshold": thr} | sail_rows(s, memo, []))
+            log(f"SAIL q{q}: {json.dumps(results['sail_sweep'][-1]['memorized_exact'])}")
+    if "rta" not in skip:
+        results["rta"] = []
+        for k in (int(x) for x in args.rta.split(",")):
+            rows = []
+            for m in memo:
+                from sailscope.core.rta import iter_rta
+
+                (rr,) = list(iter_rta(pipe, gs_of(m["caption"]), RtaSettings(tokens=k)))
+                g = gen(rr.prompt)
+                # attributes are judged against the user's prompt, not the edited one
+                rows.append((score_memo(m, g.array), m))
+            results["rta"].append({"tokens": k, "memorized_exact": summarize_memo(rows),
+                                   "memorized_template": summarize_memo(rows, "template")})
+            log(f"RTA {k}: {json.dumps(results['rta'][-1]['memorized_exact'])}")
+
+    # 5. Timing (single image, seed 0, memorized exact prompts): plain 50 steps vs SAIL's mitigated half;
+    #    time to the first accepted latent, ours (default) vs the authors' loop configuration
+    if "timing" not in skip:
+        authors = SailSettings(objective="reference", candidates=8, max_steps=10, stop="first")
+        tm = []
+        for m in [m for m in memo if m["kind"] == "exact"][: args.timing]:
+            g = run_generation(pipe, gs_of(m["caption"], 1))
+            r = run_sail(pipe, gs_of(m["caption"], 1), default)
+            g2 = run_generation(pipe, gs_of(m["caption"], 1), x_T=r.x_T)
+            ra = run_sail(pipe, gs_of(m["caption"], 1), authors)
+
+            def first_accept(res):
+                return next((st.elapsed for st in res.trace if st.accepted), None)
+
+            tm.append({"plain": g.seconds, "sail_half": r.seconds + g2.seconds, "ratio": (r.seconds + g2.seconds) / g.seconds,
+                       "ours_first_accept": first_accept(r), "authors_first_accept": first_accept(ra),
+                       "ours_steps": r.steps[0], "authors_steps": ra.steps[0], "ours_converged": r.converged[0],
+                       "authors_converged": ra.converged[0]})
+        med = lambda k: statistics.median([t[k] for t in tm if t[k] is not None]) if any(t[k] is not None for t in tm) else None
+        results["timing"] = {"rows": tm, "median_plain_s": med("plain"), "median_sail_half_s": med("sail_half"),
+                             "median_ratio": med("ratio"), "median_ours_first_accept_s": med("ours_first_accept"),
+                             "median_authors_first_accept_s": med("authors_first_accept"),
+                             "threads": torch.get_num_threads()}
+        log(f"timing: {json.dumps({k: v for k, v in results['timing'].items() if k != 'rows'})}")
+
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("sail_sweep", "rta")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
