@@ -117,18 +117,45 @@ def _factory(source: ScoreSource) -> Callable[[int], GuidedScore]:
     raise UserInputError(f"gs must be a GuidedScore or a function n -> GuidedScore, got {type(source).__name__}")
 
 
-def diffusers_score_factory(model, t, cond: Tensor, uncond: Tensor, added_cond_kwargs: dict | None = None) -> Callable[[int], GuidedScore]:
-    """``n -> model.guided(t, cond×n, uncond×n)`` for a :class:`~sailscope.core.score.DiffusersScoreModel`
-    and single-prompt embeddings ``(1, L, D)``: the batch the operator needs for ``n`` stacked vectors."""
+def diffusers_score_factory(model, t, cond: Tensor, uncond: Tensor, **guided_kwargs) -> Callable[[int], GuidedScore]:
+    """``n -> model.guided(t, cond×n, uncond×n, **guided_kwargs)`` for a
+    :class:`~sailscope.core.score.DiffusersScoreModel` and one prompt's embeddings ``(1, L, D)``: the batch an
+    operator needs for ``n`` stacked vectors (``guided_kwargs``: ``abar``, ``added_cond_kwargs``, ...)."""
+    if cond.shape[0] != 1 or uncond.shape[0] != 1:
+        raise UserInputError(f"cond/uncond must hold one prompt (batch 1), got {cond.shape[0]} and {uncond.shape[0]}")
     cache: dict[int, GuidedScore] = {}
 
     def make(n: int) -> GuidedScore:
         if n not in cache:
-            reps = lambda e: e.expand(n, *e.shape[1:]) if e.shape[0] == 1 else e.repeat(n, *([1] * (e.dim() - 1)))
-            cache.clear()  # keep one batch size alive: embeddings are small but UNet graphs are not
-            cache[n] = model.guided(t, reps(cond), reps(uncond), added_cond_kwargs)
+            cache.clear()
+            cache[n] = model.guided(t, cond.expand(n, *cond.shape[1:]), uncond.expand(n, *uncond.shape[1:]), **guided_kwargs)
         return cache[n]
 
+    return make
+
+
+def row_score_factory(gs: GuidedScore, x_all: Tensor, row: int) -> Callable[[int], GuidedScore]:
+    """Batch-``n`` scores of image ``row`` of a batch-``B`` :class:`GuidedScore` (the other rows held at
+    ``x_all``): each of the ``n`` vectors costs one batch-``B`` call. Exact because the UNet treats batch rows
+    independently. Used by generation probes, which see the run's batch, not the embeddings."""
+    if not 0 <= row < x_all.shape[0]:
+        raise UserInputError(f"row must be in [0, {x_all.shape[0]}), got {row}")
+
+    def make(n: int) -> GuidedScore:
+        def eps_pair(z: Tensor) -> tuple[Tensor, Tensor]:
+            outs_c, outs_u = [], []
+            for i in range(z.shape[0]):
+                full = torch.cat([x_all[:row].to(z.dtype), z[i:i + 1], x_all[row + 1:].to(z.dtype)])
+                ec, eu = gs.eps_pair(full)
+                outs_c.append(ec[row:row + 1])
+                outs_u.append(eu[row:row + 1])
+            return torch.cat(outs_c), torch.cat(outs_u)
+
+        sigma = torch.as_tensor(gs.sigma)
+        return GuidedScore(eps_pair=eps_pair, sigma=float(sigma.reshape(-1)[row]) if sigma.dim() else gs.sigma, t=gs.t)
+
+    if x_all.shape[0] == 1:
+        return lambda n: gs if n == 1 else make(n)
     return make
 
 

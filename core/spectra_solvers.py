@@ -378,11 +378,13 @@ def _finish(op: LinearOp, basis: Tensor, hm: Tensor, brow: Tensor, k: int, targe
 
 
 def _explicit_residuals(op: LinearOp, y: Tensor, theta: Tensor) -> tuple[Tensor, int]:
-    """``‖A y - θ y‖ / |θ|`` with explicit products on the real and imaginary parts of each Ritz vector."""
+    """``‖A y - θ y‖ / |θ|`` with explicit products: one per real Ritz vector, two per complex one."""
     before = op.counter.hvps
-    parts = torch.cat([y.real, y.imag]).to(op.dtype)
-    ap = op.matmat(parts).double()
-    ay = torch.complex(ap[: y.shape[0]], ap[y.shape[0]:])
+    cplx = (y.imag.abs().amax(dim=1) > 0).nonzero().flatten()
+    parts = torch.cat([y.real, y.imag[cplx]]).to(op.dtype)
+    ap = op.matmat(parts).to(torch.complex128)
+    ay = ap[: y.shape[0]].clone()
+    ay[cplx] += 1j * ap[y.shape[0]:]
     r = (ay - theta[:, None] * y).norm(dim=1) / theta.abs().clamp_min(torch.finfo(torch.float64).tiny)
     return r, op.counter.hvps - before
 
