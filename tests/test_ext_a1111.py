@@ -1,0 +1,273 @@
+"""A1111 / Forge script contract, run through stand-ins of the hosts' modules.
+
+The stand-ins (tests/hosts/a1111/modules: scripts, script_callbacks, processing, sd_samplers, prompt_parser,
+shared) follow the published signatures of A1111 1.10 exactly: ``Script`` hooks and ``ScriptRunner`` slicing
+of ``p.script_args``, ``process_before_every_sampling(p, *args, **kwargs)`` with ``x, noise, c, uc``,
+``CFGDenoiserParams``/``CFGDenoisedParams`` (cond rows first, uncond rows last), ``create_infotext``'s
+handling of ``extra_generation_params`` (lists indexed, callables called with its locals), sampling under
+``torch.no_grad()``; and Forge's differences: ``p.modified_noise``, ``torch.inference_mode()``, no
+``on_cfg_denoised`` (a post-CFG hook on the UNet patcher instead, uncond skipped at CFG 1), and
+``process_before_every_sampling`` called again for the hires pass. The hooks run in the hosts' real order:
+process -> [per batch: process_before_every_sampling -> sampling (CFG callbacks) -> hires pass -> decode ->
+postprocess_image per image] -> postprocess. The UNet is the tiny diffusers one wrapped in k-diffusion's
+CompVisDenoiser parameterization (A1111) or ComfyUI-style apply_model (Forge), so SAIL's x_T is checked
+against core.sail on the diffusers path.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+HOSTS = os.path.join(os.path.dirname(__file__), "hosts")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = ("sail", "objective", "threshold", "max_steps", "candidates", "lr", "sharpness", "show_original", "save_plots")
+
+
+class ForgePatcher:
+    """Forge's UNet patcher surface we use: model.apply_model, model_options, clone, post-CFG hooks."""
+
+    def __init__(self, model, model_options=None):
+        self.model = model
+        self.model_options = model_options or {}
+
+    def clone(self):
+        return ForgePatcher(self.model, copy.copy(self.model_options))
+
+    def set_model_sampler_post_cfg_function(self, post_cfg_function, disable_cfg1_optimization=False):
+        self.model_options["sampler_post_cfg_function"] = self.model_options.get("sampler_post_cfg_function", []) + [post_cfg_function]
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
+
+class ForgeObjects:
+    def __init__(self, unet):
+        self.unet = unet
+
+    def shallow_copy(self):
+        return ForgeObjects(self.unet)
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    added = [os.path.join(HOSTS, "a1111"), HOSTS]
+    for path in added:
+        sys.path.insert(0, path)
+    try:
+        from denoisers import ComfyBaseModel
+
+        from modules import processing, script_callbacks, scripts, sd_samplers
+
+        from sailscope.core.score import DiffusersScoreModel
+        from sailscope.core.testing import tiny_pipeline
+
+        torch.set_num_threads(1)
+        pipe = tiny_pipeline()
+        base = ComfyBaseModel(pipe.unet, pipe.scheduler.alphas_cumprod)
+        lora = ForgeObjects(ForgePatcher(base))
+        sd_model = SimpleNamespace(pipe=pipe, unet=pipe.unet, alphas_cumprod=pipe.scheduler.alphas_cumprod,
+                                   forge_objects=lora.shallow_copy(), forge_objects_after_applying_lora=lora)
+        # load the shim as A1111's script_loading does: extension root first on sys.path, module named by file
+        script_callbacks.clear_callbacks()
+        old_path = sys.path
+        sys.path = [ROOT] + sys.path
+        try:
+            path = os.path.join(ROOT, "scripts", "sailscope.py")
+            spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+            shim = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(shim)
+        finally:
+            sys.path = old_path
+        classes = [v for v in shim.__dict__.values() if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script]
+        yield SimpleNamespace(processing=processing, scripts=scripts, callbacks=script_callbacks, samplers=sd_samplers,
+                              shim=shim, classes=classes, sd_model=sd_model, pipe=pipe,
+                              dsm=DiffusersScoreModel.from_pipeline(pipe), out=str(tmp_path_factory.mktemp("outputs")))
+    finally:
+        for path in added:
+            sys.path.remove(path)
+        for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.") or m == "denoisers"]:
+            del sys.modules[name]
+
+
+def make_runner(h, is_img2img=False):
+    import gradio as gr
+
+    runner = h.scripts.ScriptRunner()
+    runner.initialize_scripts(h.classes, is_img2img)
+    with gr.Blocks():
+        runner.setup_ui()
+    return runner
+
+
+def run_job(h, args, *, forge=False, img2img=False, cfg_scale=7.0, batch_size=2, n_iter=2, enable_hr=True):
+    h.processing.FORGE = forge
+    h.samplers.created.clear()
+    runner = make_runner(h, img2img)
+    script = runner.alwayson_scripts[0]
+    script_args = [None] * script.args_from + list(args)
+    kwargs = dict(sd_model=h.sd_model, prompt="a red square", negative_prompt="", seed=11, steps=3, cfg_scale=cfg_scale,
+                  batch_size=batch_size, n_iter=n_iter, script_args=script_args, scripts=runner, outpath_samples=h.out)
+    calls = []
+    original_hook = script.process_before_every_sampling
+
+    def spy(p, *a, **kw):
+        calls.append((p.iteration, p.is_hr_pass, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return original_hook(p, *a, **kw)
+
+    script.process_before_every_sampling = spy
+    if img2img:
+        p = h.processing.StableDiffusionProcessingImg2Img(init_images=["img"], **kwargs)
+    else:
+        p = h.processing.StableDiffusionProcessingTxt2Img(enable_hr=enable_hr, **kwargs)
+    try:
+        processed = h.processing.process_images(p)
+    finally:
+        h.processing.FORGE = False
+    return p, processed, calls
+
+
+def ui_args(**over):
+    from sailscope.extension.common import HostOptions
+
+    d = HostOptions().to_dict()
+    d.update(sail=True, threshold=0.0, max_steps=2, sharpness="fd", show_original=True, save_plots=True)
+    d.update(over)
+    return [d[k] for k in FIELDS]
+
+
+def parse(text):
+    from sailscope.extension.common import parse_infotext_line
+
+    return parse_infotext_line(text.splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+def test_shim_registers_one_always_visible_script(host):
+    h = host
+    assert [c.__name__ for c in h.classes] == ["SailScopeScript"]
+    runner = make_runner(h)
+    script = runner.alwayson_scripts[0]
+    assert script.title() == "SAIL Scope" and script.show(False) is h.scripts.AlwaysVisible
+    assert script.args_to - script.args_from == len(FIELDS)  # the API's alwayson_scripts args order
+    from sailscope.extension.a1111 import ARG_NAMES
+
+    assert ARG_NAMES == FIELDS
+    assert {k for _, k in runner.infotext_fields if isinstance(k, str)} >= {"SAIL threshold", "SAIL steps"}
+    names = {c.name for c in h.callbacks.callback_map["callbacks_cfg_denoised"]}
+    assert "sailscope_cfg_denoised" in names
+    assert not any(k in sys.modules for k in ("core", "ui", "extension"))
+
+
+def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
+    from sailscope.core import sail as core_sail
+    from sailscope.extension import common
+
+    h = host
+    p, processed, calls = run_job(h, ui_args())
+    # hook order: twice per batch (first pass, hires pass), under no_grad as A1111 samples
+    assert [(it, hr) for it, hr, _, _ in calls] == [(0, False), (0, True), (1, False), (1, True)]
+    assert all(not grad and not inf for _, _, grad, inf in calls)
+    # gallery: 4 results, then per image a comparison (original | SAIL) and a diagnostics image
+    assert len(processed.images) == 4 + 4 * 2 and len(processed.infotexts) == len(processed.images)
+    infos = [parse(t) for t in processed.infotexts[:4]]
+    for info in infos:
+        assert info["SAIL"] == "True" and float(info["SAIL threshold"]) == 0.0
+        assert "not accepted 2 steps" in info["SAIL result"]
+        assert float(info["SAIL Scope sharpness"]) > 0 and float(info["SAIL Scope original sharpness"]) > 0
+        assert common.HostOptions(**common.parse_infotext(info)).threshold == 0.0
+    assert len({i["SAIL Scope original sharpness"] for i in infos}) == 4  # per image, not copied
+    # SAIL's x_T equals core.sail on the diffusers path: A1111 starts at noise * sigma_max -> scale sigma_vp
+    state_report = processed.sailscope
+    assert [r["index"] for r in state_report] == [0, 1, 2, 3]
+    sigma_k = float(h.samplers.created[0].get_sigmas(p, 3)[0])
+    scale = common.first_step_scale(sigma_k, "sigma")
+    with torch.no_grad():
+        c, _ = h.pipe.encode_prompt("a red square", "cpu", 1, True, None)
+        u = h.pipe.encode_prompt("", "cpu", 1, False, None)[0]
+    gs = h.dsm.guided(999, c, u)
+    noise = torch.randn(4, 8, 8, generator=torch.Generator("cpu").manual_seed(13))[None]  # image 2 of batch 2 = seed 13
+    ref = core_sail.optimize(gs.eps_pair, noise, core_sail.SailSettings(objective="reference", threshold=0.0, max_steps=2), sigma=gs.sigma,
+                             threshold=0.0, alpha=0.05, scale=scale)
+    assert state_report[2]["sail"]["loss"] == pytest.approx(ref.loss[0], rel=1e-4)
+    # per-step Wen per image for the original render and the SAIL run (3 steps each; hires not recorded)
+    assert set(state_report[0]["wen_per_step"]) == {"original", "sail"}
+    assert all(len(v) == 3 for v in state_report[0]["wen_per_step"].values())
+    # files written without "always save"
+    files = os.listdir(os.path.join(h.out, "sailscope"))
+    assert sum(f.endswith("-diagnostics.png") for f in files) >= 4 and sum(f.endswith(".json") for f in files) >= 4
+    # API info: JSON with concrete values (callables replaced), infotexts carry per-image metrics
+    info = json.loads(processed.js())
+    assert info["extra_generation_params"]["SAIL Scope sharpness"] is not None
+    assert all("SAIL Scope sharpness" in t for t in info["infotexts"][:4])
+    # the sampler really started from SAIL's x_T (step-1 Wen of the run = probe at SAIL's noise), and the
+    # comparison render from the seed's noise (= probe at the original noise)
+    for r in state_report:
+        assert r["wen_per_step"]["sail"][1] == pytest.approx(r["wen"], rel=1e-4)
+        assert r["wen_per_step"]["original"][1] == pytest.approx(r["original_wen"], rel=1e-4)
+        assert r["wen"] != pytest.approx(r["original_wen"], rel=1e-3)
+
+
+def test_forge_modified_noise_inference_mode_and_post_cfg(host):
+    h = host
+    p, processed, calls = run_job(h, ui_args(show_original=False), forge=True, n_iter=1)
+    assert [(it, hr) for it, hr, _, _ in calls] == [(0, False), (0, True)]
+    assert all(inf for _, _, _, inf in calls)  # Forge samples under inference_mode
+    assert p.modified_noise is None  # consumed by the host after our hook set it
+    report = processed.sailscope
+    assert [r["sail"]["steps"] for r in report] == [2, 2]
+    assert set(report[0]["wen_per_step"]) == {"sail"} and len(report[0]["wen_per_step"]["sail"]) == 3
+    # hook installed on the per-sampling UNet clone, never on the LoRA-applied original
+    assert "sampler_post_cfg_function" not in h.sd_model.forge_objects_after_applying_lora.unet.model_options
+    # the same numbers as A1111 for the same seed (same UNet, x0 through apply_model instead of CompVisDenoiser)
+    _, processed_a, _ = run_job(h, ui_args(show_original=False), n_iter=1, enable_hr=False)
+    for a, b in zip(processed_a.sailscope, report):
+        assert a["sail"]["loss"] == pytest.approx(b["sail"]["loss"], rel=1e-3)
+        assert a["sharpness"] == pytest.approx(b["sharpness"], rel=1e-2)
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_cfg_one_is_not_available(host, forge):
+    h = host
+    p, processed, calls = run_job(h, ui_args(), forge=forge, cfg_scale=1.0, n_iter=1, enable_hr=False)
+    assert len(processed.images) >= 2 and "not available" in processed.comments
+    text = processed.infotexts[0]
+    assert "not available" in parse(text)["SAIL Scope status"]
+    assert "SAIL result" not in text
+
+
+def test_img2img_skips_sail_with_a_message(host):
+    h = host
+    p, processed, calls = run_job(h, ui_args(), img2img=True, n_iter=1)
+    assert "pure noise" in processed.comments
+    assert all(r.get("sail") is None for r in processed.sailscope)
+    assert all(r["wen_per_step"] for r in processed.sailscope)  # per-step metrics still recorded
+
+
+def test_api_args_and_bad_args(host):
+    from sailscope.extension.a1111 import options_from_args
+
+    h = host
+    opts = options_from_args([{"sail": True, "threshold": 7.5}])
+    assert opts.sail and opts.threshold == 7.5 and opts.max_steps == 10
+    assert options_from_args([True, "paper", 3.0]).objective == "paper"
+    with pytest.raises(ValueError, match="objective"):
+        options_from_args([True, "Paper"])
+    p, processed, _ = run_job(h, [True, "bogus"], n_iter=1, enable_hr=False)
+    assert "settings rejected" in processed.comments and len(processed.images) == 2
+    assert "SAIL" not in parse(processed.infotexts[0])
+
+
+def test_sail_off_leaves_the_noise_alone(host):
+    h = host
+    _, on, _ = run_job(h, ui_args(sail=False, show_original=False), n_iter=1, enable_hr=False)
+    _, plain, _ = run_job(h, [False, "reference", 8.2, 10, 1, 0.05, "off", False, False], n_iter=1, enable_hr=False)
+    for a, b in zip(on.images[:2], plain.images[:2]):
+        assert list(a.getdata()) == list(b.getdata())
+    assert "SAIL Scope sharpness" in on.infotexts[0] and "SAIL Scope" not in plain.infotexts[0]
