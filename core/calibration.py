@@ -130,7 +130,7 @@ class Calibration:
         if objective == "paper" and delta is not None and not math.isclose(float(v["delta"]), float(delta), rel_tol=1e-6):
             raise UserInputError(
                 f"the calibration of {self.name} measured the paper objective with delta={v['delta']}, "
-                f"not {delta}; recalibrate with --delta {delta} or pass a threshold"
+                f"not {delta}; recalibrate (same dtype, or --delta {delta}) or pass a threshold"
             )
         loss = np.asarray(v["sharpness"], float) + alpha * np.asarray(v["prior"], float)
         return float(np.quantile(loss, quantile))
@@ -193,15 +193,20 @@ def published_threshold(pipe: Any, objective: str, alpha: float) -> tuple[float,
     return entry[1], f"paper default for {name} (reference objective, alpha={entry[2]}); not calibrated here"
 
 
-def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, settings: Any = None,
+def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, delta: float | None = None,
                       quantile: float = DEFAULT_QUANTILE) -> tuple[float, str]:
-    """``(threshold, where it came from)`` for :class:`~sailscope.core.sail.SailSettings` on this model."""
+    """``(threshold, where it came from)`` for :class:`~sailscope.core.sail.SailSettings` on this model.
+
+    ``delta``: the paper objective's resolved relative step (default: ``sail.delta_for(unet dtype)``).
+    """
     if not isinstance(sail.threshold, str):
         return float(sail.threshold), "user setting"
+    if delta is None:
+        delta = sail.delta_for(pipe.unet.dtype)
     found = find_calibration(pipe)
     if found is not None:
         rec, path = found
-        value = rec.sail_threshold(sail.objective, alpha, delta=sail.delta, quantile=quantile)
+        value = rec.sail_threshold(sail.objective, alpha, delta=delta, quantile=quantile)
         return value, (f"calibrated: q{quantile:g} of {rec.n} non-memorized prompt×seed values "
                        f"({sail.objective}, alpha={alpha:g}) from {path} [{rec.created[:10]}]")
     pub = published_threshold(pipe, sail.objective, alpha)
@@ -248,7 +253,7 @@ def measure(
         raise UserInputError("calibration needs at least one non-memorized prompt")
     if not seeds:
         raise UserInputError("calibration needs at least one seed")
-    delta = SailSettings().delta if delta is None else float(delta)
+    delta = SailSettings().delta_for(pipe.unet.dtype) if delta is None else float(delta)
     base = GenerationSettings(prompt=prompts[0], seed=seeds[0], steps=steps, scheduler=scheduler)
     first = first_step(pipe, base)
     device = pipe._execution_device

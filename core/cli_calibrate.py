@@ -83,7 +83,6 @@ def read_prompts(path: str | None, limit: int | None, model: str = "") -> list[s
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sailscope.core.cli import add_model_arguments
-    from sailscope.core.sail import SailSettings
 
     add_model_arguments(parser)
     parser.add_argument("--prompts", default=None,
@@ -93,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0-3", help="seeds, e.g. 0-3 or 0,1,5 (default 0-3)")
     parser.add_argument("--scheduler", default="ddim", help="scheduler whose first step is measured (default ddim)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (sets the first timestep; default 50)")
-    parser.add_argument("--delta", type=float, default=SailSettings().delta, help="paper objective's δ")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="paper objective's relative step (default: by the UNet dtype, 1e-3 for fp32)")
     parser.add_argument("--output", default=None, help="calibration file to write (default: the user's settings file)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -23,7 +23,13 @@ Objectives (per candidate, both cost two batched cond+uncond UNet calls forward,
 * ``paper`` (the formula of §5.1, score space): ``L = ‖sΔ(x + δ sΔ(x)) - sΔ(x)‖² / δ² + α ‖z‖²``.
   The first term is the forward-difference estimate of ``‖HΔ sΔ‖²`` (units: score², like the
   ``sharpness`` metric at step 1); the paper prints it without the ``1/δ²``, which only rescales α and the
-  threshold. Gradients flow through both evaluations and through the perturbation ``δ sΔ(x)``.
+  threshold. The step is *relative*, per candidate: ``δ = delta · ‖x‖ / ‖sΔ(x)‖`` (held constant for the
+  gradient), so the perturbation is ``delta`` times the latent's norm whatever the prompt, the convention
+  of :func:`sailscope.core.metrics.fd_jvp`; with ``delta = 1e-3`` (the fp32 default, the metrics'
+  ``fd_step``) the first term at the seed's ``x_T`` *is* the step-1 sharpness that detection records.
+  Half-precision UNets need a larger step (measured on the tiny pipeline, error of the first term vs fp32:
+  fp16 at 1e-3: ×60, at 3e-2: < 10 %; bf16 at 1e-1: < 50 %), hence ``delta=None`` = by the UNet's dtype
+  (:data:`AUTO_DELTA`). Gradients flow through both evaluations and through the perturbation direction.
 * ``reference`` (the authors' released proxy, eps space, unsquared):
   ``u = eps_Δ(x) / ‖eps_Δ(x)‖``; ``L = ‖eps_Δ(x + u)‖ + α ‖z‖``; gradient flows through ``u``. Its
   published thresholds (7.6–9.0 for SD 1.4 with α = 0.05, 4–6 for SD 2.0 with α = 0.01) are in these
@@ -64,6 +70,15 @@ DEFAULT_ALPHA = {("reference", "epsilon"): 0.05, ("reference", "v_prediction"): 
                  ("paper", "epsilon"): 1e-3, ("paper", "v_prediction"): 2e-4}
 
 
+# relative finite-difference step of the paper objective, by the UNet's dtype (see the module docstring)
+AUTO_DELTA = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 1e-1}
+
+
+def auto_delta(dtype: torch.dtype | None) -> float:
+    """The paper objective's relative step for a UNet of this dtype (fp32 = the metrics' ``fd_step``)."""
+    return AUTO_DELTA.get(dtype, 1e-3)
+
+
 def default_alpha(objective: str, prediction_type: str = "epsilon") -> float:
     """The α used when :class:`SailSettings` leaves it unset."""
     pred = "v_prediction" if prediction_type == "v_prediction" else "epsilon"
@@ -79,7 +94,8 @@ class SailSettings:
 
     ``threshold``: a number in the objective's units, or ``"auto"`` (per-model calibration, see
     :mod:`sailscope.core.calibration`). ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
-    noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None`` picks :func:`default_alpha`.
+    noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None`` picks :func:`default_alpha`;
+    ``delta=None`` (paper objective's relative step) picks :func:`auto_delta` for the UNet's dtype.
     """
 
     objective: Objective = "paper"
@@ -88,7 +104,7 @@ class SailSettings:
     candidates: int = 1
     lr: float = 0.05
     alpha: float | None = None
-    delta: float = 0.1
+    delta: float | None = None
     candidate_seed: int = 0
     stop: Literal["first", "all"] = "first"
 
@@ -108,8 +124,9 @@ class SailSettings:
             raise UserInputError(f"sail lr must be a finite number > 0, got {self.lr!r}")
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
             raise UserInputError(f"sail alpha must be a finite number >= 0 (or unset), got {self.alpha!r}")
-        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0):
-            raise UserInputError(f"sail delta must be a finite number > 0, got {self.delta!r}")
+        if self.delta is not None and not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta)
+                                           and 0 < self.delta <= 1):
+            raise UserInputError(f"sail delta must be a number in (0, 1] (or unset), got {self.delta!r}")
         if isinstance(self.candidate_seed, bool) or not isinstance(self.candidate_seed, int) or self.candidate_seed < 0:
             raise UserInputError(f"sail candidate_seed must be an integer >= 0, got {self.candidate_seed!r}")
         if self.stop not in STOP_RULES:
@@ -117,6 +134,9 @@ class SailSettings:
 
     def alpha_for(self, prediction_type: str = "epsilon") -> float:
         return float(self.alpha) if self.alpha is not None else default_alpha(self.objective, prediction_type)
+
+    def delta_for(self, dtype: torch.dtype | None = torch.float32) -> float:
+        return float(self.delta) if self.delta is not None else auto_delta(dtype)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,15 +162,28 @@ def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def paper_objective(eps_pair: EpsPair, z: Tensor, *, sigma: float, alpha: float, delta: float,
-                    scale: float = 1.0) -> ObjectiveValue:
-    """``‖sΔ(x + δ sΔ(x)) - sΔ(x)‖² / δ² + α ‖z‖²`` with ``x = scale · z`` (score space)."""
+def relative_step(x: Tensor, v: Tensor, delta: float) -> Tensor:
+    """Per-sample ``δ = delta · ‖x‖ / ‖v‖`` (detached, shape ``(B,)``): ``‖δ v‖ = delta ‖x‖``."""
+    with torch.no_grad():
+        xn, vn = _flat_norm(x), _flat_norm(v)
+        return delta * torch.where(xn > 0, xn, torch.ones_like(xn)) / vn.clamp_min(torch.finfo(vn.dtype).tiny)
+
+
+def paper_objective(eps_pair: EpsPair, z: Tensor, *, sigma: float, alpha: float, delta: float | Tensor,
+                    scale: float = 1.0, relative: bool = True) -> ObjectiveValue:
+    """``‖sΔ(x + δ sΔ(x)) - sΔ(x)‖² / δ² + α ‖z‖²`` with ``x = scale · z`` (score space).
+
+    ``relative=True``: ``δ = delta · ‖x‖/‖sΔ(x)‖`` per sample, held constant for the gradient (see
+    :func:`relative_step`); ``relative=False``: ``δ = delta`` (a number or a ``(B,)`` tensor) as printed.
+    """
     x = scale * z
     eps_c, eps_u = eps_pair(x)
     sd = -(eps_c - eps_u) / sigma
-    eps_c2, eps_u2 = eps_pair(x + delta * sd)
+    step = relative_step(x, sd, float(delta)) if relative else torch.as_tensor(delta, dtype=sd.dtype, device=sd.device)
+    step_b = _per_sample(step, x) if step.dim() == 1 else step
+    eps_c2, eps_u2 = eps_pair(x + step_b * sd)
     sd2 = -(eps_c2 - eps_u2) / sigma
-    sharp = _flat_norm(sd2 - sd) ** 2 / delta**2
+    sharp = _flat_norm(sd2 - sd) ** 2 / step**2
     prior = _flat_norm(z) ** 2
     return ObjectiveValue(loss=sharp + alpha * prior, sharpness=sharp, prior=prior)
 
@@ -168,10 +201,11 @@ def reference_objective(eps_pair: EpsPair, z: Tensor, *, alpha: float, scale: fl
 
 
 def evaluate_objective(eps_pair: EpsPair, z: Tensor, settings: SailSettings, *, sigma: float, alpha: float,
-                       scale: float = 1.0) -> ObjectiveValue:
-    """The objective named by ``settings.objective``."""
+                       scale: float = 1.0, delta: float | None = None) -> ObjectiveValue:
+    """The objective named by ``settings.objective`` (``delta``: the resolved relative step, paper only)."""
     if settings.objective == "paper":
-        return paper_objective(eps_pair, z, sigma=sigma, alpha=alpha, delta=settings.delta, scale=scale)
+        d = delta if delta is not None else settings.delta_for(torch.float32)
+        return paper_objective(eps_pair, z, sigma=sigma, alpha=alpha, delta=d, scale=scale)
     return reference_objective(eps_pair, z, alpha=alpha, scale=scale)
 
 
@@ -258,6 +292,7 @@ class SailResult:
     unet_rows: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    delta: float | None = None  # paper objective's relative step (None for reference)
 
     @property
     def all_converged(self) -> bool:
@@ -265,7 +300,7 @@ class SailResult:
 
     def report(self) -> dict:
         return {
-            "objective": self.objective, "alpha": self.alpha, "threshold": self.threshold,
+            "objective": self.objective, "alpha": self.alpha, "delta": self.delta, "threshold": self.threshold,
             "threshold_source": self.threshold_source, "settings": self.settings.to_dict(),
             "converged": self.converged, "chosen": self.chosen, "steps": self.steps, "loss": self.loss,
             "initial_loss": self.initial_loss, "candidate_image": self.candidate_image,
@@ -312,14 +347,17 @@ def iter_optimize(
     candidate_image: Sequence[int] | None = None,
     candidate_seeds: Sequence[int | None] | None = None,
     threshold_source: str = "user setting",
+    delta: float | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
 ) -> Iterator[SailStep | SailResult]:
     """Run SAIL on candidates ``z0`` (K, ...); yields a :class:`SailStep` per evaluation, then the result.
 
     ``candidate_image[k]`` is the image candidate ``k`` belongs to (default: all image 0); the result has
-    one row per image. ``eps_pair`` must accept any batch size (rows are independent).
+    one row per image. ``eps_pair`` must accept any batch size (rows are independent). ``delta``: the
+    paper objective's resolved relative step (default ``settings.delta_for(float32)``).
     """
     start = time.perf_counter()
+    delta = float(delta) if delta is not None else settings.delta_for(torch.float32)
     counted = _CountingEpsPair(eps_pair)
     k_total = z0.shape[0]
     groups = list(candidate_image) if candidate_image is not None else [0] * k_total
@@ -347,7 +385,7 @@ def iter_optimize(
         rows = torch.tensor(active, dtype=torch.long)
         zi = z[rows].to(device).requires_grad_(need_grad)
         with torch.set_grad_enabled(need_grad):
-            val = evaluate_objective(counted, zi, settings, sigma=sigma, alpha=alpha, scale=scale)
+            val = evaluate_objective(counted, zi, settings, sigma=sigma, alpha=alpha, scale=scale, delta=delta)
         loss = val.loss.detach().to("cpu", torch.float64)
         newly: list[int] = []
         for j, r in enumerate(active):
@@ -406,6 +444,7 @@ def iter_optimize(
         alpha=alpha, settings=settings, candidate_image=groups,
         candidate_seeds=list(candidate_seeds) if candidate_seeds is not None else [None] * k_total,
         unet_calls=counted.calls, unet_rows=counted.rows, seconds=time.perf_counter() - start, warnings=warnings,
+        delta=delta if settings.objective == "paper" else None,
     )
 
 
@@ -526,8 +565,9 @@ def iter_sail(
     n_down = len(unet_cfg.block_out_channels) - 1
     check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
     alpha = sail.alpha_for(prediction_type(pipe))
+    delta = sail.delta_for(pipe.unet.dtype)
     # 2. Threshold (before any model work: a missing calibration fails fast)
-    threshold, source = resolve_threshold(pipe, sail, alpha=alpha, settings=settings)
+    threshold, source = resolve_threshold(pipe, sail, alpha=alpha, delta=delta)
     # 3. Embeddings and first-step geometry
     device = pipe._execution_device
     with torch.no_grad():
@@ -541,7 +581,7 @@ def iter_sail(
     yield from iter_optimize(
         diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
         alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
-        threshold_source=source, cancel=cancel,
+        threshold_source=source, delta=delta, cancel=cancel,
     )
 
 
@@ -670,7 +710,8 @@ def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
                    help="noises optimized together (1 = only the seed's own)")
     g.add_argument("--sail-lr", type=float, default=d.lr, help="Adam learning rate")
     g.add_argument("--sail-alpha", type=float, default=None, help="prior weight α (default: per objective and model)")
-    g.add_argument("--sail-delta", type=float, default=d.delta, help="finite-difference step δ of the paper objective")
+    g.add_argument("--sail-delta", type=float, default=None,
+                   help="paper objective's relative finite-difference step (default: 1e-3 fp32, 3e-2 fp16, 1e-1 bf16)")
     g.add_argument("--rta", type=int, default=None, metavar="N",
                    help="baseline instead of SAIL: add N random tokens to the prompt (Random Token Addition)")
 
@@ -703,5 +744,5 @@ __all__ = [
     "paper_objective", "reference_objective", "evaluate_objective", "iter_optimize", "optimize",
     "candidate_seed", "draw_candidates", "first_step", "diffusers_eps_pair", "iter_sail", "run_sail",
     "generate_pair", "run_pair", "add_sail_arguments", "sail_settings_from_args", "mitigation_from_args",
-    "default_alpha", "OBJECTIVES",
+    "default_alpha", "auto_delta", "relative_step", "OBJECTIVES",
 ]

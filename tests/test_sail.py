@@ -10,7 +10,7 @@ import torch
 from sailscope.core.errors import UserInputError
 from sailscope.core.oracles import Gaussian, GaussianMixture, guided_from_models
 from sailscope.core.sail import (RowAdam, SailResult, SailSettings, SailStep, draw_candidates, iter_optimize,
-                                 optimize, paper_objective, reference_objective)
+                                 optimize, paper_objective, reference_objective, relative_step)
 
 D = 6
 
@@ -95,8 +95,8 @@ def test_objective_gradient_matches_finite_differences(objective):
     eps_pair = guided_from_models(cond, uncond, sigma=0.9).eps_pair
 
     def loss(z):
-        if objective == "paper":
-            return paper_objective(eps_pair, z, sigma=0.9, alpha=0.1, delta=0.05, scale=0.95).loss
+        if objective == "paper":  # the formula as printed (fixed δ); the relative-δ variant is tested below
+            return paper_objective(eps_pair, z, sigma=0.9, alpha=0.1, delta=0.05, scale=0.95, relative=False).loss
         return reference_objective(eps_pair, z, alpha=0.1, scale=0.95).loss
 
     z = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
@@ -111,6 +111,25 @@ def test_objective_gradient_matches_finite_differences(objective):
                 fd[i, j] = (loss(z + e)[i] - loss(z - e)[i]) / (2 * h)
     # central differences in fp64: error O(h²) + O(eps/h) ≈ 1e-10 relative
     torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_relative_step_is_the_fixed_formula_at_the_computed_step():
+    """Relative δ = delta·‖x‖/‖sΔ(x)‖, held constant: value and gradient equal the printed formula at that δ."""
+    g = torch.Generator().manual_seed(11)
+    cond = GaussianMixture.random(4, components=3, generator=g, spread=1.5)
+    uncond = GaussianMixture.random(4, components=2, generator=g, spread=1.0)
+    eps_pair = guided_from_models(cond, uncond, sigma=0.9).eps_pair
+    z = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    x = 0.95 * z.detach()
+    sd = -(eps_pair(x)[0] - eps_pair(x)[1]) / 0.9
+    step = relative_step(x, sd, 1e-2)
+    torch.testing.assert_close((step[:, None] * sd).norm(dim=1), 1e-2 * x.norm(dim=1))
+    rel = paper_objective(eps_pair, z, sigma=0.9, alpha=0.1, delta=1e-2, scale=0.95)
+    fixed = paper_objective(eps_pair, z, sigma=0.9, alpha=0.1, delta=step, scale=0.95, relative=False)
+    torch.testing.assert_close(rel.loss, fixed.loss, rtol=1e-12, atol=0)
+    (g_rel,) = torch.autograd.grad(rel.loss.sum(), z)
+    (g_fix,) = torch.autograd.grad(fixed.loss.sum(), z)
+    torch.testing.assert_close(g_rel, g_fix, rtol=1e-12, atol=1e-14)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +153,7 @@ def test_single_candidate_equals_a_plain_adam_loop():
     cond, uncond = gaussians()
     eps_pair = guided_from_models(cond, uncond).eps_pair
     z0 = torch.randn(1, D, generator=torch.Generator().manual_seed(6))
-    s = SailSettings(objective="paper", threshold=-1.0, max_steps=7, alpha=0.01)
+    s = SailSettings(objective="paper", threshold=-1.0, max_steps=7, alpha=0.01, delta=0.1)
     res = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=0.01)
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=0.05)
@@ -263,7 +282,8 @@ def test_candidates_are_distinct_deterministic_and_start_with_the_stock_noise():
 @pytest.mark.parametrize("kwargs,word", [
     ({"objective": "Paper"}, "objective"), ({"threshold": "high"}, "threshold"),
     ({"threshold": math.nan}, "threshold"), ({"max_steps": -1}, "max_steps"), ({"candidates": 0}, "candidates"),
-    ({"lr": 0.0}, "lr"), ({"alpha": -1.0}, "alpha"), ({"delta": 0.0}, "delta"), ({"stop": "any"}, "stop"),
+    ({"lr": 0.0}, "lr"), ({"alpha": -1.0}, "alpha"), ({"delta": 0.0}, "delta"), ({"delta": 2.0}, "delta"),
+    ({"stop": "any"}, "stop"),
 ])
 def test_settings_validation_names_the_argument(kwargs, word):
     with pytest.raises(UserInputError, match=word):
@@ -280,3 +300,5 @@ def test_settings_are_frozen_keyword_only_with_model_defaults():
     assert SailSettings(objective="reference").alpha_for("epsilon") == 0.05
     assert SailSettings(objective="reference").alpha_for("v_prediction") == 0.01
     assert SailSettings(alpha=0.2).alpha_for("epsilon") == 0.2
+    assert SailSettings().delta_for(torch.float32) == 1e-3 and SailSettings().delta_for(torch.float16) == 3e-2
+    assert SailSettings().delta_for(torch.bfloat16) == 1e-1 and SailSettings(delta=0.2).delta_for(torch.float16) == 0.2

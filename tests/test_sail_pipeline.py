@@ -125,8 +125,23 @@ def test_half_precision_unet_with_fp32_latents(tiny_pipe):
     for a, b in zip(r16.trace, r32.trace):
         assert a.loss[0] == pytest.approx(b.loss[0], rel=2e-2)
     assert (r16.x_T - r32.x_T).abs().max() < 0.05  # same Adam path up to rounding
-    rp = run_sail(half, gs, SailSettings(objective="paper", threshold=-1.0, max_steps=1, delta=1.0))
-    assert all(torch.isfinite(torch.tensor(t.loss[0])) for t in rp.trace)
+    # paper objective: the automatic relative step for half precision (3e-2 fp16, 1e-1 bf16) keeps the
+    # finite difference above rounding noise; at fp32's 1e-3 fp16 is ~60x off on this model (see sail.py)
+    p16 = run_sail(half, gs, SailSettings(objective="paper", threshold=-1.0, max_steps=0, alpha=0.0))
+    p32 = run_sail(tiny_pipe, gs, SailSettings(objective="paper", threshold=-1.0, max_steps=0, alpha=0.0))
+    assert p16.delta == (3e-2 if dtype == torch.float16 else 1e-1) and p32.delta == 1e-3
+    tol = 0.15 if dtype == torch.float16 else 0.6
+    assert p16.trace[0].sharpness[0] == pytest.approx(p32.trace[0].sharpness[0], rel=tol)
+
+
+def test_paper_first_term_at_the_seed_is_the_step1_sharpness_record(tiny_pipe):
+    from sailscope.core.generate import run_generation
+
+    gs = settings(sharpness_at="first", num_images=2)
+    g = run_generation(tiny_pipe, gs)
+    r = run_sail(tiny_pipe, gs, SailSettings(threshold=-1.0, max_steps=0))
+    got = r.trace[0].sharpness  # one candidate per image
+    assert got == pytest.approx(g.records[0].sharpness, rel=1e-3)
 
 
 def test_sail_pair_streams_progress_then_both_runs(tiny_pipe):
