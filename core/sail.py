@@ -739,7 +739,74 @@ def mitigation_from_args(args: argparse.Namespace) -> Any:
     return sail
 
 
+def infotext_fields(result: Any) -> dict:
+    """A1111-style infotext entries for a mitigated image (image 0 of the result)."""
+    if isinstance(result, SailResult):
+        return {"SAIL": "on", "SAIL objective": result.objective, "SAIL threshold": f"{result.threshold:.6g}",
+                "SAIL alpha": f"{result.alpha:g}", "SAIL max steps": result.settings.max_steps,
+                "SAIL candidates": result.settings.candidates, "SAIL lr": result.settings.lr,
+                "SAIL steps": result.steps[0], "SAIL converged": result.converged[0]}
+    return {"RTA tokens": result.rta.tokens, "RTA prompt": result.prompt}
+
+
+def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Namespace, out: Any) -> int:
+    """``sailscope generate --sail|--rta``: stream the pair to stderr, save both runs and a report; 0 on success.
+
+    Prints SAIL's loss per step against the threshold and where the threshold came from; images are saved
+    as ``original-<seed>-<i>.png`` and ``sail-…``/``rta-…`` with infotext, plus ``report.json``.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from sailscope.core.cli_generate import save_result
+    from sailscope.core.generate import GenerationResult, StepRecord
+    from sailscope.core.outputs import json_safe, write_json_atomic
+
+    quiet = bool(getattr(args, "json", False))
+    say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    pair = None
+    for item in generate_pair(pipe, settings, mitigation):
+        if isinstance(item, SailStep):
+            losses = ", ".join("-" if v is None else f"{v:.5g}" for v in item.loss)
+            acc = f"  accepted {item.accepted}" if item.accepted else ""
+            say(f"SAIL step {item.step:>3}/{item.max_steps}  loss [{losses}]  threshold {item.threshold:.5g}{acc}")
+        elif isinstance(item, SailResult):
+            say(f"SAIL threshold {item.threshold:.6g} ({item.threshold_source}); objective {item.objective}, "
+                f"alpha {item.alpha:g}; {item.unet_calls} UNet calls, {item.seconds:.2f}s")
+            for w in item.warnings:
+                say(f"sailscope: warning: {w}")
+        elif isinstance(item, StepRecord):
+            sh = f"  sharpness {item.sharpness[0]:.5g}" if item.sharpness else ""
+            say(f"[{item.run}] step {item.step:>4}/{item.total}  t={item.t:7.1f}  wen {item.wen[0]:.5g}{sh}")
+        elif isinstance(item, PairResult):
+            pair = item
+        elif not isinstance(item, GenerationResult):  # RtaResult
+            say(f"RTA prompt: {item.prompt!r}")
+    assert pair is not None
+    report = pair.report()
+    info = getattr(pipe, "sailscope_info", None)
+    report["model"] = info.__dict__ if info is not None else None
+    name = info.name if info is not None else "model"
+    if out is not None:
+        out = Path(out)
+        report["images"] = {
+            "original": save_result(pair.original, out, name, tag="original-"),
+            pair.method: save_result(pair.mitigated, out, name, extra=infotext_fields(pair.mitigation), tag=f"{pair.method}-"),
+        }
+        write_json_atomic(out / "report.json", report)
+    if quiet:
+        print(json.dumps(json_safe(report)))
+    else:
+        say(f"original {pair.original.seconds:.2f}s; mitigated {pair.mitigated_seconds:.2f}s "
+            f"({pair.method} {pair.mitigation.seconds:.2f}s + sampling {pair.mitigated.seconds:.2f}s)")
+        if out is not None:
+            print(f"saved the original and {pair.method} images and report.json to {out}")
+    return 0
+
+
 __all__ = [
+    "run_cli_pair", "infotext_fields",
     "SailSettings", "SailResult", "SailStep", "PairResult", "ObjectiveValue", "FirstStep", "RowAdam",
     "paper_objective", "reference_objective", "evaluate_objective", "iter_optimize", "optimize",
     "candidate_seed", "draw_candidates", "first_step", "diffusers_eps_pair", "iter_sail", "run_sail",

@@ -202,3 +202,25 @@ def test_auto_threshold_without_calibration_is_a_clear_error(tiny_pipe, tmp_path
     monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path))
     with pytest.raises(UserInputError, match="calibrate"):
         run_sail(tiny_pipe, settings(), SailSettings())
+
+
+def test_cli_generate_with_sail_writes_both_images_and_the_trace(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from sailscope.core.cli import main
+
+    out = tmp_path / "o"
+    rc = main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "fp32", "--prompt", PROMPT,
+               "--steps", "2", "--sail", "--sail-objective", "reference", "--sail-threshold", "-1",
+               "--sail-max-steps", "1", "--out", str(out)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "SAIL threshold -1 (user setting)" in err and "did not reach the threshold" in err
+    assert sorted(p.name for p in out.glob("*.png")) == ["original-00000000-0.png", "sail-00000000-0.png"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["method"] == "sail" and rep["mitigation"]["threshold_source"] == "user setting"
+    assert len(rep["mitigation"]["trace"]) == 2 and rep["mitigation"]["converged"] == [False]
+    from PIL import Image
+
+    info = Image.open(out / "sail-00000000-0.png").info.get("parameters", "")
+    assert "SAIL objective: reference" in info and "SAIL converged: False" in info
