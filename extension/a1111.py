@@ -30,7 +30,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-import gradio as gr
 import torch
 
 from modules import script_callbacks, scripts
@@ -307,6 +306,8 @@ def register_callbacks() -> None:
 # ----------------------------------------------------------------------------------------------
 def on_ui_tabs():
     """The app's Blocks as a tab; its Model tab lists A1111's checkpoints (loaded separately, in diffusers)."""
+    import gradio as gr
+
     try:
         from modules import paths, shared
 
@@ -337,6 +338,8 @@ class SailScopeScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
+        import gradio as gr  # A1111 3.41 / Forge 4.x: only components and arguments both versions share
+
         d = common.HostOptions()
         with gr.Accordion(TITLE, open=False, elem_id=self.elem_id("accordion")):
             if is_img2img:

@@ -62,14 +62,11 @@ def host(tmp_path_factory):
         sys.path.insert(0, path)
     try:
         from denoisers import ComfyBaseModel
+        from fixtures import tiny
 
         from modules import processing, script_callbacks, scripts, sd_samplers
 
-        from sailscope.core.score import DiffusersScoreModel
-        from sailscope.core.testing import tiny_pipeline
-
-        torch.set_num_threads(1)
-        pipe = tiny_pipeline()
+        pipe, dsm = tiny()
         base = ComfyBaseModel(pipe.unet, pipe.scheduler.alphas_cumprod)
         lora = ForgeObjects(ForgePatcher(base))
         sd_model = SimpleNamespace(pipe=pipe, unet=pipe.unet, alphas_cumprod=pipe.scheduler.alphas_cumprod,
@@ -88,7 +85,7 @@ def host(tmp_path_factory):
         classes = [v for v in shim.__dict__.values() if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script]
         yield SimpleNamespace(processing=processing, scripts=scripts, callbacks=script_callbacks, samplers=sd_samplers,
                               shim=shim, classes=classes, sd_model=sd_model, pipe=pipe,
-                              dsm=DiffusersScoreModel.from_pipeline(pipe), out=str(tmp_path_factory.mktemp("outputs")))
+                              dsm=dsm, out=str(tmp_path_factory.mktemp("outputs")))
     finally:
         for path in added:
             sys.path.remove(path)
@@ -163,6 +160,12 @@ def test_shim_registers_one_always_visible_script(host):
     names = {c.name for c in h.callbacks.callback_map["callbacks_cfg_denoised"]}
     assert "sailscope_cfg_denoised" in names
     assert not any(k in sys.modules for k in ("core", "ui", "extension"))
+
+
+def test_ui_tab_is_the_app(host):
+    tabs = host.callbacks.ui_tabs_callback()
+    assert [(t[1], t[2]) for t in tabs] == [("SAIL Scope", "sailscope_tab")]
+    assert hasattr(tabs[0][0], "sailscope_context")  # the app's Blocks, not the error fallback
 
 
 def test_a1111_txt2img_batch_hires_sail_and_metrics(host):

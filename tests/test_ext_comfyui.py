@@ -31,12 +31,9 @@ def comfy():
         from comfy.model_patcher import ModelPatcher
         from comfy_extras import nodes_custom_sampler
         from denoisers import ComfyBaseModel
+        from fixtures import tiny
 
-        from sailscope.core.score import DiffusersScoreModel
-        from sailscope.core.testing import tiny_pipeline
-
-        torch.set_num_threads(1)
-        pipe = tiny_pipeline()
+        pipe, dsm = tiny()
         with torch.no_grad():
             cond, uncond = pipe.encode_prompt("a red square", "cpu", 1, True, None)
         base = ComfyBaseModel(pipe.unet, pipe.scheduler.alphas_cumprod)
@@ -44,7 +41,7 @@ def comfy():
         yield dict(
             samplers=comfy.samplers, ncs=nodes_custom_sampler, pipe=pipe, base=base,
             model=ModelPatcher(base), positive=[[cond, {}]], negative=[[uncond, {}]], cond=cond, uncond=uncond,
-            latent={"samples": torch.zeros(2, 4, 8, 8)}, dsm=DiffusersScoreModel.from_pipeline(pipe),
+            latent={"samples": torch.zeros(2, 4, 8, 8)}, dsm=dsm,
             sigmas=torch.cat([ms.sigmas[[999, 666, 333]], torch.zeros(1)]),
         )
     finally:
