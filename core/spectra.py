@@ -30,6 +30,7 @@ from sailscope.core.metrics import DEFAULT_FD_STEP
 from sailscope.core.spectra_operators import (  # noqa: F401  (re-exports)
     HVP_CHOICES, WHICH_CHOICES, HvpCounter, LinearOp, ScoreSource, dense_matrix, diffusers_score_factory,
     matrix_operator, score_jacobian, score_jacobian_transpose, symmetric_part, symmetrized_score_jacobian,
+    transposed,
 )
 from sailscope.core.spectra_solvers import (  # noqa: F401  (re-exports)
     TARGET_CHOICES, PositiveCount, SpectralDensity, Spectrum, arnoldi, count_positive, dense_spectrum,
@@ -38,6 +39,7 @@ from sailscope.core.spectra_solvers import (  # noqa: F401  (re-exports)
 
 Method = Literal["arnoldi", "lanczos", "dense", "slq"]
 METHOD_CHOICES = ("arnoldi", "lanczos", "dense", "slq")
+PRODUCT_CHOICES = ("forward", "reverse")
 
 
 def spectrum_operator(
@@ -50,16 +52,22 @@ def spectrum_operator(
     chunk: int = 16,
     assume_symmetric: bool = False,
     fd_step: float = DEFAULT_FD_STEP,
+    products: str = "forward",
 ) -> LinearOp:
-    """The operator a ``method`` runs on: ``H`` (arnoldi, dense) or its symmetric part (lanczos, slq)."""
+    """The operator a ``method`` runs on: ``H`` (arnoldi, dense) or its symmetric part (lanczos, slq).
+
+    ``products="reverse"`` runs Arnoldi on ``H^T`` (VJPs): the same eigenvalues, cheaper products on CPU.
+    """
     if method not in METHOD_CHOICES:
         raise UserInputError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+    if products not in PRODUCT_CHOICES:
+        raise UserInputError(f"products must be one of {', '.join(PRODUCT_CHOICES)}, got {products!r}")
     if method in ("arnoldi", "dense") or assume_symmetric:
         op = score_jacobian(gs, x, which=which, method=hvp, chunk=chunk, fd_step=fd_step)
         if assume_symmetric:
             op.symmetric = True
             op.description += " (assumed symmetric)"
-        return op
+        return transposed(op) if products == "reverse" and method != "dense" else op
     if hvp != "exact":
         raise UserInputError(f"method {method!r} needs the transpose product (hvp='exact'), or assume_symmetric=True")
     return symmetrized_score_jacobian(gs, x, which=which, chunk=chunk)
@@ -83,12 +91,14 @@ def spectrum_at(
     sigma: float | None = None,
     generator: torch.Generator | None = None,
     verify: bool = False,
+    products: str = "forward",
 ) -> Spectrum:
     """The spectrum of ``H_which`` at latent ``x`` (shape ``(1, *latent)``) for one sampling step.
 
     ``gs`` is a :class:`~sailscope.core.score.GuidedScore` (batch-agnostic) or a factory ``n -> GuidedScore``
     (see :func:`diffusers_score_factory`). For ``slq`` the returned :class:`Spectrum` has no eigenvalues and
-    carries ``density``; ``k`` is ignored there. For ``dense``, ``k`` limits the values returned.
+    carries ``density``; ``k`` is ignored there. For ``dense``, ``k`` limits the values returned (the matrix is
+    built from reverse-mode rows when exact products allow it). ``products="reverse"``: Arnoldi on ``H^T``.
     """
     # 1. Check inputs
     if method not in METHOD_CHOICES:
@@ -96,7 +106,8 @@ def spectrum_at(
     if target not in TARGET_CHOICES:
         raise UserInputError(f"target must be one of {', '.join(TARGET_CHOICES)}, got {target!r}")
     # 2. Operator
-    op = spectrum_operator(gs, x, which=which, method=method, hvp=hvp, chunk=chunk, assume_symmetric=assume_symmetric)
+    op = spectrum_operator(gs, x, which=which, method=method, hvp=hvp, chunk=chunk, assume_symmetric=assume_symmetric,
+                           products=products)
     # 3. Solve
     if method == "dense":
         return dense_spectrum(op, min(k, op.dim) if k else None, target=target, chunk=chunk, tol=tol)

@@ -127,6 +127,7 @@ class Spectrum:
     verify_hvps: int = 0
     operator: str = ""
     density: SpectralDensity | None = field(default=None, repr=False)
+    matrix: Tensor | None = field(default=None, repr=False)  # the dense path's full Jacobian (fp64)
 
     @property
     def all_converged(self) -> bool:
@@ -408,14 +409,15 @@ def lanczos(op: LinearOp, k: int, *, assume_symmetric: bool = False, **kwargs) -
 # Dense exact path
 # ----------------------------------------------------------------------------------------------
 def dense_spectrum(op: LinearOp, k: int | None = None, *, target: Target = "magnitude", chunk: int | None = 64,
-                   tol: float | None = None) -> Spectrum:
-    """All (or the best ``k``) eigenvalues from the full matrix built with ``d`` batched products."""
+                   tol: float | None = None, mode: str = "auto") -> Spectrum:
+    """All (or the best ``k``) eigenvalues from the full matrix built with ``d`` batched products
+    (``mode``: see :func:`~sailscope.core.spectra_operators.dense_matrix`)."""
     check_target(target)
     d = op.dim
     if k is not None and (not isinstance(k, int) or k < 1 or k > d):
         raise UserInputError(f"k must be between 1 and the dimension {d}, got {k!r}")
     start, hvp0 = time.perf_counter(), op.counter.hvps
-    a = dense_matrix(op, chunk=chunk)
+    a = dense_matrix(op, chunk=chunk, mode=mode)
     if not torch.isfinite(a).all():
         raise NonFiniteError("non-finite Hessian-vector product while building the dense Jacobian")
     a = a.double()
@@ -431,7 +433,7 @@ def dense_spectrum(op: LinearOp, k: int | None = None, *, target: Target = "magn
     tol = default_tol(op.dtype) if tol is None else tol
     return Spectrum(eigenvalues=theta, residuals=rel, converged=rel <= tol, method="dense", target=target, tol=tol,
                     hvps=op.counter.hvps - hvp0, seconds=time.perf_counter() - start, dim=d,
-                    operator=op.description)
+                    operator=op.description, matrix=a)
 
 
 # ----------------------------------------------------------------------------------------------
