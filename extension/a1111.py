@@ -121,6 +121,11 @@ def active_state() -> RunState | None:
     return _ACTIVE
 
 
+def can_record(p: Any) -> bool:
+    """Per-step metrics need an uncond pass (CFG > 1) and k-diffusion rows (x0 predictions, sigmas)."""
+    return float(getattr(p, "cfg_scale", 7.0)) > 1.0 and hasattr(getattr(p, "sampler", None), "get_sigmas")
+
+
 def is_forge(p: Any) -> bool:
     """Forge's processing objects carry ``modified_noise``; A1111's do not."""
     return hasattr(p, "modified_noise")
@@ -412,7 +417,11 @@ class SailScopeScript(scripts.Script):
             state.recording = False  # the hires pass: nothing changes, nothing is recorded twice
             return
         state.done_first_pass.add(iteration)
-        state.recording = float(getattr(p, "cfg_scale", 7.0)) > 1.0
+        state.recording = can_record(p)
+        if not hasattr(getattr(p, "sampler", None), "get_sigmas"):
+            state.message(f"not available for sampler {getattr(p, 'sampler_name', '?')!r}: SAIL Scope reads k-diffusion "
+                          "samplers (Euler, Euler a, DPM++ ...); timestep samplers (DDIM, PLMS, UniPC) are not supported", p)
+            return
         state.run_label = "sampled"
         state.step, state.last_sigma = 0, None
         seeds = list(getattr(p, "seeds", []) or [])
@@ -433,7 +442,7 @@ class SailScopeScript(scripts.Script):
             log(traceback.format_exc())
             state.message(f"SAIL Scope failed ({type(exc).__name__}: {exc}); the image uses the seed's noise", p)
         finally:
-            state.recording = float(getattr(p, "cfg_scale", 7.0)) > 1.0
+            state.recording = can_record(p)
 
     def _step1(self, p, state: RunState, x, noise, c, uc, pure_noise: bool, seeds: list) -> None:
         opts = state.options
@@ -546,10 +555,12 @@ class SailScopeScript(scripts.Script):
             else:
                 p.extra_generation_params.pop(keys[name], None)
         processed.sailscope = report
-        if state.messages and hasattr(processed, "comments"):
-            text = "\n".join(f"SAIL Scope: {m}" for m in state.messages)
-            if text not in (processed.comments or ""):
-                processed.comments = ((processed.comments or "") + "\n" + text).strip()
+        if hasattr(processed, "comments"):  # shown under the gallery; p.comment() already added most of them
+            comments = processed.comments or ""
+            for m in state.messages:
+                if f"SAIL Scope: {m}" not in comments:
+                    comments = (comments + f"\nSAIL Scope: {m}").strip()
+            processed.comments = comments
 
 
 # ----------------------------------------------------------------------------------------------

@@ -274,3 +274,20 @@ def test_sail_off_leaves_the_noise_alone(host):
     for a, b in zip(on.images[:2], plain.images[:2]):
         assert list(a.getdata()) == list(b.getdata())
     assert "SAIL Scope sharpness" in on.infotexts[0] and "SAIL Scope" not in plain.infotexts[0]
+
+
+def test_timestep_samplers_are_reported_not_available(host):
+    """DDIM/PLMS/UniPC in A1111 are timestep samplers (no get_sigmas, eps rows in the callbacks)."""
+    from sailscope.extension import a1111
+
+    h = host
+    script = make_runner(h).alwayson_scripts[0]
+    p = h.processing.StableDiffusionProcessingTxt2Img(sd_model=h.sd_model, batch_size=1, cfg_scale=7.0)
+    script.process(p, *ui_args())
+    p.sampler, p.sampler_name = SimpleNamespace(), "DDIM"
+    x = torch.randn(1, 4, 8, 8)
+    script.process_before_every_sampling(p, *ui_args(), x=x, noise=x, c=None, uc=None)
+    assert not a1111.can_record(p) and not a1111.active_state().recording
+    assert any("DDIM" in c and "not available" in c for c in p.comments)
+    script.postprocess(p, h.processing.Processed(p, []), *ui_args())
+    assert a1111.active_state() is None
