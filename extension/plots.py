@@ -15,8 +15,19 @@ COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 10
 BG, FG, GRID = (255, 255, 255), (20, 20, 20), (225, 225, 225)
 
 
+_ASCII = {"‖": "||", "Δ": "D", "²": "^2", "—": "-", "–": "-", "→": "->", "≤": "<=", "≥": ">=", "ε": "eps", "σ": "sigma",
+          "α": "alpha", "δ": "delta", "λ": "lambda", "×": "x", "∅": "0"}
+
+
 def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple, text: str, fill: tuple) -> None:
+    """Draw text with the default font, whose glyph set is ASCII: math symbols are spelled out."""
+    for k, v in _ASCII.items():
+        text = text.replace(k, v)
+    draw.text(xy, text.encode("ascii", "replace").decode(), fill=fill, font=_font())
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:
@@ -46,14 +57,13 @@ def line_plot(
     w, h = size
     img = Image.new("RGB", size, BG)
     d = ImageDraw.Draw(img)
-    f = _font()
-    d.text((8, 6), title, fill=FG, font=f)
+    _text(d, (8, 6), title, FG)
     left, right, top, bottom = 60, w - 12, 28, h - 40
     vals = [v for s in series.values() for v in _finite(s)]
     if log_y:
         vals = [math.log10(v) for v in vals if v > 0]
     if not vals:
-        d.text((left, (top + bottom) // 2), "not available", fill=(150, 0, 0), font=f)
+        _text(d, (left, (top + bottom) // 2), "not available", (150, 0, 0))
         return img
     lo, hi = min(vals), max(vals)
     if hi == lo:
@@ -62,14 +72,14 @@ def line_plot(
     for t in _ticks(lo, hi):
         y = bottom - (t - lo) / (hi - lo) * (bottom - top)
         d.line([(left, y), (right, y)], fill=GRID)
-        d.text((4, y - 5), _fmt(10**t if log_y else t), fill=FG, font=f)
+        _text(d, (4, y - 5), _fmt(10**t if log_y else t), FG)
     d.rectangle([left, top, right, bottom], outline=FG)
     for i in range(1, n + 1, max(1, n // 6)):
         x = left + (i - 1) / max(1, n - 1) * (right - left)
-        d.text((x - 4, bottom + 4), str(i), fill=FG, font=f)
-    d.text(((left + right) // 2 - 12, h - 18), xlabel, fill=FG, font=f)
+        _text(d, (x - 4, bottom + 4), str(i), FG)
+    _text(d, ((left + right) // 2 - 12, h - 18), xlabel, FG)
     if ylabel:
-        d.text((left + 4, top + 2), ylabel, fill=(90, 90, 90), font=f)
+        _text(d, (left + 4, top + 2), ylabel, (90, 90, 90))
     for k, (label, ys) in enumerate(series.items()):
         color = COLORS[k % len(COLORS)]
         prev = None
@@ -85,7 +95,7 @@ def line_plot(
             else:
                 d.ellipse([pt[0] - 2, pt[1] - 2, pt[0] + 2, pt[1] + 2], fill=color)
             prev = pt
-        d.text((right - 150, top + 4 + 12 * k), f"— {label}", fill=color, font=f)
+        _text(d, (right - 150, top + 4 + 12 * k), f"— {label}", color)
     return img
 
 
@@ -94,12 +104,11 @@ def spectrum_plot(eigenvalues: Sequence[complex], *, title: str, size: tuple[int
     w, h = size
     img = Image.new("RGB", size, BG)
     d = ImageDraw.Draw(img)
-    f = _font()
-    d.text((8, 6), title, fill=FG, font=f)
+    _text(d, (8, 6), title, FG)
     re = sorted(float(complex(v).real) for v in eigenvalues)
     left, right, top, bottom = 60, w - 12, 28, h - 30
     if not re:
-        d.text((left, (top + bottom) // 2), "not available", fill=(150, 0, 0), font=f)
+        _text(d, (left, (top + bottom) // 2), "not available", (150, 0, 0))
         return img
     lo, hi = min(re + [0.0]), max(re + [0.0])
     if hi == lo:
@@ -109,7 +118,7 @@ def spectrum_plot(eigenvalues: Sequence[complex], *, title: str, size: tuple[int
     d.line([(left, y0), (right, y0)], fill=(120, 120, 120))
     for t in _ticks(lo, hi):
         y = bottom - (t - lo) / (hi - lo) * (bottom - top)
-        d.text((4, y - 5), _fmt(t), fill=FG, font=f)
+        _text(d, (4, y - 5), _fmt(t), FG)
     for i, v in enumerate(re):
         x = left + (i + 0.5) / len(re) * (right - left)
         y = bottom - (v - lo) / (hi - lo) * (bottom - top)
@@ -117,7 +126,7 @@ def spectrum_plot(eigenvalues: Sequence[complex], *, title: str, size: tuple[int
         d.line([(x, y0), (x, y)], fill=color, width=2)
         d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
     n_neg = sum(v < 0 for v in re)
-    d.text((left, h - 18), f"{len(re)} eigenvalues (real part), {n_neg} negative", fill=FG, font=f)
+    _text(d, (left, h - 18), f"{len(re)} eigenvalues (real part), {n_neg} negative", FG)
     return img
 
 
@@ -125,12 +134,11 @@ def text_panel(lines: Sequence[str], *, size: tuple[int, int] = (512, 320), titl
     """A plain panel of text lines (messages such as 'not available' get an image too)."""
     img = Image.new("RGB", size, BG)
     d = ImageDraw.Draw(img)
-    f = _font()
-    d.text((8, 6), title, fill=FG, font=f)
+    _text(d, (8, 6), title, FG)
     y = 26
     for line in lines:
         for chunk in [line[i : i + 80] for i in range(0, max(1, len(line)), 80)]:
-            d.text((8, y), chunk, fill=FG, font=f)
+            _text(d, (8, y), chunk, FG)
             y += 13
     return img
 
@@ -148,7 +156,7 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str] = (), *, g
     for i, im in enumerate(scaled):
         out.paste(im.convert("RGB"), (x, strip))
         if i < len(labels):
-            d.text((x + 4, 2), str(labels[i]), fill=FG, font=_font())
+            _text(d, (x + 4, 2), str(labels[i]), FG)
         x += im.width + gap
     return out
 
