@@ -119,3 +119,57 @@ def spectrum_at(
                         hvps=dens.hvps, seconds=dens.seconds, dim=op.dim, operator=op.description, density=dens)
     solver = arnoldi if method == "arnoldi" else lanczos
     return solver(op, k, target=target, tol=tol, m=m, generator=generator, verify=verify)
+
+
+# ----------------------------------------------------------------------------------------------
+# Spectrum tracking during generation (a probe for sailscope.core.generate)
+# ----------------------------------------------------------------------------------------------
+class SpectrumProbe:
+    """A :data:`~sailscope.core.generate.StepProbe` computing spectra at chosen 1-based steps.
+
+    ``at`` is a set of steps, or ``every=n`` for steps 1, 1+n, ... It reads the step's detached latent and
+    guided score only, uses its own seeded generator, and so never changes the images. Each step's record
+    gets ``extras["spectrum"]`` (one JSON-ready dict per image in ``rows``); the :class:`Spectrum` objects are
+    kept in ``results[step]``. With ``score_model`` and one prompt's ``embeddings = (cond, uncond)`` the
+    operator batches vectors through the UNet; without them it evaluates one vector per call.
+    """
+
+    def __init__(self, at: set[int] | frozenset[int] | None = None, *, every: int | None = None, which: str = "delta",
+                 k: int = 20, method: str = "arnoldi", rows: tuple[int, ...] = (0,), seed: int = 0,
+                 score_model=None, embeddings: tuple[Tensor, Tensor] | None = None, **options) -> None:
+        if (at is None) == (every is None):
+            raise UserInputError("give exactly one of at (steps) or every (a step interval)")
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise UserInputError(f"every must be a positive integer, got {every!r}")
+        if method not in METHOD_CHOICES:
+            raise UserInputError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+        self.at, self.every = (frozenset(at) if at is not None else None), every
+        self.which, self.k, self.method, self.rows, self.seed = which, k, method, tuple(rows), seed
+        self.score_model, self.embeddings, self.options = score_model, embeddings, options
+        self.results: dict[int, list[Spectrum]] = {}
+
+    def wants(self, step: int) -> bool:
+        return step in self.at if self.at is not None else (step - 1) % self.every == 0
+
+    def source(self, ctx, row: int) -> ScoreSource:
+        """Batched factory from the embeddings when known, else the run's own guided score, row by row."""
+        if self.score_model is not None and self.embeddings is not None:
+            cond, uncond = self.embeddings
+            return diffusers_score_factory(self.score_model, ctx.t, cond[row:row + 1], uncond[row:row + 1], abar=ctx.abar)
+        from sailscope.core.spectra_operators import row_score_factory
+
+        return row_score_factory(ctx.guided, ctx.x, row)
+
+    def __call__(self, ctx) -> dict | None:
+        if not self.wants(ctx.step):
+            return None
+        out = []
+        for row in self.rows:
+            if row >= ctx.x.shape[0]:
+                raise UserInputError(f"rows: image {row} is not in a batch of {ctx.x.shape[0]}")
+            gen = torch.Generator("cpu").manual_seed(self.seed + 1000003 * ctx.step + row)
+            s = spectrum_at(self.source(ctx, row), ctx.x[row:row + 1].detach().clone(), self.which, self.k,
+                            self.method, generator=gen, **self.options)
+            out.append(s)
+        self.results[ctx.step] = out
+        return {"spectrum": [dict(s.to_dict(), which=self.which) for s in out]}

@@ -380,7 +380,7 @@ def test_tiny_pipeline_arnoldi_matches_dense(tiny_dense):
     s = arnoldi(matrix_operator(td["jac"], symmetric=False), 20, generator=gen(13))
     assert s.all_converged
     assert_eigs(s.eigenvalues, dense[:20], 1e-6)
-    s32 = spectrum_at(td["fac"], td["x"], "delta", 2, "arnoldi", tol=1e-4, m=10, generator=gen(14),
+    s32 = spectrum_at(td["fac"], td["x"], "delta", 2, "arnoldi", tol=1e-4, generator=gen(14),
                       products="reverse")
     assert s32.all_converged
     assert_eigs(s32.eigenvalues, dense[:2], 1e-4)
