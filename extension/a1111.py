@@ -224,6 +224,23 @@ def host_score(p: Any, c: Any, uc: Any) -> HostScore:
     return HostScore(sigma_k=sigma_k, scaling=noise_scaling(p), cond=cond, uncond=uncond, denoise=denoise, notes=notes)
 
 
+def prediction_type(p: Any) -> str:
+    """``v_prediction`` for v-models (SD 2.x 768): SAIL's default α depends on it."""
+    if getattr(p.sd_model, "parameterization", "eps") == "v":
+        return "v_prediction"
+    return "epsilon"
+
+
+def unet_dtype(p: Any) -> torch.dtype | None:
+    """The UNet's compute dtype (A1111/Forge: ``devices.dtype_unet``); None when unknown."""
+    try:
+        from modules import devices
+
+        return getattr(devices, "dtype_unet", None)
+    except ImportError:
+        return None
+
+
 def prepare_forge_model(p: Any, x: Any) -> Any:
     """Forge loads the UNet in ``sampler.sample``; load it now for our calls. Returns a cleanup callable."""
     try:
@@ -463,7 +480,8 @@ class SailScopeScript(scripts.Script):
                 self._store_probe(state, pr, "original")
             if not opts.sail:
                 return
-            outcome = common.run_sail(hs.image, start_noise, hs.sigma_k, hs.scaling, opts, seeds=seeds)
+            outcome = common.run_sail(hs.image, start_noise, hs.sigma_k, hs.scaling, opts, seeds=seeds,
+                                      prediction_type=prediction_type(p), model_dtype=unet_dtype(p))
             for w in outcome.warnings:
                 state.message(w, p)
             for i, s in enumerate(outcome.summary):

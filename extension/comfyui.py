@@ -102,6 +102,22 @@ def run_with_model(model: Any, positive: Any, negative: Any, cfg: float, latent_
     return out["value"]
 
 
+def _model_dtype(model: Any) -> Any:
+    """``ModelPatcher.model_dtype()`` (the UNet's compute dtype) when available."""
+    fn = getattr(model, "model_dtype", None)
+    try:
+        return fn() if callable(fn) else None
+    except Exception:
+        return None
+
+
+def _prediction_type(model: Any) -> str:
+    """``v_prediction`` when ComfyUI's model_sampling is V_PREDICTION (SAIL's default α depends on it)."""
+    sampling = model.get_model_object("model_sampling")
+    names = [c.__name__ for c in type(sampling).__mro__]
+    return "v_prediction" if "V_PREDICTION" in names else "epsilon"
+
+
 def _stock_noise(latent: dict, seed: int) -> Any:
     """Exactly what ComfyUI's ``RandomNoise`` gives for this latent and seed."""
     import comfy.sample
@@ -209,7 +225,8 @@ class SailScopeNoise:
             def make_gs(i):
                 return common.guided_from_x0_pair(x0_pair, sigma_k)
 
-            outcome = common.run_sail(make_gs, stock, sigma_k, "max_denoise", options, seeds=seeds)
+            outcome = common.run_sail(make_gs, stock, sigma_k, "max_denoise", options, seeds=seeds,
+                                      prediction_type=_prediction_type(model), model_dtype=_model_dtype(model))
             gs = common.guided_from_x0_pair(x0_pair, sigma_k)
             before = common.probe(gs, common.noise_to_vp(stock, sigma_k, "max_denoise"))
             after = common.probe(gs, common.noise_to_vp(outcome.noise, sigma_k, "max_denoise"))

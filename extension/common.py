@@ -148,15 +148,19 @@ def guided_from_x0_pair(x0_pair: X0PairFn, sigma_k: float, *, t: float = 0.0) ->
     if not (sigma_k > 0 and math.isfinite(sigma_k)):
         raise HostError(f"sigma_k must be a finite number > 0, got {sigma_k!r}")
 
+    seen: dict = {}
+
     def eps_pair(x_vp: Tensor) -> tuple[Tensor, Tensor]:
         x_k = k_from_vp(x_vp, sigma_k)
         sigma_rows = torch.full((x_vp.shape[0],), sigma_k, dtype=x_vp.dtype, device=x_vp.device)
         x0_c, x0_u = x0_pair(x_k, sigma_rows)
+        seen["dtype"] = x0_c.dtype
         x_k32 = x_k.float() if x_k.dtype not in (torch.float32, torch.float64) else x_k
         eps_c = eps_from_denoised(x_k32, x0_c.to(x_k32.device, x_k32.dtype), sigma_k)
         eps_u = eps_from_denoised(x_k32, x0_u.to(x_k32.device, x_k32.dtype), sigma_k)
         return eps_c, eps_u
 
+    eps_pair.seen = seen  # type: ignore[attr-defined]  # the host's output dtype, once called
     return GuidedScore(eps_pair=eps_pair, sigma=sigma_vp_from_k(sigma_k), t=t)
 
 
@@ -325,13 +329,16 @@ def run_sail(
     *,
     seeds: Sequence[int] | None = None,
     prediction_type: str = "epsilon",
+    model_dtype: torch.dtype | None = None,
     cancel: Any = None,
 ) -> SailOutcome:
     """Optimize each image's initial noise with ``core.sail`` and return it in the host's convention.
 
     ``make_gs(i)`` is image ``i``'s guided score at ``sigma_k`` (any batch size: SAIL's candidates of one
     image share its prompt). Adam runs on the unit noise ``z`` with ``x_vp = c z`` (:func:`first_step_scale`),
-    exactly as ``core.sail`` does for diffusers with ``scale = c``.
+    exactly as ``core.sail`` does for diffusers with ``scale = c``. ``model_dtype`` (the UNet's compute dtype)
+    sets the paper objective's finite-difference step (``SailSettings.delta_for``); unknown, it is read from
+    the host's output dtype.
     """
     try:
         from sailscope.core import sail as core_sail
@@ -349,12 +356,20 @@ def run_sail(
             if seeds is None:
                 raise HostError("SAIL candidates > 1 need the images' seeds")
             z0, groups, row_seeds = core_sail.draw_candidates(z0, [int(seeds[i])], settings)
+        delta = None
+        if settings.objective == "paper":
+            dtype = model_dtype
+            if dtype is None:
+                with torch.no_grad():
+                    gs.eps_pair(z0[:1].to(noise.device) * scale)
+                dtype = getattr(gs.eps_pair, "seen", {}).get("dtype")
+            delta = settings.delta_for(dtype)
         try:
             with autograd_enabled():
                 result = core_sail.optimize(
                     gs.eps_pair, z0.to(noise.device), settings, sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]),
                     threshold=float(options.threshold), alpha=alpha, scale=scale, candidate_image=groups,
-                    candidate_seeds=row_seeds, threshold_source="host setting", cancel=cancel,
+                    candidate_seeds=row_seeds, threshold_source="host setting", cancel=cancel, delta=delta,
                 )
         except RuntimeError as exc:
             raise explain_autograd_error(exc) from exc

@@ -164,6 +164,28 @@ def test_sail_x_T_matches_diffusers(setup):
         assert [s["steps"] for s in out.summary] == [2, 2] and not any(s["accepted"] for s in out.summary)
 
 
+def test_sail_paper_objective_step_follows_model_dtype(setup):
+    """Paper objective: the finite-difference step comes from the UNet's dtype (explicit or read from the host)."""
+    from sailscope.core import sail as core_sail
+
+    opts = common.HostOptions(sail=True, objective="paper", threshold=0.0, max_steps=1)
+    sk, noise = setup["sigma_k"], setup["noise"][:1]
+    gs_ref = setup["dsm"].guided(T_FIRST, setup["cond"][:1], setup["uncond"][:1])
+    scale = common.first_step_scale(sk, "sigma")
+
+    def make_gs(i):
+        return a1111_gs(dict(setup, cond=setup["cond"][:1], uncond=setup["uncond"][:1]))[0]
+
+    for dtype in (None, torch.float16):
+        settings = opts.sail_settings()
+        delta = settings.delta_for(torch.float32 if dtype is None else dtype)
+        ref = core_sail.optimize(gs_ref.eps_pair, noise.clone(), settings, sigma=gs_ref.sigma, threshold=0.0,
+                                 alpha=settings.alpha_for("epsilon"), scale=scale, delta=delta)
+        out = common.run_sail(make_gs, noise, sk, "sigma", opts, model_dtype=dtype)
+        assert out.results[0].delta == pytest.approx(delta)
+        close(out.noise, ref.x_T, 1e-3)
+
+
 def test_sail_candidates_and_acceptance(setup):
     opts = common.HostOptions(sail=True, threshold=1e9, max_steps=2, candidates=2)
     def make_gs(i):  # one-row conditioning: SAIL's 2 candidates of image i share its prompt
