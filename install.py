@@ -1,7 +1,9 @@
 """Install what SAIL Scope needs into the running interpreter, and nothing it already has.
 
 * Inside AUTOMATIC1111 / Forge (which run this file at start-up with their ``launch`` module importable):
-  uses ``launch.is_installed`` / ``launch.run_pip`` and never touches torch or gradio (the host owns them).
+  uses ``launch.is_installed`` / ``launch.run_pip`` and never touches torch, gradio, transformers or
+  huggingface_hub (the host pins them: A1111 ships transformers 4.30.2); diffusers, when missing, is
+  installed with ``--no-deps`` so it cannot upgrade the host's pins.
 * Standalone (``python install.py``): installs missing runtime packages, a torch that fits the machine
   only if none is installed (``torch==2.13.0``: on these CPU machines a local wheel), gradio for the app,
   and the package itself in editable mode so ``sailscope`` / ``python -m sailscope`` work.
@@ -37,7 +39,18 @@ DEV = [("pytest", "pytest>=8"), ("playwright", "playwright>=1.44")]
 NO_DEPS = [("open-clip-torch", "open-clip-torch>=2.20")]  # only its BPE vocabulary file is used
 
 
+# inside a WebUI: what the script needs that the host may lack (installed without dependencies)
+WEBUI = [("numpy", "numpy"), ("pillow", "pillow"), ("scipy", "scipy"), ("plotly", "plotly"), ("safetensors", "safetensors")]
+WEBUI_NO_DEPS = [("diffusers", "diffusers>=0.30")]
+
+
 def installed(dist: str) -> bool:
+    try:
+        import launch  # type: ignore  # A1111/Forge: their own check, which knows their environment
+
+        return bool(launch.is_installed(dist))
+    except ImportError:
+        pass
     try:
         md.version(dist)
         return True
@@ -116,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         pip([TORCH_SPEC], TORCH_SPEC, args.dry_run)
         did.append(TORCH_SPEC)
-    did += ensure(RUNTIME, args.dry_run)
-    if not webui:
+    if webui:
+        did += ensure(WEBUI, args.dry_run)
+        did += ensure(WEBUI_NO_DEPS, args.dry_run, extra=["--no-deps"])
+    else:
+        did += ensure(RUNTIME, args.dry_run)
         did += ensure(APP, args.dry_run)
     if args.dev:
         did += ensure(DEV, args.dry_run)
