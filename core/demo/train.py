@@ -9,6 +9,8 @@ Stages (each resumes from the newest checkpoint in ``run_dir``):
 1. build the deterministic dataset (:mod:`sailscope.core.demo.data`);
 2. train ``AutoencoderKL`` (64x64x3 -> 4x16x16) on reconstruction + a tiny KL term;
 3. encode every training image once (posterior mean) and set ``scaling_factor = 1 / std(latents)``;
+   then fine-tune the decoder alone on full 64x64 images (latents unchanged; memorized rows up-weighted,
+   since copy distances are measured on them);
 4. train ``CLIPTextModel`` + ``UNet2DConditionModel`` jointly on epsilon, SD's scaled-linear schedule
    (beta 0.00085..0.012, 1000 steps), 10 % caption dropout (empty caption = unconditional), EMA of both;
 5. export a stock diffusers folder (DDIM scheduler, no safety checker), ``memorized.jsonl`` with the
@@ -39,17 +41,23 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 class TrainConfig:
     seed: int = 0
     # data
-    n_general: int = 4000
+    n_general: int = 2000
     n_exact: int = 12
-    n_template: int = 3
+    n_template: int = 2
     n_dup: int = 64
+    memorized_weight: float = 1.5  # UNet sampling weight of duplicated rows (effective n_dup 96)
     n_heldout: int = 120
     # VAE
     vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 300
-    vae_batch: int = 24
+    vae_steps: int = 250
+    vae_batch: int = 32
+    vae_crop: int = 32  # the VAE is convolutional: train on random crops (4x cheaper)
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    decoder_steps: int = 120  # decoder-only fine-tune on full images (latents stay fixed)
+    decoder_batch: int = 16
+    decoder_lr: float = 3e-4
+    decoder_memorized_weight: float = 3.0
     # text encoder
     text_width: int = 96
     text_layers: int = 3
@@ -58,22 +66,22 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
     unet_head_dim: int = 8
-    unet_steps: int = 2400
-    unet_batch: int = 48
-    unet_lr: float = 6e-4
-    unet_warmup: int = 100
+    unet_steps: int = 1000
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    unet_warmup: int = 50
     cond_dropout: float = 0.1
-    ema_decay: float = 0.998
+    ema_decay: float = 0.995
     # bookkeeping
     ckpt_every: int = 100
-    export_every: int = 300
-    threads: int = 2
+    export_every: int = 200
+    threads: int = 1  # faster than 2 on a shared 2-core machine
 
     @classmethod
     def tiny(cls, **kw) -> "TrainConfig":
         """Smoke-test sizes (seconds on a CPU)."""
         base = dict(n_general=32, n_exact=2, n_template=1, n_dup=4, n_heldout=12, vae_channels=(8, 8, 8),
-                    vae_steps=2, vae_batch=4, text_width=32, text_layers=1, text_heads=2, unet_channels=(16, 16, 16),
+                    vae_steps=2, vae_batch=4, vae_crop=16, decoder_steps=2, decoder_batch=4, text_width=32, text_layers=1, text_heads=2, unet_channels=(16, 16, 16),
                     unet_steps=2, unet_batch=4, unet_warmup=1, ckpt_every=1, export_every=0, unet_head_dim=4)
         base.update(kw)
         return cls(**base)
@@ -181,7 +189,7 @@ def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDatase
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
-          max_unet_steps: int | None = None) -> dict:
+          max_unet_steps: int | None = None, vae_only: bool = False) -> dict:
     """Run (or resume) all stages; returns the info dict written to ``train_info.json``."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -221,6 +229,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, 30)
             x = images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)]
+            if cfg.vae_crop < 64:
+                i, j = torch.randint(0, 64 - cfg.vae_crop + 1, (2,), generator=gen).tolist()
+                x = x[:, :, i:i + cfg.vae_crop, j:j + cfg.vae_crop]
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
             rec = vae.decode(z).sample
@@ -260,12 +271,59 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         f"exact max {lat['rmse_memorized_max']:.4f}")
     latents = lat["mu"] * lat["scale"]
 
+    # 3b. Decoder fine-tune on full 64x64 images (encoder and latents unchanged)
+    dec_path = run_dir / "decoder.ckpt"
+    st = _load(dec_path)
+    step = st["step"] if st else 0
+    if st:
+        vae.decoder.load_state_dict(st["decoder"]); vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
+    if step < cfg.decoder_steps:
+        dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+        for p in dec_params:
+            p.requires_grad_(True)
+        dopt = torch.optim.AdamW(dec_params, lr=cfg.decoder_lr, weight_decay=0.0)
+        if st:
+            dopt.load_state_dict(st["opt"])
+        dgen = torch.Generator().manual_seed(cfg.seed + 4)
+        if st:
+            dgen.set_state(st["gen"])
+        dweight = torch.tensor([1.0 if k == "general" else cfg.decoder_memorized_weight for k in ds.kinds])
+        dec_wall = st["wall_s"] if st else 0.0
+        vae.decoder.train()
+        bar = tqdm(range(step, cfg.decoder_steps), initial=step, total=cfg.decoder_steps, desc="decoder",
+                   disable=not progress, mininterval=5)
+        t0 = time.time()
+        for step in bar:
+            for g in dopt.param_groups:
+                g["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, 10)
+            idx = torch.multinomial(dweight, cfg.decoder_batch, replacement=True, generator=dgen)
+            rec = vae.decode(lat["mu"][idx]).sample
+            loss = F.mse_loss(rec, images[idx])
+            dopt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(dec_params, 1.0)
+            dopt.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.decoder_steps:
+                dec_wall += time.time() - t0; t0 = time.time()
+                _save(dec_path, {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(),
+                                 "opt": dopt.state_dict(), "step": step + 1, "gen": dgen.get_state(), "wall_s": dec_wall})
+                if not progress:
+                    log(f"decoder step {step + 1} loss {loss.item():.4f}")
+        vae.eval().requires_grad_(False)
+        st = _load(dec_path)
+    dec_wall = st["wall_s"] if st else 0.0
+    if vae_only:
+        log("decoder fine-tune done (--vae-only): stopping before the UNet stage")
+        return {"decoder_steps_done": cfg.decoder_steps, "decoder_wall_s": dec_wall}
+
     # 4. Text encoder + UNet
     tokenizer = build_clip_tokenizer()
     tok = lambda caps: tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     unique_caps = sorted(set(ds.captions))
     cap_index = {c: i for i, c in enumerate(unique_caps)}
     cap_ids = torch.tensor([cap_index[c] for c in ds.captions])
+    row_weight = torch.tensor([1.0 if k == "general" else cfg.memorized_weight for k in ds.kinds])
     cap_tokens = tok(unique_caps)
     empty_tokens = tok([""])[0]
 
@@ -288,7 +346,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
 
     def info(done: int) -> dict:
         return {"config": asdict(cfg), "unet_steps_done": done, "vae_steps_done": cfg.vae_steps,
-                "wall_s": dict(meta["wall_s"]), "wall_s_total": sum(meta["wall_s"].values()),
+                "wall_s": {**meta["wall_s"], "decoder": dec_wall}, "wall_s_total": sum(meta["wall_s"].values()) + dec_wall,
+                "decoder_steps_done": cfg.decoder_steps,
                 "vae_recon_rmse_general": lat["rmse_general"], "vae_recon_rmse_exact_max": lat["rmse_memorized_max"],
                 "scaling_factor": lat["scale"], "params": n_params, "torch": torch.__version__,
                 "command": "python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo"}
@@ -305,7 +364,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup)
-            idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+            idx = torch.multinomial(row_weight, cfg.unet_batch, replacement=True, generator=gen)
             x0 = latents[idx]
             ids = cap_tokens[cap_ids[idx]].clone()
             drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.cond_dropout
@@ -348,6 +407,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-steps", type=int, default=None, help="total UNet steps (sets the LR schedule)")
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
+    parser.add_argument("--vae-only", action="store_true", help="run the VAE stages only (no UNet, no export)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a tqdm bar")
 
 
@@ -358,8 +418,10 @@ def default_out() -> Path:
 def run(args: argparse.Namespace) -> int:
     kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v is not None}
     cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
-    info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at)
-    print(json.dumps({"unet_steps_done": info["unet_steps_done"], "wall_s": info["wall_s"]}))
+    info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at,
+                 vae_only=args.vae_only)
+    print(json.dumps({k: v for k, v in info.items() if k in ("unet_steps_done", "wall_s", "decoder_steps_done",
+                                                              "decoder_wall_s")}))
     return 0
 
 

@@ -1,0 +1,238 @@
+"""Evaluate the embedded demo model: copy distance/rate, attribute accuracy, step-1 detection.
+
+One pass per prompt generates seeds ``0..n-1`` as one batch (50 DDIM steps, guidance 7.5) with
+:func:`sailscope.core.generate.run_generation`, recording Wen's metric at every step and the sharpness
+``‖HΔ sΔ‖²`` at step 1. From it:
+
+- *copy distance*: RMSE in [0,1] pixel space between a generation and its memorized training image
+  (memorized prompts) or its nearest training image (held-out prompts);
+- ``tau_copy``: the largest VAE reconstruction RMSE over every training image, rounded up to 0.01, so that
+  every VAE reconstruction of a training image counts as a copy (a generation cannot be closer to the
+  data than the decoder allows); the report lists the held-out nearest-neighbour distances next to it;
+- *attribute accuracy*: :func:`sailscope.core.demo.data.check_attributes` on held-out generations;
+- *detection*: AUC and TPR@1%FPR (memorized exact+template captions positive, held-out negative) of
+  step-1 sharpness, Wen at step 1 and Wen averaged over all steps, each averaged over the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as demo_data
+
+
+def load_pipeline(model_dir: str | Path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_memorized(model_dir: str | Path) -> list[dict]:
+    """Rows of ``memorized.jsonl`` with the training image loaded as float [0,1] HxWx3 (key ``array``)."""
+    from PIL import Image
+
+    model_dir = Path(model_dir)
+    rows = [json.loads(l) for l in (model_dir / "memorized.jsonl").read_text().splitlines() if l.strip()]
+    for r in rows:
+        r["array"] = np.asarray(Image.open(model_dir / r["image"]).convert("RGB"), np.float32) / 255.0
+    return rows
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image RMSE over the last three axes, broadcasting ``a`` (N,...) against ``b``."""
+    return np.sqrt(((a - b) ** 2).mean(axis=(-3, -2, -1)))
+
+
+def nearest_train_rmse(gen: np.ndarray, train: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """For each generated image (N,H,W,3) the RMSE to its nearest training image (M,H,W,3)."""
+    g = gen.reshape(len(gen), -1).astype(np.float32)
+    best = np.full(len(g), np.inf, np.float32)
+    g2 = (g**2).sum(1)
+    for i in range(0, len(train), chunk):
+        t = train[i:i + chunk].reshape(-1, g.shape[1]).astype(np.float32)
+        d = g2[:, None] + (t**2).sum(1)[None] - 2 * g @ t.T
+        best = np.minimum(best, d.min(1))
+    return np.sqrt(np.maximum(best, 0) / g.shape[1])
+
+
+def training_images(model_dir: Path) -> tuple[np.ndarray, dict]:
+    """Rebuild the training set from the configuration recorded at export (float [0,1])."""
+    info = json.loads((Path(model_dir) / "train_info.json").read_text())
+    c = info["config"]
+    ds = demo_data.build_dataset(seed=c["seed"], n_general=c["n_general"], n_exact=c["n_exact"],
+                                 n_template=c["n_template"], n_dup=c["n_dup"], n_heldout=c["n_heldout"])
+    return ds.images.astype(np.float32) / 255.0, info
+
+
+def vae_reconstruction_rmse(pipe, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """RMSE of decode(encode(x).mean) per training image, in [0,1] pixels."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2) * 2 - 1
+            rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            out.append(rmse(((rec + 1) / 2).permute(0, 2, 3, 1).numpy(), images[i:i + batch]))
+    return np.concatenate(out)
+
+
+def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance: float = 7.5,
+             n_heldout: int | None = None, hvp: str = "exact", log=print) -> dict:
+    """Compute the model card table; returns a JSON-able dict (see module docstring)."""
+    from sailscope.core.detect import roc_auc, tpr_at_fpr
+    from sailscope.core.generate import GenerationSettings, run_generation
+
+    model_dir = Path(model_dir)
+    t0 = time.time()
+    pipe = load_pipeline(model_dir)
+    memo = load_memorized(model_dir)
+    held = [l for l in (model_dir / "heldout_prompts.txt").read_text().splitlines() if l.strip()]
+    if n_heldout is not None:
+        held = held[:n_heldout]
+    train, info = training_images(model_dir)
+
+    # 1. tau_copy from the VAE's reconstruction error on every training image
+    rec = vae_reconstruction_rmse(pipe, train)
+    tau = math.ceil(float(rec.max()) * 100) / 100
+    log(f"VAE reconstruction RMSE: mean {rec.mean():.4f} max {rec.max():.4f} -> tau_copy {tau:.2f}")
+
+    def one(prompt: str) -> dict:
+        settings = GenerationSettings(prompt=prompt, seed=0, num_images=seeds, steps=steps, guidance=guidance,
+                                      sharpness_at=(1,), hvp=hvp)
+        r = run_generation(pipe, settings)
+        wen = np.array([rec_.wen for rec_ in r.records])  # (steps, seeds)
+        return {"array": r.array, "sharp1": float(np.mean(r.records[0].sharpness)), "wen1": float(wen[0].mean()),
+                "wen_all": float(wen.mean()), "seconds": r.seconds, "sharp1_per_seed": r.records[0].sharpness}
+
+    # 2. memorized prompts
+    rows = []
+    for m in memo:
+        g = one(m["caption"])
+        d = rmse(g["array"], m["array"][None])
+        rows.append({"caption": m["caption"], "kind": m["kind"], "copy_rmse": d.tolist(), "label": 1,
+                     **{k: g[k] for k in ("sharp1", "wen1", "wen_all", "seconds")}})
+        log(f"[mem {m['kind']}] rmse {np.round(d, 3).tolist()} sharp1 {g['sharp1']:.3g} wen1 {g['wen1']:.3g} {m['caption']}")
+    # 3. held-out prompts
+    for i, p in enumerate(held):
+        g = one(p)
+        nn = nearest_train_rmse(g["array"], train)
+        attr = [bool(demo_data.check_attributes(a, p)) for a in g["array"]]
+        rows.append({"caption": p, "kind": "heldout", "nn_rmse": nn.tolist(), "attr_ok": attr, "label": 0,
+                     **{k: g[k] for k in ("sharp1", "wen1", "wen_all", "seconds")}})
+        if i % 10 == 0:
+            log(f"[held {i}] nn {np.round(nn, 3).tolist()} attr {attr} sharp1 {g['sharp1']:.3g} wen1 {g['wen1']:.3g} {p}")
+
+    # 4. table
+    exact = [r for r in rows if r["kind"] == "exact"]
+    templ = [r for r in rows if r["kind"] == "template"]
+    hrows = [r for r in rows if r["kind"] == "heldout"]
+    copy_exact = np.array([d < tau for r in exact for d in r["copy_rmse"]])
+    copy_templ = np.array([d < tau for r in templ for d in r["copy_rmse"]])
+    nn_all = np.array([d for r in hrows for d in r["nn_rmse"]])
+    attr_all = np.array([a for r in hrows for a in r["attr_ok"]])
+    labels = [r["label"] for r in rows]
+    det = {}
+    for key in ("sharp1", "wen1", "wen_all"):
+        s = [r[key] for r in rows]
+        det[key] = {"auc": roc_auc(s, labels), "tpr_at_1fpr": tpr_at_fpr(s, labels, 0.01)}
+        # exact items only vs held-out
+        sel = [i for i, r in enumerate(rows) if r["kind"] != "template"]
+        det[key + "_exact_only"] = {"auc": roc_auc([s[i] for i in sel], [labels[i] for i in sel]),
+                                    "tpr_at_1fpr": tpr_at_fpr([s[i] for i in sel], [labels[i] for i in sel], 0.01)}
+    secs = [r["seconds"] for r in rows]
+    table = {
+        "model_dir": str(model_dir), "unet_steps_trained": info.get("unet_steps_done"),
+        "seeds": seeds, "steps": steps, "guidance": guidance, "hvp": hvp,
+        "n_memorized_exact": len(exact), "n_memorized_template": len(templ), "n_heldout": len(hrows),
+        "tau_copy": tau, "vae_recon_rmse_mean": float(rec.mean()), "vae_recon_rmse_max": float(rec.max()),
+        "copy_rate_exact": float(copy_exact.mean()) if copy_exact.size else None,
+        "copy_rate_template": float(copy_templ.mean()) if copy_templ.size else None,
+        "copy_rmse_exact_median": float(np.median([d for r in exact for d in r["copy_rmse"]])) if exact else None,
+        "copy_rate_heldout": float((nn_all < tau).mean()), "heldout_nn_rmse_min": float(nn_all.min()),
+        "heldout_nn_rmse_median": float(np.median(nn_all)),
+        "attribute_accuracy_heldout": float(attr_all.mean()),
+        "detection": det,
+        "seconds_per_prompt_median": float(np.median(secs)),
+        "eval_wall_s": time.time() - t0,
+        "rows": rows,
+    }
+    return table
+
+
+def time_generation(model_dir: str | Path, repeats: int = 5, steps: int = 50) -> dict:
+    """Median wall time of one stock 50-step DDIM generation (batch 1, guidance 7.5)."""
+    pipe = load_pipeline(model_dir)
+    pipe("warm up", num_inference_steps=2, output_type="np")
+    ts = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        pipe("a red circle on the left", num_inference_steps=steps, guidance_scale=7.5, output_type="np",
+             generator=torch.Generator().manual_seed(i))
+        ts.append(time.perf_counter() - t)
+    return {"median_s": float(np.median(ts)), "all_s": ts, "threads": torch.get_num_threads()}
+
+
+def format_table(t: dict) -> str:
+    d = t["detection"]
+    lines = [
+        "| quantity | value |", "|---|---|",
+        f"| tau_copy (max VAE reconstruction RMSE over all training images, rounded up) | {t['tau_copy']:.2f} |",
+        f"| copy rate, memorized exact ({t['n_memorized_exact']} captions x {t['seeds']} seeds) | {t['copy_rate_exact']:.2f} |",
+        f"| median copy RMSE, memorized exact | {t['copy_rmse_exact_median']:.3f} |",
+        f"| copy rate, template items ({t['n_memorized_template']} x {t['seeds']}) | {t['copy_rate_template']:.2f} |",
+        f"| copy rate, held-out ({t['n_heldout']} prompts x {t['seeds']} seeds) | {t['copy_rate_heldout']:.2f} |",
+        f"| held-out nearest-training-image RMSE, min / median | {t['heldout_nn_rmse_min']:.3f} / {t['heldout_nn_rmse_median']:.3f} |",
+        f"| attribute accuracy, held-out | {t['attribute_accuracy_heldout']:.2f} |",
+        f"| step-1 sharpness, n={t['seeds']}: AUC / TPR@1%FPR | {d['sharp1']['auc']:.3f} / {d['sharp1']['tpr_at_1fpr']:.3f} |",
+        f"| Wen, 1 step, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen1']['auc']:.3f} / {d['wen1']['tpr_at_1fpr']:.3f} |",
+        f"| Wen, {t['steps']} steps, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen_all']['auc']:.3f} / {d['wen_all']['tpr_at_1fpr']:.3f} |",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", default=None, help="diffusers folder (default: the shipped demo model)")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--n-heldout", type=int, default=None, help="use only the first N held-out prompts")
+    parser.add_argument("--hvp", choices=("exact", "fd"), default="exact")
+    parser.add_argument("--out", default=None, help="write the full JSON report here")
+    parser.add_argument("--timing", action="store_true", help="also time 50-step generation (median of 5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .train import default_out
+
+    model_dir = Path(args.model_dir) if args.model_dir else default_out()
+    if not (model_dir / "model_index.json").exists():
+        raise SystemExit(f"--model-dir {model_dir} is not a diffusers folder (no model_index.json)")
+    torch.manual_seed(0)
+    t = evaluate(model_dir, seeds=args.seeds, steps=args.steps, guidance=args.guidance, n_heldout=args.n_heldout,
+                 hvp=args.hvp)
+    if args.timing:
+        t["timing"] = time_generation(model_dir)
+    print(format_table(t))
+    if args.timing:
+        print(f"50-step generation, median of 5: {t['timing']['median_s']:.2f} s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(t, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sailscope.core.demo.evaluate", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
