@@ -8,6 +8,11 @@ non-memorized prompts × seeds, and stores the raw values. Thresholds are quanti
 * SAIL: ``quantile_q(first_term + α · prior_term)`` for the objective, α and δ in use (any α works from the
   same record; the paper objective needs the δ it was measured with). Default ``q = 0.9``: a noise is
   accepted once its loss looks like that of a typical non-memorized prompt.
+* α of the paper objective (unless set): ``median(first term) / median(prior)``, so that at a typical
+  non-memorized start the prior and the sharpness weigh the same. The first term's scale differs by orders
+  of magnitude between models; a fixed α would let the prior's seed-to-seed fluctuation
+  (``α·sqrt(2d)``) decide acceptance (measured on the demo model: α = 1e-3 gives a prior of 1.09 ± 0.045
+  against a first term of 1e-4 – 6e-3).
 * detection: ``quantile_0.99`` of step-1 sharpness (about 1 % false positives on non-memorized prompts).
 
 Where thresholds come from, in order (``threshold="auto"``): the user's calibration file
@@ -135,6 +140,11 @@ class Calibration:
         loss = np.asarray(v["sharpness"], float) + alpha * np.asarray(v["prior"], float)
         return float(np.quantile(loss, quantile))
 
+    def paper_alpha(self) -> float:
+        """α for the paper objective: the prior term equals the median first term at a non-memorized start."""
+        v = self.values["paper"]
+        return float(np.median(v["sharpness"]) / max(float(np.median(v["prior"])), 1e-30))
+
     def detection_threshold(self, quantile: float = DETECTION_QUANTILE) -> float:
         return float(np.quantile(np.asarray(self.values["detection"]["sharpness"], float), quantile))
 
@@ -193,6 +203,19 @@ def published_threshold(pipe: Any, objective: str, alpha: float) -> tuple[float,
     return entry[1], f"paper default for {name} (reference objective, alpha={entry[2]}); not calibrated here"
 
 
+def resolve_alpha(pipe: Any, sail: Any) -> tuple[float, str]:
+    """``(α, where it came from)``: the user's, the calibrated one (paper objective), or the default."""
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if sail.alpha is not None:
+        return float(sail.alpha), "user setting"
+    if sail.objective == "paper":
+        found = find_calibration(pipe)
+        if found is not None:
+            return found[0].paper_alpha(), f"calibrated (median first term / median prior) from {found[1]}"
+        return sail.alpha_for(pred), "default (not calibrated)"
+    return sail.alpha_for(pred), "authors' default"
+
+
 def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, delta: float | None = None,
                       quantile: float = DEFAULT_QUANTILE) -> tuple[float, str]:
     """``(threshold, where it came from)`` for :class:`~sailscope.core.sail.SailSettings` on this model.
@@ -230,6 +253,20 @@ def detection_threshold(pipe: Any, quantile: float = DETECTION_QUANTILE) -> tupl
 # ----------------------------------------------------------------------------------------------
 # Measurement
 # ----------------------------------------------------------------------------------------------
+class _ReuseLast:
+    """Wraps an eps pair; a call with the same input as the previous one returns the cached output."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.last = fn, None
+
+    def __call__(self, x: torch.Tensor):
+        if self.last is not None and self.last[0].shape == x.shape and torch.equal(self.last[0], x):
+            return self.last[1]
+        out = self.fn(x)
+        self.last = (x.detach().clone(), out)
+        return out
+
+
 def measure(
     pipe: Any,
     prompts: Sequence[str],
@@ -242,7 +279,7 @@ def measure(
 ) -> Calibration:
     """Both objectives' terms and the step-1 sharpness at each seed's ``x_T``, for every prompt × seed."""
     from sailscope.core.generate import GenerationSettings, encode, initial_noise, seed_generators
-    from sailscope.core.metrics import sharpness
+    from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
     from sailscope.core.sail import (SailSettings, diffusers_eps_pair, first_step, paper_objective,
                                      reference_objective)
     from sailscope.core.score import DiffusersScoreModel
@@ -265,16 +302,19 @@ def measure(
     for i, prompt in enumerate(prompts):
         with torch.no_grad():
             cond, uncond, _ = encode(pipe, GenerationSettings(prompt=prompt, seed=0, steps=steps), device)
-            eps_pair = diffusers_eps_pair(pipe, first, cond, uncond)
+            eps_pair = _ReuseLast(diffusers_eps_pair(pipe, first, cond, uncond))  # both objectives start at x
             p = paper_objective(eps_pair, z, sigma=first.sigma, alpha=0.0, delta=delta, scale=first.scale)
             r = reference_objective(eps_pair, z, alpha=0.0, scale=first.scale)
-        b = z.shape[0]
-        gs = model.guided(first.t, cond[:1].expand(b, *cond.shape[1:]), uncond[:1].expand(b, *uncond.shape[1:]),
-                          abar=first.abar)
-        sh = sharpness(gs, first.scale * z, method="fd")
+        if delta == DEFAULT_FD_STEP:  # same relative forward difference as the step-1 record: identical numbers
+            sh = p.sharpness
+        else:
+            b = z.shape[0]
+            gs = model.guided(first.t, cond[:1].expand(b, *cond.shape[1:]), uncond[:1].expand(b, *uncond.shape[1:]),
+                              abar=first.abar)
+            sh = sharpness(gs, first.scale * z, method="fd").value
         vals["paper"]["sharpness"] += p.sharpness.tolist(); vals["paper"]["prior"] += p.prior.tolist()
         vals["reference"]["sharpness"] += r.sharpness.tolist(); vals["reference"]["prior"] += r.prior.tolist()
-        vals["detection"]["sharpness"] += sh.value.tolist()
+        vals["detection"]["sharpness"] += sh.tolist()
         if progress is not None:
             progress(i + 1, len(prompts))
     return Calibration(
@@ -286,6 +326,7 @@ def measure(
 
 __all__ = [
     "Calibration", "measure", "save_calibration", "load_calibrations", "find_calibration", "resolve_threshold",
+    "resolve_alpha",
     "detection_threshold", "published_threshold", "model_key", "model_fingerprint", "settings_dir",
     "calibration_path", "DEFAULT_QUANTILE", "DETECTION_QUANTILE", "PUBLISHED",
 ]

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"model": record.name, "key": record.key, "file": str(path), "n": record.n, "t": record.t,
                "detection_threshold": record.detection_threshold(), "sail_threshold": {}}
     for objective in ("paper", "reference"):
-        alpha = default_alpha(objective, pred)
+        alpha = record.paper_alpha() if objective == "paper" else default_alpha(objective, pred)
         summary["sail_threshold"][objective] = {
             "alpha": alpha, "q0.9": record.sail_threshold(objective, alpha, quantile=0.9),
             "q0.5": record.sail_threshold(objective, alpha, quantile=0.5),

@@ -64,8 +64,12 @@ STOP_RULES: tuple[str, ...] = ("first", "all")
 EpsPair = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 
 # α defaults. reference: the authors' values (SD 1.x eps models 0.05, SD 2.x v models 0.01).
-# paper: chosen so that, at SD-like magnitudes (‖eps_Δ‖ ≈ 2 at step 1, ‖z‖ = sqrt(d)), the prior's share of
-# the gradient matches the reference default: ∇(α'‖z‖²) / ∇‖e‖² = ∇(α‖z‖) / ∇‖e‖  =>  α' ≈ α ‖e‖ / ‖z‖.
+# paper: the first term's scale differs by orders of magnitude between models (score² at t_0: ~1e-4 for
+# the demo model's non-memorized prompts), so with a calibration α is *calibrated* instead (see
+# :meth:`sailscope.core.calibration.Calibration.paper_alpha`: the prior equals the median first term at a typical
+# non-memorized start). These numbers are only the fallback without a calibration: at SD-like magnitudes
+# (‖eps_Δ‖ ≈ 2 at step 1, ‖z‖ = sqrt(d)) they give the prior the reference default's share of the gradient,
+# ∇(α'‖z‖²) / ∇‖e‖² = ∇(α‖z‖) / ∇‖e‖  =>  α' ≈ α ‖e‖ / ‖z‖.
 DEFAULT_ALPHA = {("reference", "epsilon"): 0.05, ("reference", "v_prediction"): 0.01,
                  ("paper", "epsilon"): 1e-3, ("paper", "v_prediction"): 2e-4}
 
@@ -94,7 +98,8 @@ class SailSettings:
 
     ``threshold``: a number in the objective's units, or ``"auto"`` (per-model calibration, see
     :mod:`sailscope.core.calibration`). ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
-    noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None`` picks :func:`default_alpha`;
+    noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None``: the model's calibrated α for the paper
+    objective (fallback :func:`default_alpha`), the authors' α for the reference objective;
     ``delta=None`` (paper objective's relative step) picks :func:`auto_delta` for the UNet's dtype.
     """
 
@@ -293,6 +298,7 @@ class SailResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     delta: float | None = None  # paper objective's relative step (None for reference)
+    alpha_source: str = "user setting"
 
     @property
     def all_converged(self) -> bool:
@@ -300,7 +306,8 @@ class SailResult:
 
     def report(self) -> dict:
         return {
-            "objective": self.objective, "alpha": self.alpha, "delta": self.delta, "threshold": self.threshold,
+            "objective": self.objective, "alpha": self.alpha, "alpha_source": self.alpha_source, "delta": self.delta,
+            "threshold": self.threshold,
             "threshold_source": self.threshold_source, "settings": self.settings.to_dict(),
             "converged": self.converged, "chosen": self.chosen, "steps": self.steps, "loss": self.loss,
             "initial_loss": self.initial_loss, "candidate_image": self.candidate_image,
@@ -348,6 +355,7 @@ def iter_optimize(
     candidate_seeds: Sequence[int | None] | None = None,
     threshold_source: str = "user setting",
     delta: float | None = None,
+    alpha_source: str = "user setting",
     cancel: Callable[[], bool] | threading.Event | None = None,
 ) -> Iterator[SailStep | SailResult]:
     """Run SAIL on candidates ``z0`` (K, ...); yields a :class:`SailStep` per evaluation, then the result.
@@ -444,7 +452,7 @@ def iter_optimize(
         alpha=alpha, settings=settings, candidate_image=groups,
         candidate_seeds=list(candidate_seeds) if candidate_seeds is not None else [None] * k_total,
         unet_calls=counted.calls, unet_rows=counted.rows, seconds=time.perf_counter() - start, warnings=warnings,
-        delta=delta if settings.objective == "paper" else None,
+        delta=delta if settings.objective == "paper" else None, alpha_source=alpha_source,
     )
 
 
@@ -555,7 +563,7 @@ def iter_sail(
 
     Candidate 0 of image ``i`` is exactly the noise stock diffusers draws for seed ``seed + i``.
     """
-    from sailscope.core.calibration import resolve_threshold
+    from sailscope.core.calibration import resolve_alpha, resolve_threshold
     from sailscope.core.generate import check_settings, encode, initial_noise
 
     # 1. Check inputs
@@ -564,7 +572,7 @@ def iter_sail(
     unet_cfg = pipe.unet.config
     n_down = len(unet_cfg.block_out_channels) - 1
     check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
-    alpha = sail.alpha_for(prediction_type(pipe))
+    alpha, alpha_source = resolve_alpha(pipe, sail)
     delta = sail.delta_for(pipe.unet.dtype)
     # 2. Threshold (before any model work: a missing calibration fails fast)
     threshold, source = resolve_threshold(pipe, sail, alpha=alpha, delta=delta)
@@ -581,7 +589,7 @@ def iter_sail(
     yield from iter_optimize(
         diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
         alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
-        threshold_source=source, delta=delta, cancel=cancel,
+        threshold_source=source, delta=delta, alpha_source=alpha_source, cancel=cancel,
     )
 
 
@@ -773,7 +781,7 @@ def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Names
             say(f"SAIL step {item.step:>3}/{item.max_steps}  loss [{losses}]  threshold {item.threshold:.5g}{acc}")
         elif isinstance(item, SailResult):
             say(f"SAIL threshold {item.threshold:.6g} ({item.threshold_source}); objective {item.objective}, "
-                f"alpha {item.alpha:g}; {item.unet_calls} UNet calls, {item.seconds:.2f}s")
+                f"alpha {item.alpha:.4g} ({item.alpha_source}); {item.unet_calls} UNet calls, {item.seconds:.2f}s")
             for w in item.warnings:
                 say(f"sailscope: warning: {w}")
         elif isinstance(item, StepRecord):

@@ -56,6 +56,16 @@ def test_thresholds_are_quantiles_and_auto_names_its_source(tiny_pipe, record, t
     with pytest.raises(UserInputError, match="delta"):
         cal.resolve_threshold(tiny_pipe, SailSettings(delta=0.5), alpha=1e-3)
     assert cal.resolve_threshold(tiny_pipe, SailSettings(threshold=3.0), alpha=1e-3) == (3.0, "user setting")
+    # the paper objective's α is calibrated: prior = median first term at a typical non-memorized start
+    pa = float(np.median(record.values["paper"]["sharpness"]) / np.median(record.values["paper"]["prior"]))
+    alpha, a_src = cal.resolve_alpha(tiny_pipe, SailSettings())
+    assert alpha == pytest.approx(pa) and "calibrated" in a_src
+    assert cal.resolve_alpha(tiny_pipe, SailSettings(alpha=0.3)) == (0.3, "user setting")
+    paper = run_sail(tiny_pipe, GenerationSettings(prompt="a red circle", steps=3), SailSettings(max_steps=0))
+    assert paper.alpha == pytest.approx(pa) and paper.alpha_source == a_src
+    assert paper.threshold == pytest.approx(record.sail_threshold("paper", pa, delta=1e-3))
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "empty"))
+    assert cal.resolve_alpha(tiny_pipe, SailSettings()) == (1e-3, "default (not calibrated)")
 
 
 def test_identity_follows_the_weights(tiny_pipe):
