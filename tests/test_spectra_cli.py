@@ -77,3 +77,22 @@ def test_spectrum_probe_keeps_images_and_records_spectra(tiny_pipe):
         assert spec["all_converged"] and np.isfinite(spec["eigenvalues_real"]).all()
     with pytest.raises(Exception, match="exactly one"):
         SpectrumProbe(at={1}, every=2)
+
+
+def test_study_summary_and_png(tmp_path):
+    """The memorization study's table and PNG from synthetic spectra (the model run is a documented command)."""
+    from PIL import Image
+
+    from sailscope.core.spectra_study import plot_png, summarize
+
+    def spec(vals):
+        return {"real_sorted": sorted(vals), "positive": sum(v > 0 for v in vals), "negative": sum(v < 0 for v in vals),
+                "min": min(vals), "converged": True}
+
+    rows = [{"group": "memorized", "prompt": "m", "spectra": {"1": spec([-5.0, -2.0, 0.1]), "3": spec([-50.0, -9.0, -1.0])}},
+            {"group": "held-out", "prompt": "h", "spectra": {"1": spec([-1.0, 0.5, 0.7]), "3": spec([-4.0, 2.0, 3.0])}}]
+    table = {(t["group"], t["step"]): t for t in summarize(rows, 3)}
+    assert table[("memorized", 3)]["median_positive"] == 0 and table[("held-out", 3)]["median_positive"] == 2
+    assert table[("memorized", 1)]["median_min_eigenvalue"] == -5.0
+    plot_png(rows, 3, tmp_path / "s.png", "synthetic")
+    assert Image.open(tmp_path / "s.png").size == (1120, 460)
