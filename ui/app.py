@@ -5,7 +5,6 @@ Handlers are module-level functions of an :class:`AppContext` and the components
 binds them. They stream tuples in the order of the ``*_OUTPUTS`` lists below, so tests call them directly.
 Every number shown comes from ``core`` (records, spectra, SAIL, detection); this module only formats.
 """
-from __future__ import annotations
 
 import csv
 import io
@@ -144,7 +143,7 @@ GEN_OUTPUTS = ("status", "risk", "image_original", "image_sail", "image_slider",
 
 
 def render_generate(view: JobView | None, threshold: tuple[float | None, str], status: str, kind: str = "info",
-                    final: bool = False, spectrum_run: str | None = None) -> tuple:
+                    final: bool = False, spectrum_run: str | None = None, with_report: bool = True) -> tuple:
     """A :class:`JobView` -> one update per ``GEN_OUTPUTS`` entry."""
     if view is None:
         return (status_html(status, kind), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
@@ -157,20 +156,27 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
         s1, after = after, None
     metrics = plots.metrics_figure({r: view.records.get(r, []) for r in view.runs}, view.settings.steps, thr,
                                    "detection threshold")
-    run = spectrum_run if spectrum_run in view.spectra else ("sail" if "sail" in view.spectra else "original")
-    step, spectra = view.spectrum_for(run, None)
-    spec_fig = plots.spectrum_figure(spectra, step) if spectra else gr.update()
-    steps = view.spectrum_steps(run)
-    slider = gr.update(minimum=min(steps), maximum=max(steps) if len(steps) > 1 else min(steps) + 1, value=step,
-                       interactive=len(steps) > 1) if steps else gr.update()
-    sail_fig = plots.sail_loss_figure(view.sail_trace(), view.sail_threshold()) if view.sail is not None else gr.update()
+    # the spectrum and SAIL plots are rebuilt only when their data changed (live updates stay light)
+    n_spectra, n_sail = sum(len(v) for v in view.spectra.values()), len(view.sail_steps)
+    spec_fig = slider = sail_fig = gr.update()
+    if n_spectra and (final or view.shown.get("spectra") != n_spectra):
+        view.shown["spectra"] = n_spectra
+        run = spectrum_run if spectrum_run in view.spectra else ("original" if "original" in view.spectra else "sail")
+        step, spectra = view.spectrum_for(run, None)
+        spec_fig = plots.spectrum_figure(spectra, step)
+        steps = view.spectrum_steps(run)
+        slider = gr.update(minimum=min(steps), maximum=max(steps) if len(steps) > 1 else min(steps) + 1, value=step,
+                           interactive=len(steps) > 1)
+    if view.sail is not None and (final or view.shown.get("sail") != n_sail):
+        view.shown["sail"] = n_sail
+        sail_fig = plots.sail_loss_figure(view.sail_trace(), view.sail_threshold())
     img_o = img_s = slider_img = report = state = gr.update()
     if final:
         img_o = view.files.get("original") or gr.update()
         img_s = view.files.get("sail") or gr.update()
         if view.files.get("original") and view.files.get("sail"):
             slider_img = gr.update(value=(view.files["original"], view.files["sail"]), visible=True)
-        report = view.files.get("report") or None
+        report = (view.files.get("report") or None) if with_report else gr.update()
         state = {"spectra": view.spectra, "steps": view.settings.steps}
     return (status_html(status, kind, done, total), risk_html(s1, thr, src, after), img_o, img_s, slider_img,
             metrics, spec_fig, slider, sail_fig, report, state)
@@ -200,20 +206,33 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
         threshold = detection_threshold(pipe)
         view = JobView(settings=settings, sail=sail, compare=bool(compare), warnings=list(warnings))
         yield render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else ""))
-        # 2. Stream the job
+        # 2. Stream the job; save as soon as sampling is over (spectra, when asked, come after the images)
         last = 0.0
+        info = getattr(pipe, "sailscope_info", None)
         for item in run_job(pipe, settings, sail=sail, compare=bool(compare), spectrum=spectrum, cancel=cancel):
             kind = view.apply(item)
             now = time.perf_counter()
+            if kind == "pair" or (sail is None and kind == "result"):
+                save_outputs(view, ctx.config.outputs, info, threshold)
+                more = " · computing spectra…" if spectrum is not None else ""
+                # the report is offered once it is complete (spectra come after the images)
+                yield render_generate(view, threshold, f"images saved at {now - view.started:.1f} s{more}", final=True,
+                                      with_report=spectrum is None)
+                last = now
+                continue
             first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
-            if first_point or kind in ("result", "sail_result") or now - last >= ctx.config.live_interval:
+            if first_point or kind in ("sail_result", "spectra") or now - last >= ctx.config.live_interval:
                 last = now
                 _, _, label = view.progress()
                 yield render_generate(view, threshold, f"{label} · {now - view.started:.1f} s")
-        # 3. Save and show the results
+        # 3. The report with everything (spectra included), and the final view
         view.phase = "done"
-        info = getattr(pipe, "sailscope_info", None)
-        save_outputs(view, ctx.config.outputs, info, threshold)
+        if "report" not in view.files:
+            save_outputs(view, ctx.config.outputs, info, threshold)
+        elif view.spectra:
+            from sailscope.core.outputs import write_json_atomic
+
+            write_json_atomic(view.files["report"], view.report(info, threshold))
         msg = f"done in {time.perf_counter() - view.started:.1f} s · seed {settings.seed} · saved {Path(view.files['report']).name}"
         if view.sail_result is not None and not all(view.sail_result.converged):
             msg += " · SAIL did not reach its threshold (best noise used, see the report)"
@@ -598,6 +617,8 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
             with gr.Row():
                 c["generate"] = compat.make(gr.Button, value="Generate", variant="primary", elem_id="ss-generate")
                 c["cancel"] = compat.make(gr.Button, value="Cancel", variant="stop", elem_id="ss-cancel")
+            # the Cancel acknowledgement has its own output: an event never waits on the running job's outputs
+            c["cancel_note"] = compat.make(gr.HTML, value="", elem_id="ss-cancel-note")
         with gr.Column(scale=3, min_width=420):
             c["status"] = compat.make(gr.HTML, value=status_html("ready"), elem_id="ss-status")
             c["risk"] = compat.make(gr.HTML, value=risk_html(None, None, ""), elem_id="ss-risk")
@@ -634,17 +655,23 @@ GEN_INPUTS = ("prompt", "negative", "seed", "steps", "guidance", "width", "heigh
 def wire_generate(ctx: AppContext, c: dict) -> None:
     """Connect the Generate view's events (model work through the one-slot ``model`` queue)."""
 
-    def _generate(*values: Any, request: gr.Request = None):  # type: ignore[assignment]
-        yield from generate_handler(ctx, *values, request=request)
+    # explicit positional parameters: gradio injects gr.Request only into those (not after *args)
+    def _generate(prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at, sail_on,
+                  sail_objective, sail_threshold, sail_max_steps, sail_candidates, compare, spectrum_steps,
+                  spectrum_method, spectrum_k, request: gr.Request):
+        yield from generate_handler(ctx, prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at,
+                                    sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates, compare,
+                                    spectrum_steps, spectrum_method, spectrum_k, request=request)
 
-    def _cancel(request: gr.Request = None):  # type: ignore[assignment]
+    def _cancel(request: gr.Request):
         return cancel_handler(ctx, request)
 
     inputs = [c[name] for name in GEN_INPUTS]
     outputs = [c[name] for name in GEN_OUTPUTS]
     c["generate"].click(_generate, inputs, outputs,
                         **compat.event_kwargs(model_job=True, progress_on=c["status"], api_name="generate"))
-    c["cancel"].click(_cancel, None, [c["status"]], **compat.event_kwargs(queue=False, api_name="cancel"))
+    c["cancel"].click(_cancel, None, [c["cancel_note"]], **compat.event_kwargs(queue=False, api_name="cancel"))
+    c["generate"].click(lambda: "", None, [c["cancel_note"]], **compat.event_kwargs(queue=False))
     c["random_seed"].click(random_seed, None, [c["seed"]], **compat.event_kwargs(queue=False))
     for trigger in (c["spectrum_step"], c["spectrum_run"]):
         trigger.change(spectrum_view_handler, [c["state"], c["spectrum_run"], c["spectrum_step"]], [c["spectrum_plot"]],
@@ -689,21 +716,22 @@ def _compare_view(ctx: AppContext) -> None:
             with gr.Row():
                 run = compat.make(gr.Button, value="Compare", variant="primary", elem_id="ss-compare-run")
                 cancel = compat.make(gr.Button, value="Cancel", variant="stop", elem_id="ss-compare-cancel")
+            note = compat.make(gr.HTML, value="", elem_id="ss-compare-cancel-note")
         with gr.Column(scale=3, min_width=420):
             status = compat.make(gr.HTML, value=status_html("ready"), elem_id="ss-compare-status")
             plot = compat.make(gr.Plot, label="Spectra and step-1 sharpness", value=plots.compare_figure([]),
                                elem_id="ss-compare-plot")
             table = compat.make(gr.Dataframe, headers=COMPARE_HEADERS, interactive=False, elem_id="ss-compare-table")
 
-    def _run(*values: Any, request: gr.Request = None):  # type: ignore[assignment]
-        yield from compare_handler(ctx, *values, request=request)
+    def _run(prompts_v, seeds_v, steps_v, guidance_v, scheduler_v, method_v, k_v, request: gr.Request):
+        yield from compare_handler(ctx, prompts_v, seeds_v, steps_v, guidance_v, scheduler_v, method_v, k_v, request=request)
 
-    def _cancel(request: gr.Request = None):  # type: ignore[assignment]
+    def _cancel(request: gr.Request):
         return cancel_handler(ctx, request)
 
     run.click(_run, [prompts, seeds, steps, guidance, scheduler, method, k], [status, plot, table],
               **compat.event_kwargs(model_job=True, progress_on=status, api_name="compare"))
-    cancel.click(_cancel, None, [status], **compat.event_kwargs(queue=False))
+    cancel.click(_cancel, None, [note], **compat.event_kwargs(queue=False))
 
 
 def _audit_view(ctx: AppContext) -> None:
@@ -716,7 +744,8 @@ def _audit_view(ctx: AppContext) -> None:
             memorized = compat.make(gr.Textbox, label="Known memorized prompts (optional, one per line; enables ROC/AUC)",
                                     lines=3, elem_id="ss-audit-memorized")
             with gr.Row():
-                seeds = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=4, label="Seeds per prompt")
+                seeds = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=4, label="Seeds per prompt",
+                                   elem_id="ss-audit-seeds")
                 steps = compat.make(gr.Slider, minimum=1, maximum=150, step=1, value=50, label="Steps (sets t at step 1)")
             with gr.Row():
                 metric = compat.make(gr.Radio, choices=["sharpness", "wen"], value="sharpness", label="Score")
@@ -724,6 +753,7 @@ def _audit_view(ctx: AppContext) -> None:
             with gr.Row():
                 run = compat.make(gr.Button, value="Run audit", variant="primary", elem_id="ss-audit-run")
                 cancel = compat.make(gr.Button, value="Cancel", variant="stop", elem_id="ss-audit-cancel")
+            note = compat.make(gr.HTML, value="", elem_id="ss-audit-cancel-note")
         with gr.Column(scale=3, min_width=420):
             status = compat.make(gr.HTML, value=status_html("ready"), elem_id="ss-audit-status")
             table = compat.make(gr.Dataframe, headers=AUDIT_HEADERS, interactive=False, elem_id="ss-audit-table")
@@ -733,15 +763,15 @@ def _audit_view(ctx: AppContext) -> None:
             export = compat.make(gr.File, label="Export (CSV, JSON)", file_count="multiple", interactive=False,
                                  elem_id="ss-audit-export")
 
-    def _run(*values: Any, request: gr.Request = None):  # type: ignore[assignment]
-        yield from audit_handler(ctx, *values, request=request)
+    def _run(prompts_v, upload_v, memorized_v, seeds_v, steps_v, metric_v, name_v, request: gr.Request):
+        yield from audit_handler(ctx, prompts_v, upload_v, memorized_v, seeds_v, steps_v, metric_v, name_v, request=request)
 
-    def _cancel(request: gr.Request = None):  # type: ignore[assignment]
+    def _cancel(request: gr.Request):
         return cancel_handler(ctx, request)
 
     run.click(_run, [prompts, upload, memorized, seeds, steps, metric, name], [status, table, hist, roc, export],
               **compat.event_kwargs(model_job=True, progress_on=status, api_name="audit"))
-    cancel.click(_cancel, None, [status], **compat.event_kwargs(queue=False))
+    cancel.click(_cancel, None, [note], **compat.event_kwargs(queue=False))
 
 
 def _model_view(ctx: AppContext, header: Any) -> None:

@@ -39,7 +39,7 @@ class AppConfig:
     max_upload_bytes: int = 512 * 1024  # audit prompt lists
     max_audit_prompts: int = 1000
     max_compare_items: int = 12
-    live_interval: float = 0.25  # seconds between live plot updates (the first step is always shown)
+    live_interval: float = 0.5  # seconds between live plot updates (the first step is always shown)
 
 
 class ModelManager:
@@ -202,25 +202,64 @@ def parse_steps(text: str | None, total: int, name: str = "spectrum steps") -> f
     return frozenset(out)
 
 
-def spectrum_probe(request: SpectrumRequest):
-    """A ``generate`` probe: at the requested steps, ``core.spectra.spectrum_at`` for each ``which`` (image 0)."""
+def compute_spectra(request: SpectrumRequest, guided: Any, x: Any) -> dict[str, dict]:
+    """``core.spectra.spectrum_at`` of ``H_cond``, ``H_uncond``, ``H_Δ`` at one latent (errors kept per ``which``)."""
     from sailscope.core.spectra import spectrum_at
 
     hvp = "exact" if request.method in ("lanczos", "slq") else "fd"
+    out: dict[str, dict] = {}
+    for which in request.which:
+        try:
+            spec = spectrum_at(guided, x, which=which, k=request.k, method=request.method, hvp=hvp, chunk=1)
+            out[which] = spec.to_dict()
+        except (SailScopeError, RuntimeError, NotImplementedError, ValueError) as exc:
+            out[which] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    return out
+
+
+def spectrum_probe(request: SpectrumRequest):
+    """A ``generate`` probe computing the spectra in the step (delays that step; used for one-step jobs)."""
 
     def probe(ctx: Any) -> dict | None:
         if ctx.step not in request.steps:
             return None
-        out: dict[str, dict] = {}
-        for which in request.which:
-            try:
-                spec = spectrum_at(ctx.guided, ctx.x[:1], which=which, k=request.k, method=request.method, hvp=hvp, chunk=1)
-                out[which] = spec.to_dict()
-            except (SailScopeError, RuntimeError, NotImplementedError, ValueError) as exc:
-                out[which] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-        return {"spectra": out}
+        return {"spectra": compute_spectra(request, ctx.guided, ctx.x[:1])}
 
     return probe
+
+
+class DeferredSpectra:
+    """A ``generate`` probe that only captures the latent and score at the requested steps (image 0).
+
+    The spectra are computed after sampling (:meth:`compute`), so they never delay the live plot or the
+    images; the captured latent is exactly the one the step saw.
+    """
+
+    def __init__(self, request: SpectrumRequest) -> None:
+        self.request = request
+        self.pending: list[tuple[int, Any, Any]] = []  # (step, x, guided) not yet tagged with a run
+        self.captured: list[tuple[str, int, Any, Any]] = []  # (run, step, x, guided)
+
+    def __call__(self, ctx: Any) -> None:
+        if ctx.step in self.request.steps:
+            self.pending.append((ctx.step, ctx.x[:1].detach().clone(), ctx.guided))
+        return None
+
+    def tag(self, record: StepRecord) -> None:
+        """Called for each streamed record: the probe ran for it just before it was yielded."""
+        if self.pending and self.pending[-1][0] == record.step:
+            step, x, guided = self.pending.pop()
+            self.captured.append((record.run, step, x, guided))
+
+    def compute(self, cancel: threading.Event | None = None) -> Iterator[tuple[str, int, dict]]:
+        """Yield ``(run, step, {which: Spectrum.to_dict()})`` for every captured step."""
+        from sailscope.core.errors import Cancelled
+
+        while self.captured:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled while computing spectra")
+            run, step, x, guided = self.captured.pop(0)
+            yield run, step, compute_spectra(self.request, guided, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,14 +275,23 @@ def sail_available() -> bool:
 
 def run_job(pipe: Any, settings: GenerationSettings, *, sail: Any = None, compare: bool = True,
             spectrum: SpectrumRequest | None = None, cancel: threading.Event | None = None) -> Iterator[Any]:
-    """Stream core items: SAIL progress (when ``sail``), step records, results, and a pair result."""
-    probes = [spectrum_probe(spectrum)] if spectrum is not None and spectrum.steps else []
+    """Stream core items: SAIL progress (when ``sail``), step records, results, a pair result, then
+    ``("spectra", run, step, dict)`` tuples for the requested steps (computed after sampling)."""
+    deferred = DeferredSpectra(spectrum) if spectrum is not None and spectrum.steps else None
+    probes = [deferred] if deferred is not None else []
     if sail is None:
-        yield from generate(pipe, settings, probes=probes, cancel=cancel, run="original")
-        return
-    from sailscope.core.sail import generate_pair
+        items = generate(pipe, settings, probes=probes, cancel=cancel, run="original")
+    else:
+        from sailscope.core.sail import generate_pair
 
-    yield from generate_pair(pipe, settings, sail, probes=probes, cancel=cancel, run_original=compare)
+        items = generate_pair(pipe, settings, sail, probes=probes, cancel=cancel, run_original=compare)
+    for item in items:
+        if deferred is not None and isinstance(item, StepRecord):
+            deferred.tag(item)
+        yield item
+    if deferred is not None:
+        for run, step, spectra in deferred.compute(cancel):
+            yield ("spectra", run, step, spectra)
 
 
 @dataclass
@@ -265,6 +313,7 @@ class JobView:
     files: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     first_point_seconds: float | None = None
+    shown: dict = field(default_factory=dict)  # what the UI last drew (to skip unchanged plots)
 
     @property
     def runs(self) -> list[str]:
@@ -296,6 +345,11 @@ class JobView:
         if kind == "PairResult":
             self.pair = item
             return "pair"
+        if isinstance(item, tuple) and item and item[0] == "spectra":
+            _, run, step, spectra = item
+            self.spectra.setdefault(run, {})[step] = spectra
+            self.phase = "spectra"
+            return "spectra"
         return "other"
 
     # -- read-outs (formatting of core numbers) ---------------------------------------------
@@ -311,6 +365,8 @@ class JobView:
         elif self.phase in ("original", "sail"):
             n = len(self.records.get(self.phase, []))
             label = f"{'SAIL' if self.phase == 'sail' else 'original'} run: step {n} of {steps}"
+        elif self.phase == "spectra":
+            label = "computing spectra: " + ", ".join(f"{r} step {k}" for r in self.spectra for k in self.spectra[r]) + " done"
         else:
             label = self.phase
         return done, total, label

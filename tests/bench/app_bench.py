@@ -1,0 +1,141 @@
+"""Benchmark: a generation through the app vs the same generation through the core API (same process).
+
+    OMP_NUM_THREADS=1 python tests/bench/app_bench.py [--model demo|PATH] [--steps 50] [--repeats 3] [--browser]
+
+* core: ``core.generate.run_generation`` with the app's default settings (sharpness at step 1, no spectra).
+* app: the same settings submitted to the launched app over its HTTP queue with ``gradio_client`` (the path a
+  browser takes, minus rendering): wall time from submit to the final update, and to the first update that
+  carries a live plot point. With ``--browser``, the time from the Generate click to the first plotted point
+  in headless Chromium (Playwright) is measured too.
+Runs alternate core/app to spread machine-load noise over both; medians are reported as JSON.
+Without the demo model installed it falls back to the tiny test pipeline (numbers then say so).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompt", default=None)
+    parser.add_argument("--browser", action="store_true", help="also time click -> first plotted point in Chromium")
+    args = parser.parse_args()
+
+    from sailscope.core.generate import GenerationSettings, run_generation
+    from sailscope.ui.app import GEN_INPUTS, AppContext, build_ui, launch
+    from sailscope.ui.jobs import AppConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="sailscope-bench-"))
+    os.environ.setdefault("SAILSCOPE_HOME", str(tmp / "home"))
+    model = args.model
+    if model == "demo" and not (REPO / "assets" / "models" / "demo" / "model_index.json").is_file():
+        from sailscope.core.testing import tiny_pipeline
+
+        tiny_pipeline().save_pretrained(str(tmp / "models" / "tiny"))
+        model = str(tmp / "models" / "tiny")
+        print("demo model not installed: benchmarking the tiny test pipeline", file=sys.stderr)
+    config = AppConfig(outputs=str(tmp / "outputs"), models_dirs=(str(tmp / "models"),), allow_paths=True)
+    ctx = AppContext(config)
+    pipe = ctx.models.load(model, "cpu", "fp32")
+    prompt = args.prompt or "a large blue circle above three red triangles, poster print 4512"
+    settings = GenerationSettings(prompt=prompt, seed=0, steps=args.steps, guidance=7.5, scheduler="ddim",
+                                  sharpness_at="first")
+    demo = build_ui(context=ctx)
+    port = free_port()
+    launch(demo, config, port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    values = dict(prompt=prompt, negative="", seed=0, steps=args.steps, guidance=7.5, width=0, height=0,
+                  scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
+                  sail_threshold="auto", sail_max_steps=10, sail_candidates=1, compare=True, spectrum_steps="",
+                  spectrum_method="arnoldi", spectrum_k=8)
+    inputs = [values[k] for k in GEN_INPUTS]
+
+    def app_once() -> tuple[float, float | None]:
+        t0 = time.perf_counter()
+        job = client.submit(*inputs, api_name="/generate")
+        first = None
+        while not job.done():
+            outs = job.outputs()
+            if first is None and outs and "step" in str(outs[-1][0]):
+                first = time.perf_counter() - t0
+            time.sleep(0.02)
+        job.result()
+        total = time.perf_counter() - t0
+        if first is None:
+            first = total
+        return total, first
+
+    run_generation(pipe, settings)  # warm-up (allocations, kernels)
+    app_once()
+    core_t, app_t, first_t = [], [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        run_generation(pipe, settings)
+        core_t.append(time.perf_counter() - t0)
+        total, first = app_once()
+        app_t.append(total)
+        first_t.append(first)
+    result = {
+        "model": getattr(pipe.sailscope_info, "name", model), "steps": args.steps, "repeats": args.repeats,
+        "core_seconds_median": statistics.median(core_t), "app_seconds_median": statistics.median(app_t),
+        "ratio_app_over_core": statistics.median(app_t) / statistics.median(core_t),
+        "first_update_with_a_point_seconds_median": statistics.median(first_t),
+        "core_seconds": core_t, "app_seconds": app_t, "first_point_seconds": first_t,
+        "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
+    }
+    if args.browser:
+        result["browser_click_to_first_point_seconds"] = browser_first_point(url, prompt, args.steps)
+    print(json.dumps(result, indent=1))
+    demo.close()
+    return 0
+
+
+def browser_first_point(url: str, prompt: str, steps: int) -> float:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        page = b.new_page()
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("#ss-generate", timeout=60_000)
+        page.locator("#ss-prompt textarea").fill(prompt)
+        box = page.locator("#ss-steps input[type=number]")
+        box.fill(str(steps))
+        box.press("Enter")
+        t0 = time.perf_counter()
+        page.locator("#ss-generate").click()
+        page.wait_for_function(
+            "() => { const d = document.querySelector('#ss-metrics-plot .js-plotly-plot');"
+            " return d && d.data && d.data[0] && d.data[0].x && d.data[0].x.length > 0 }", timeout=120_000, polling=20)
+        first = time.perf_counter() - t0
+        page.wait_for_function("() => document.querySelector('#ss-status').innerText.includes('done')", timeout=600_000)
+        b.close()
+    return first
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""The app in a real browser: Debian's Chromium driven headless by Playwright against a launched server.
+
+The server runs in this process on a free port, on the embedded demo model when it is installed
+(``assets/models/demo``; the prompt is its first memorized caption), otherwise on the seeded tiny pipeline
+saved to a temporary folder and loaded through the Model manager (so loading is exercised too).
+Screenshots go to ``test-artifacts/`` (git-ignored); with ``SAILSCOPE_DOC_SCREENSHOTS=1`` the three views are
+also written to ``docs/images/`` for the README.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+gr = pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("SAILSCOPE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+DEMO = REPO / "assets" / "models" / "demo"
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _demo_prompt() -> str | None:
+    memorized = DEMO / "memorized.jsonl"
+    if (DEMO / "model_index.json").is_file() and memorized.is_file():
+        for line in memorized.read_text().splitlines():
+            if line.strip():
+                return json.loads(line)["caption"]
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from sailscope.ui.app import AppContext, build_ui, launch
+    from sailscope.ui.jobs import AppConfig
+
+    tmp = tmp_path_factory.mktemp("app")
+    os.environ["SAILSCOPE_HOME"] = str(tmp / "home")  # no user calibration leaks in
+    prompt = _demo_prompt()
+    if prompt is not None:
+        config = AppConfig(outputs=str(tmp / "outputs"), live_interval=1.0)
+        model, steps = "demo", 50
+    else:
+        from sailscope.core.testing import tiny_pipeline
+
+        models = tmp / "models"
+        tiny_pipeline().save_pretrained(str(models / "tiny"))
+        config = AppConfig(outputs=str(tmp / "outputs"), models_dirs=(str(models),), live_interval=1.0)
+        model, steps, prompt = str(models / "tiny"), 40, "a large blue circle above three red triangles, poster print 4512"
+    ctx = AppContext(config)
+    ctx.models.load(model, "cpu", "fp32")
+    from sailscope.core.calibration import find_calibration
+
+    calibrated = find_calibration(ctx.models.pipe) is not None
+    demo = build_ui(context=ctx)
+    port = _free_port()
+    launch(demo, config, port=port, prevent_thread_lock=True, quiet=True)
+    yield {"url": f"http://127.0.0.1:{port}/", "ctx": ctx, "prompt": prompt, "steps": steps, "demo": model == "demo",
+           "calibrated": calibrated}
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, server):
+    page = browser.new_page(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
+    page.goto(server["url"], wait_until="load")
+    page.wait_for_selector("#ss-generate", timeout=60_000)
+    return page
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def status_text(page, elem_id: str = "ss-status") -> str:
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def wen_points(page) -> int:
+    return page.evaluate(
+        "() => { const d = document.querySelector('#ss-metrics-plot .js-plotly-plot');"
+        " return d && d.data && d.data[0] && d.data[0].x ? d.data[0].x.length : 0 }")
+
+
+def finished(page, elem_id: str = "ss-status") -> bool:
+    """The status shows a final state (ok, warning or error) rather than progress."""
+    return page.locator(f"#{elem_id} .ss-ok, #{elem_id} .ss-warn, #{elem_id} .ss-error").count() > 0
+
+
+def wait_status(page, words: tuple[str, ...], timeout: float, elem_id: str = "ss-status") -> str:
+    end = time.time() + timeout
+    while time.time() < end:
+        text = status_text(page, elem_id)
+        if any(w in text for w in words):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"status never showed {words}: {status_text(page, elem_id)!r}")
+
+
+def shoot(page, name: str, doc: bool = False) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if doc and os.environ.get("SAILSCOPE_DOC_SCREENSHOTS") == "1":
+        (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, REPO / "docs" / "images" / f"{name}.png")
+
+
+def test_generate_with_sail_live_plot_images_spectrum_and_report(server, browser):
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill(server["prompt"])
+    set_number(page, "ss-steps", server["steps"])
+    page.locator("#ss-sail input[type=checkbox]").check()
+    page.get_by_text("Spectrum", exact=True).click()
+    set_number(page, "ss-spectrum-k", 4)
+    if not server["calibrated"]:  # no calibration for this model: give SAIL a threshold it reaches
+        page.get_by_text("SAIL advanced").click()
+        page.locator("#ss-sail-threshold textarea, #ss-sail-threshold input").first.fill("1e12")
+    page.locator("#ss-generate").click()
+    clicked = time.time()
+    seen, first_point = [], None
+    while True:
+        n, text = wen_points(page), status_text(page)
+        if n and first_point is None:
+            first_point = time.time() - clicked
+        seen.append(n)
+        if finished(page):
+            break
+        assert time.time() - clicked < 600, text
+        time.sleep(0.1)
+    assert "done" in text, text
+    steps = server["steps"]
+    assert any(0 < k < steps for k in seen), f"no live points during the run: {sorted(set(seen))}"
+    print(f"first live point {first_point:.2f} s after the click; run {time.time() - clicked:.1f} s")
+    # both images, the spectrum plot and the risk badge
+    for elem in ("#ss-image-original img", "#ss-image-sail img"):
+        page.wait_for_selector(elem, timeout=30_000)
+    n_spectra = page.evaluate("() => document.querySelector('#ss-spectrum-plot .js-plotly-plot').data.length")
+    assert n_spectra == 3  # conditional, unconditional, difference
+    assert "step-1 sharpness" in page.locator("#ss-risk").inner_text()
+    # download the report and check it
+    with page.expect_download() as dl:
+        page.locator("#ss-report a[download]").first.click()
+    report = json.loads(Path(dl.value.path()).read_text())
+    assert report["settings"]["prompt"] == server["prompt"] and report["settings"]["steps"] == steps
+    assert set(report["runs"]) == {"original", "sail"}
+    assert len(report["runs"]["original"]["steps"]) == steps and report["sail"]["trace"]
+    assert set(report["spectra"]["original"]["1"]) == {"cond", "uncond", "delta"}
+    shoot(page, "app-generate", doc=True)
+    page.close()
+
+
+def test_cancel_then_generate_again(server, browser):
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill("a small green square")
+    set_number(page, "ss-steps", 150)
+    if not server["demo"]:  # a longer run on the tiny model, so Cancel lands mid-run even on a loaded machine
+        set_number(page, "ss-width", 128)
+        set_number(page, "ss-height", 128)
+    page.locator("#ss-generate").click()
+    end = time.time() + 120
+    while wen_points(page) == 0:
+        assert time.time() < end, status_text(page)
+        time.sleep(0.1)
+    page.locator("#ss-cancel").dispatch_event("click")  # the page re-renders the live plot; no scrolling needed
+    text = wait_status(page, ("cancelled", "done"), 180)
+    assert "nothing was saved" in text
+    assert wen_points(page) < 150
+    set_number(page, "ss-steps", 3)
+    page.locator("#ss-generate").click()
+    wait_status(page, ("done",), 180)
+    assert page.locator("#ss-image-original img").count() == 1
+    page.close()
+
+
+def test_bad_input_oversize_upload_and_two_sessions(server, browser, tmp_path):
+    # bad size: a readable message in the page, then the next request is served
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill("a red circle")
+    set_number(page, "ss-width", 13)
+    page.locator("#ss-generate").click()
+    text = wait_status(page, ("must be",), 60)
+    assert "width must be a positive multiple" in text
+    # oversize audit upload (below gradio's transport cap, above the audit limit)
+    page.get_by_role("tab", name="Audit").click()
+    big = tmp_path / "prompts.txt"
+    big.write_text("a prompt\n" * 70_000)  # ~630 KB > 512 KB
+    page.locator("#ss-audit-upload input[type=file]").set_input_files(str(big))
+    page.wait_for_timeout(1500)
+    page.locator("#ss-audit-run").click()
+    assert "the limit is 512 KB" in wait_status(page, ("limit",), 60, "ss-audit-status")
+    page.locator("#ss-audit-upload button[aria-label*='Clear'], #ss-audit-upload button[aria-label*='clear']").first.click()
+    page.locator("#ss-audit-prompts textarea").fill("a red circle\na blue square")
+    page.locator("#ss-audit-memorized textarea").fill("a red circle")
+    set_number(page, "ss-audit-seeds", 1)
+    page.locator("#ss-audit-run").click()
+    wait_status(page, ("done",), 120, "ss-audit-status")
+    shoot(page, "app-audit", doc=True)
+    # compare view screenshot
+    page.get_by_role("tab", name="Compare prompts").click()
+    page.locator("#ss-compare-prompts textarea").fill(f"{server['prompt']}\na small green square\na red circle")
+    page.locator("#ss-compare-run").click()
+    wait_status(page, ("compared",), 180, "ss-compare-status")
+    shoot(page, "app-compare", doc=True)
+    page.close()
+    # two sessions at once: each sees only its own result
+    pages = [open_page(browser, server) for _ in range(2)]
+    for i, p in enumerate(pages):
+        p.locator("#ss-prompt textarea").fill(f"session {i} prompt")
+        set_number(p, "ss-steps", 3)
+        set_number(p, "ss-seed", 100 + i)
+    for p in pages:
+        p.locator("#ss-generate").click()
+    for i, p in enumerate(pages):
+        wait_status(p, ("done",), 180)
+        with p.expect_download() as dl:
+            p.locator("#ss-report a[download]").first.click()
+        report = json.loads(Path(dl.value.path()).read_text())
+        assert report["settings"]["prompt"] == f"session {i} prompt" and report["settings"]["seed"] == 100 + i
+        p.close()
