@@ -60,17 +60,26 @@ def launch_kwargs(css: str, **kwargs: Any) -> dict:
     return supported(gr.Blocks.launch, kwargs)
 
 
+def _listener() -> object:
+    """The ``click`` listener whose signature all event listeners share (gradio 3 defines it on ``Clickable``)."""
+    click = getattr(gr.Button, "click", None)
+    if click is None:
+        events = getattr(gr, "events", None)
+        click = getattr(getattr(events, "Clickable", None), "click", None)
+    return click
+
+
 def event_kwargs(*, model_job: bool = False, progress_on: Any = None, **kwargs: Any) -> dict:
     """Listener keyword arguments: model jobs share one queue slot (``concurrency_id="model"``, limit 1)."""
     if model_job:
         kwargs.update(concurrency_limit=1, concurrency_id="model")
     if progress_on is not None:
-        if "show_progress_on" in _params(gr.Button.click):
+        if "show_progress_on" in _params(_listener()):
             kwargs["show_progress_on"] = progress_on
             kwargs.setdefault("show_progress", "full")
         else:
             kwargs.setdefault("show_progress", "minimal")
-    return supported(gr.Button.click, kwargs)
+    return supported(_listener(), kwargs)
 
 
 def enable_queue(demo: gr.Blocks, max_size: int = 64) -> gr.Blocks:

@@ -4,7 +4,8 @@
 
 Used with throw-away venvs (``python -m venv --system-site-packages``; ``pip install gradio==4.40.0`` or
 ``gradio==3.41.2``) so the system gradio stays untouched. ``--panel-only`` builds only the Generate panel
-(the part the A1111 tab reuses) inside a bare ``gr.Blocks``. Prints one JSON line.
+(the part the A1111 tab reuses) inside a bare ``gr.Blocks`` without loading a model (so it also runs where the
+installed diffusers/transformers do not fit that gradio's huggingface_hub pin). Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -22,14 +23,12 @@ def main() -> int:
     args = parser.parse_args()
     import gradio as gr
 
-    from sailscope.core.testing import tiny_pipeline
     from sailscope.ui.app import GEN_INPUTS, GEN_OUTPUTS, AppContext, build_ui, generate_panel, launch, wire_generate
     from sailscope.ui.jobs import AppConfig
 
     tmp = tempfile.mkdtemp()
     os.environ.setdefault("SAILSCOPE_HOME", tmp)
     ctx = AppContext(AppConfig(outputs=tmp))
-    ctx.models.pipe = tiny_pipeline()
     out = {"gradio": gr.__version__}
     if args.panel_only:
         with gr.Blocks() as demo:
@@ -39,6 +38,9 @@ def main() -> int:
         out["ok"] = all(k in c for k in GEN_INPUTS + GEN_OUTPUTS)
         print(json.dumps(out))
         return 0 if out["ok"] else 1
+    from sailscope.core.testing import tiny_pipeline  # needs diffusers/transformers that fit this gradio
+
+    ctx.models.pipe = tiny_pipeline()
     demo = build_ui(context=ctx)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
