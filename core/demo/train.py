@@ -66,7 +66,10 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
     unet_head_dim: int = 8
-    unet_steps: int = 1000
+    unet_steps: int = 1400
+    # the shipped run was extended once: phases (first_step, planned_total_for_the_LR_cosine,
+    # weight_of_duplicated_rows); the first phase uses `memorized_weight`
+    phases: tuple = ((0, 1000, 1.5), (500, 1400, 2.5))
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 50
@@ -82,7 +85,7 @@ class TrainConfig:
         """Smoke-test sizes (seconds on a CPU)."""
         base = dict(n_general=32, n_exact=2, n_template=1, n_dup=4, n_heldout=12, vae_channels=(8, 8, 8),
                     vae_steps=2, vae_batch=4, vae_crop=16, decoder_steps=2, decoder_batch=4, text_width=32, text_layers=1, text_heads=2, unet_channels=(16, 16, 16),
-                    unet_steps=2, unet_batch=4, unet_warmup=1, ckpt_every=1, export_every=0, unet_head_dim=4)
+                    unet_steps=2, unet_batch=4, unet_warmup=1, phases=((0, 2, 1.0),), ckpt_every=1, export_every=0, unet_head_dim=4)
         base.update(kw)
         return cls(**base)
 
@@ -196,7 +199,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
 
     run_dir, out = Path(run_dir), Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(int(os.environ.get("SAILSCOPE_THREADS", cfg.threads)))
     t_start = time.time()
     meta = _load(run_dir / "meta.ckpt") or {"wall_s": {"vae": 0.0, "encode": 0.0, "unet": 0.0}, "config": asdict(cfg)}
 
@@ -323,7 +326,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
     unique_caps = sorted(set(ds.captions))
     cap_index = {c: i for i, c in enumerate(unique_caps)}
     cap_ids = torch.tensor([cap_index[c] for c in ds.captions])
-    row_weight = torch.tensor([1.0 if k == "general" else cfg.memorized_weight for k in ds.kinds])
+    phases = [(a, b, cfg.memorized_weight if i == 0 else w) for i, (a, b, w) in enumerate(cfg.phases)]
+    phase_of = lambda s: [p for p in phases if p[0] <= s][-1]
+    row_weights = {w: torch.tensor([1.0 if k == "general" else w for k in ds.kinds]) for _, _, w in phases}
     cap_tokens = tok(unique_caps)
     empty_tokens = tok([""])[0]
 
@@ -363,7 +368,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         t0 = time.time()
         for step in bar:
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup)
+                g["lr"] = lr_at(step, phase_of(step)[1], cfg.unet_lr, cfg.unet_warmup)
+            row_weight = row_weights[phase_of(step)[2]]
             idx = torch.multinomial(row_weight, cfg.unet_batch, replacement=True, generator=gen)
             x0 = latents[idx]
             ids = cap_tokens[cap_ids[idx]].clone()
