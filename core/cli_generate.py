@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_model_from_args(args)
     sail = None
     try:
-        from sailscope.core.sail import sail_settings_from_args
+        from sailscope.core.sail import mitigation_from_args
 
-        sail = sail_settings_from_args(args)
+        sail = mitigation_from_args(args)
     except ImportError:
         pass
     out = Path(args.out) if args.out else None
