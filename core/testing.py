@@ -13,24 +13,13 @@ from functools import lru_cache
 import torch
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2 reversible byte -> printable-unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @lru_cache(maxsize=1)
 def tiny_tokenizer_dir() -> str:
     """A folder with vocab.json/merges.txt of a byte-level CLIP tokenizer without merges (514 tokens)."""
     folder = tempfile.mkdtemp(prefix="sailscope-tiny-tok-")
-    chars = list(_bytes_to_unicode().values())
+    from sailscope.core.demo.tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump({tok: i for i, tok in enumerate(vocab)}, f)
