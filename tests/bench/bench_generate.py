@@ -1,6 +1,6 @@
 """Benchmark: tracked generation vs stock diffusers generation, same pipeline, same run.
 
-    python tests/bench/bench_generate.py [--model demo] [--steps 50] [--repeats 5] [--write]
+    python tests/bench/bench_generate.py [--model demo] [--steps 50] [--repeats 15] [--write]
 
 Reports medians over interleaved repeats (this machine is noisy) and ratios to the stock baseline:
 (a) Wen every step + finite-difference sharpness at step 1 (goal <= 1.05x),
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--prompt", default="a red circle above a blue square")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args(argv)
 
@@ -66,11 +66,21 @@ def main(argv=None) -> int:
     }
     for fn in runs.values():  # warm-up
         fn()
+    # stock and (a) alternate in adjacent pairs (ratio per pair, then the median): this CPU's speed drifts by
+    # tens of percent over seconds, so only times taken next to each other compare; (b) is 8x longer and runs
+    # after them so it cannot heat or load the pairs
     times = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for k, fn in runs.items():
-            times[k].append(timed(fn))
+    pair_ratios = []
+    for i in range(args.repeats):
+        order = ("stock", "a") if i % 2 == 0 else ("a", "stock")
+        got = {k: timed(runs[k]) for k in order}
+        for k, v in got.items():
+            times[k].append(v)
+        pair_ratios.append(got["a"] / got["stock"])
+    for _ in range(max(1, args.repeats // 3)):
+        times["b"].append(timed(runs["b"]))
     med = {k: statistics.median(v) for k, v in times.items()}
+    ratio_a = statistics.median(pair_ratios)
 
     # per-evaluation cost: exact JVP vs finite difference at step 1 (score_delta known)
     sm = DiffusersScoreModel.from_pipeline(pipe)
@@ -93,12 +103,14 @@ def main(argv=None) -> int:
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}, "
-        f"device {pipe.device}; model `{args.model}`; {args.steps} DDIM steps, guidance 7.5, medians of {args.repeats} interleaved repeats.",
+        f"device {pipe.device}; model `{args.model}`; {args.steps} DDIM steps, guidance 7.5; stock and (a) in {args.repeats} "
+        f"adjacent pairs (order alternating), (b) {len(times['b'])} runs after them; medians.",
         "",
         "| run | median s | ratio to stock |",
         "|---|---|---|",
         f"| stock `StableDiffusionPipeline.__call__` | {med['stock']:.3f} | 1.000 |",
-        f"| (a) Wen every step + FD sharpness at step 1 | {med['a']:.3f} | {med['a'] / med['stock']:.3f} (goal ≤ 1.05) |",
+        f"| (a) Wen every step + FD sharpness at step 1 | {med['a']:.3f} | {ratio_a:.3f} (median of per-pair ratios; "
+        f"range {min(pair_ratios):.3f}–{max(pair_ratios):.3f}; goal ≤ 1.05) |",
         f"| (b) Wen + exact sharpness every step | {med['b']:.3f} | {med['b'] / med['stock']:.3f} |",
         "",
         f"Per sharpness evaluation at step 1 (sΔ known): exact JVP {statistics.median(t_exact) * 1e3:.1f} ms, "
