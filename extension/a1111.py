@@ -264,7 +264,9 @@ def _record_step(state: RunState, sigma: Any, x0_c: Any, x0_u: Any) -> None:
     if x0_u is None or x0_c is None or x0_c.shape[0] < b or x0_u.shape[0] < b:
         state.message("per-step metrics not available: the sampler ran no unconditional pass at some steps")
         return
-    if torch.equal(x0_c[:b], x0_u[:b]):  # A1111 puts the cond prediction where a skipped uncond would be
+    # A skipped uncond pass ("skip early CFG", NGMS): A1111 puts the cond prediction in its rows, Forge's
+    # calc_cond_uncond_batch returns zeros for it.
+    if torch.equal(x0_c[:b], x0_u[:b]) or not bool(torch.any(x0_u[:b])):
         state.message("per-step metrics not available at steps where the uncond pass was skipped")
         return
     wen = common.wen_from_denoised(x0_c[:b], x0_u[:b], sig).tolist()
@@ -603,14 +605,17 @@ def image_summary(state: RunState, index: int) -> dict:
 
 
 def _infotext_value(state: RunState, name: str):
-    """A callable for ``p.extra_generation_params``: A1111 calls it with create_infotext's locals, where
-    ``index`` is the position in the current batch and ``p.iteration`` the batch."""
+    """A callable for ``p.extra_generation_params``: A1111 calls it with create_infotext's locals. From
+    process_images (``all_prompts`` is the batch's ``p.prompts``) ``index`` is the position in the batch
+    ``p.iteration``; from ``Processed.infotext`` / the hires "before" image (``all_prompts`` = the job's) and for
+    the grid (``use_main_prompt``, index 0) it is already the job-wide index."""
     key = common.INFOTEXT_KEYS[name]
 
     def value(**kw):
         p = kw.get("p")
         i = int(kw.get("index") or 0)
-        index = int(getattr(p, "iteration", 0)) * state.batch_size + i if p is not None else i
+        per_batch = p is not None and not kw.get("use_main_prompt") and kw.get("all_prompts") is getattr(p, "prompts", None)
+        index = int(getattr(p, "iteration", 0)) * state.batch_size + i if per_batch else i
         return common.infotext_image(image_summary(state, index)).get(key)
 
     return value

@@ -38,8 +38,8 @@ class ForgePatcher:
         self.model = model
         self.model_options = model_options or {}
 
-    def clone(self):
-        return ForgePatcher(self.model, copy.copy(self.model_options))
+    def clone(self):  # backend/patcher: model_options deep-copied
+        return ForgePatcher(self.model, copy.deepcopy(self.model_options))
 
     def set_model_sampler_post_cfg_function(self, post_cfg_function, disable_cfg1_optimization=False):
         self.model_options["sampler_post_cfg_function"] = self.model_options.get("sampler_post_cfg_function", []) + [post_cfg_function]
@@ -64,7 +64,7 @@ def host(tmp_path_factory):
         from denoisers import ComfyBaseModel
         from fixtures import tiny
 
-        from modules import processing, script_callbacks, scripts, sd_samplers
+        from modules import processing, script_callbacks, scripts, sd_samplers, shared
 
         pipe, dsm = tiny()
         base = ComfyBaseModel(pipe.unet, pipe.scheduler.alphas_cumprod)
@@ -82,8 +82,11 @@ def host(tmp_path_factory):
             spec.loader.exec_module(shim)
         finally:
             sys.path = old_path
-        classes = [v for v in shim.__dict__.values() if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script]
-        yield SimpleNamespace(processing=processing, scripts=scripts, callbacks=script_callbacks, samplers=sd_samplers,
+        # load_scripts registers every Script subclass found in the loaded module's namespace
+        scripts.scripts_data.clear()
+        scripts.register_scripts_from_module(shim, path, ROOT)
+        classes = [d.script_class for d in scripts.scripts_data]
+        yield SimpleNamespace(processing=processing, scripts=scripts, callbacks=script_callbacks, samplers=sd_samplers, shared=shared,
                               shim=shim, classes=classes, sd_model=sd_model, pipe=pipe,
                               dsm=dsm, out=str(tmp_path_factory.mktemp("outputs")))
     finally:
@@ -97,14 +100,15 @@ def make_runner(h, is_img2img=False):
     import gradio as gr
 
     runner = h.scripts.ScriptRunner()
-    runner.initialize_scripts(h.classes, is_img2img)
+    runner.initialize_scripts(is_img2img)
     with gr.Blocks():
         runner.setup_ui()
     return runner
 
 
-def run_job(h, args, *, forge=False, img2img=False, cfg_scale=7.0, batch_size=2, n_iter=2, enable_hr=True):
+def run_job(h, args, *, forge=False, img2img=False, cfg_scale=7.0, batch_size=2, n_iter=2, enable_hr=True, skip_early_cond=0.0):
     h.processing.FORGE = forge
+    h.shared.opts.skip_early_cond = skip_early_cond
     h.samplers.created.clear()
     runner = make_runner(h, img2img)
     script = runner.alwayson_scripts[0]
@@ -127,6 +131,7 @@ def run_job(h, args, *, forge=False, img2img=False, cfg_scale=7.0, batch_size=2,
         processed = h.processing.process_images(p)
     finally:
         h.processing.FORGE = False
+        h.shared.opts.skip_early_cond = 0.0
     return p, processed, calls
 
 
@@ -220,7 +225,8 @@ def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
 def test_forge_modified_noise_inference_mode_and_post_cfg(host):
     h = host
     p, processed, calls = run_job(h, ui_args(show_original=False), forge=True, n_iter=1)
-    assert [(it, hr) for it, hr, _, _ in calls] == [(0, False), (0, True)]
+    # Forge calls the hook twice in the hires pass (before and after resetting forge_objects)
+    assert [(it, hr) for it, hr, _, _ in calls] == [(0, False), (0, True), (0, True)]
     assert all(inf for _, _, _, inf in calls)  # Forge samples under inference_mode
     assert p.modified_noise is None  # consumed by the host after our hook set it
     report = processed.sailscope
@@ -233,6 +239,43 @@ def test_forge_modified_noise_inference_mode_and_post_cfg(host):
     for a, b in zip(processed_a.sailscope, report):
         assert a["sail"]["loss"] == pytest.approx(b["sail"]["loss"], rel=1e-3)
         assert a["sharpness"] == pytest.approx(b["sharpness"], rel=1e-2)
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_skipped_uncond_steps_are_not_recorded(host, forge):
+    """"Skip early CFG": A1111 puts the cond rows where the uncond ones would be, Forge runs the step at
+    cond_scale 1 and its post-CFG hook gets a zero uncond_denoised; neither is a Wen value."""
+    h = host
+    _, processed, _ = run_job(h, ui_args(sail=False, show_original=False), forge=forge, n_iter=1, enable_hr=False,
+                              skip_early_cond=0.2)
+    assert "uncond pass was skipped" in processed.comments
+    for r in processed.sailscope:
+        assert set(r["wen_per_step"]["sampled"]) == {2, 3}  # step 1 (0/3 <= 0.2) skipped the uncond
+
+
+def test_infotext_callables_for_batch_and_job_indices(host):
+    """create_infotext passes a batch position from process_images and a job-wide index from
+    Processed.infotext (params.txt, the hires "before" image); both must name the same image."""
+    h = host
+    seen = {}
+    runner_postprocess = h.scripts.ScriptRunner.postprocess
+
+    def spy(self, p, processed):
+        key = "SAIL Scope sharpness"
+        seen["job"] = [parse(h.processing.Processed(p, []).infotext(p, i)).get(key) for i in range(4)]
+        seen["batch"] = [parse(h.processing.create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
+                                                            all_negative_prompts=p.negative_prompts)).get(key) for i in range(2)]
+        seen["main"] = parse(h.processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True)).get(key)
+        return runner_postprocess(self, p, processed)
+
+    h.scripts.ScriptRunner.postprocess = spy
+    try:
+        _, processed, _ = run_job(h, ui_args(sail=False, show_original=False, save_plots=False), n_iter=2, enable_hr=False)
+    finally:
+        h.scripts.ScriptRunner.postprocess = runner_postprocess
+    final = [parse(t)["SAIL Scope sharpness"] for t in processed.infotexts[:4]]
+    assert seen["job"] == final and seen["batch"] == final[2:] and seen["main"] == final[0]
+    assert len(set(final)) == 4
 
 
 @pytest.mark.parametrize("forge", [False, True])

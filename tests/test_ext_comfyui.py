@@ -40,7 +40,7 @@ def comfy():
         ms = base.model_sampling
         yield dict(
             samplers=comfy.samplers, ncs=nodes_custom_sampler, pipe=pipe, base=base,
-            model=ModelPatcher(base), positive=[[cond, {}]], negative=[[uncond, {}]], cond=cond, uncond=uncond,
+            model=ModelPatcher(base, torch.device("cpu"), torch.device("cpu")), positive=[[cond, {}]], negative=[[uncond, {}]], cond=cond, uncond=uncond,
             latent={"samples": torch.zeros(2, 4, 8, 8)}, dsm=dsm,
             sigmas=torch.cat([ms.sigmas[[999, 666, 333]], torch.zeros(1)]),
         )

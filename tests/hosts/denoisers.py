@@ -7,7 +7,9 @@
 * :class:`ComfyBaseModel` follows ComfyUI's ``BaseModel.apply_model(x, t, c_concat=None,
   c_crossattn=None, ...)`` with ``ModelSamplingDiscrete`` + ``EPS``: ``t`` is sigma,
   ``timestep(sigma)`` = nearest discrete step (argmin over log-sigmas), ``calculate_input = x/sqrt(sigma^2+1)``,
-  ``calculate_denoised = x - eps * sigma``, ``noise_scaling(max_denoise=True) = noise*sqrt(1+sigma^2)``.
+  ``calculate_denoised = x - eps * sigma``, ``noise_scaling(max_denoise=True) = noise*sqrt(1+sigma^2)``
+  (else ``noise*sigma``, plus the latent), ``inverse_noise_scaling`` the identity; ``latent_format`` SD 1.x
+  (4 channels, 2-D), ``get_dtype()`` the UNet's dtype.
 
 The UNet is called exactly as the diffusers path calls it, so any difference is the adapters' conversion.
 """
@@ -53,6 +55,19 @@ class KDiffusionCompVisDenoiser(torch.nn.Module):
         return input - eps * sigma.view(-1, 1, 1, 1)
 
 
+def reshape_sigma(sigma, noise_dim):
+    """comfy.model_sampling.reshape_sigma: a one-element sigma becomes a scalar, else one per batch row."""
+    if sigma.nelement() == 1:
+        return sigma.view(())
+    return sigma.view(sigma.shape[:1] + (1,) * (noise_dim - 1))
+
+
+class LatentFormatSD15:
+    latent_channels = 4
+    latent_dimensions = 2
+    scale_factor = 0.18215
+
+
 class ModelSamplingDiscrete(torch.nn.Module):
     def __init__(self, alphas_cumprod):
         super().__init__()
@@ -73,18 +88,27 @@ class ModelSamplingDiscrete(torch.nn.Module):
         dists = log_sigma.to(self.log_sigmas.device) - self.log_sigmas[:, None]
         return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
 
+    def sigma(self, timestep):
+        t = torch.clamp(timestep.float().to(self.log_sigmas.device), min=0, max=(len(self.sigmas) - 1))
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        return log_sigma.exp().to(timestep.device)
+
     def calculate_input(self, sigma, noise):
-        sigma = sigma.view(sigma.shape[:1] + (1,) * (noise.ndim - 1))
+        sigma = reshape_sigma(sigma, noise.ndim)
         return noise / (sigma**2 + self.sigma_data**2) ** 0.5
 
     def calculate_denoised(self, sigma, model_output, model_input):
-        sigma = sigma.view(sigma.shape[:1] + (1,) * (model_output.ndim - 1))
+        sigma = reshape_sigma(sigma, model_output.ndim)
         return model_input - model_output * sigma
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
-        sigma = sigma.view(sigma.shape[:1] + (1,) * (noise.ndim - 1))
+        sigma = reshape_sigma(sigma, noise.ndim)
         noise = noise * torch.sqrt(1.0 + sigma**2.0) if max_denoise else noise * sigma
         return noise + latent_image
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent
 
 
 class ComfyBaseModel(torch.nn.Module):
@@ -92,7 +116,11 @@ class ComfyBaseModel(torch.nn.Module):
         super().__init__()
         self.diffusion_model = unet
         self.model_sampling = ModelSamplingDiscrete(alphas_cumprod)
+        self.latent_format = LatentFormatSD15()
         self.calls = 0
+
+    def get_dtype(self):
+        return self.diffusion_model.dtype
 
     def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         self.calls += 1

@@ -1,6 +1,9 @@
 """Stand-in for modules.sd_samplers / sd_samplers_kdiffusion / sd_samplers_cfg_denoiser (A1111 1.10) and
-Forge's sampling_function: create_sampler, KDiffusionSampler (get_sigmas, sample, sample_img2img, model_wrap)
-and a CFG denoiser with the published row layout and callbacks. The sampler is k-diffusion's Euler."""
+Forge's CFGDenoiser.forward + backend sampling_function: create_sampler, KDiffusionSampler (get_sigmas,
+sample, sample_img2img, model_wrap) and a CFG denoiser with the published row layout and callbacks
+(A1111: cond rows first, uncond rows last, a skipped uncond replaced by the cond rows; Forge: no
+cfg_denoised, skipped uncond -> cond_scale 1 -> zero uncond_denoised). The sampler is k-diffusion's Euler
+with the "Automatic" (uniform) schedule; no batch_cond_uncond=False path, no padding, no edit models."""
 import math
 
 import torch
@@ -15,6 +18,7 @@ class CFGDenoiser(torch.nn.Module):
         super().__init__()
         self.sampler = sampler
         self.step = 0
+        self.total_steps = None
 
     @property
     def inner_model(self):
@@ -31,6 +35,8 @@ class CFGDenoiser(torch.nn.Module):
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
+        if processing.FORGE:
+            return self.forge_forward(x, sigma, uncond, tensor, conds_list, cond_scale, s_min_uncond, image_cond)
         batch_size = len(conds_list)
         repeats = [len(conds_list[i]) for i in range(batch_size)]
         x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
@@ -39,28 +45,47 @@ class CFGDenoiser(torch.nn.Module):
         denoiser_params = CFGDenoiserParams(x_in, image_cond_in, sigma_in, shared.state.sampling_step,
                                             shared.state.sampling_steps, tensor, uncond, self)
         cfg_denoiser_callback(denoiser_params)
-        x_in, sigma_in, tensor, uncond = denoiser_params.x, denoiser_params.sigma, denoiser_params.text_cond, denoiser_params.text_uncond
-        if processing.FORGE:
-            return self.forge_sampling_function(x, sigma, conds_list, tensor, uncond, cond_scale)
-        cond_in = torch.cat([tensor, uncond])
+        x_in, image_cond_in, sigma_in = denoiser_params.x, denoiser_params.image_cond, denoiser_params.sigma
+        tensor, uncond = denoiser_params.text_cond, denoiser_params.text_uncond
+        skip_uncond = False
+        if shared.opts.skip_early_cond != 0.0 and self.step / self.total_steps <= shared.opts.skip_early_cond:
+            skip_uncond = True
+        elif self.step % 2 and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+            skip_uncond = True
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
+            cond_in = tensor
+        else:
+            cond_in = torch.cat([tensor, uncond])
         x_out = self.inner_model(x_in, sigma_in, cond={"c_crossattn": [cond_in], "c_concat": [image_cond_in]})
+        denoised_image_indexes = [c[0][0] for c in conds_list]
+        if skip_uncond:  # upstream puts the cond prediction where the skipped uncond one would be
+            x_out = torch.cat([x_out, torch.cat([x_out[i:i + 1] for i in denoised_image_indexes])])
         cfg_denoised_callback(CFGDenoisedParams(x_out, shared.state.sampling_step, shared.state.sampling_steps, self.inner_model))
-        denoised = self.combine_denoised(x_out, conds_list, uncond, cond_scale)
+        denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0 if skip_uncond else cond_scale)
         self.step += 1
         return denoised
 
-    def forge_sampling_function(self, x, sigma, conds_list, tensor, uncond, cond_scale):
-        """Forge: cond/uncond x0 through unet.model.apply_model; CFG-1 optimization; post-CFG hooks; no cfg_denoised."""
+    def forge_forward(self, x, sigma, uncond, tensor, conds_list, cond_scale, s_min_uncond, image_cond):
+        """Forge: the callback gets the un-repeated x/sigma; skipped-uncond steps run at cond_scale 1 (CFG-1
+        optimization); cond/uncond x0 through unet.model.apply_model; post-CFG hooks; no cfg_denoised."""
+        denoiser_params = CFGDenoiserParams(x, image_cond, sigma, shared.state.sampling_step, shared.state.sampling_steps,
+                                            tensor, uncond, self)
+        cfg_denoiser_callback(denoiser_params)
+        if shared.opts.skip_early_cond > 0 and self.step / self.total_steps <= shared.opts.skip_early_cond:
+            cond_scale = 1.0
+        elif self.step % 2 and s_min_uncond > 0 and sigma[0] < s_min_uncond:
+            cond_scale = 1.0
+        x, sigma = denoiser_params.x, denoiser_params.sigma
+        tensor, uncond = denoiser_params.text_cond, denoiser_params.text_uncond
         unet = self.sampler.sd_model.forge_objects.unet
         model_options = unet.model_options
         rows = torch.tensor([c[0][0] for c in conds_list])
+        skip = math.isclose(cond_scale, 1.0) and model_options.get("disable_cfg1_optimization", False) == False  # noqa: E712
         cond_pred = unet.model.apply_model(x, sigma, c_crossattn=tensor[rows])
-        if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
-            uncond_pred = None
-            cfg_result = cond_pred
-        else:
-            uncond_pred = unet.model.apply_model(x, sigma, c_crossattn=uncond)
-            cfg_result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
+        # calc_cond_uncond_batch: an uncond that was not run comes back as zeros (0 / 1e-37), not None
+        uncond_pred = torch.zeros_like(x) if skip else unet.model.apply_model(x, sigma, c_crossattn=uncond)
+        cfg_result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
         for fn in model_options.get("sampler_post_cfg_function", []):
             args = {"denoised": cfg_result, "cond": tensor, "uncond": uncond, "model": unet.model,
                     "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": sigma,
@@ -90,11 +115,12 @@ class KDiffusionSampler:
     def _euler(self, p, x, sigmas, conditioning, unconditional_conditioning, image_conditioning):
         s_in = x.new_ones([x.shape[0]])
         self.model_wrap_cfg.step = 0
+        self.model_wrap_cfg.total_steps = len(sigmas) - 1
         shared.state.sampling_steps = len(sigmas) - 1
         for i in range(len(sigmas) - 1):
             shared.state.sampling_step = i
             denoised = self.model_wrap_cfg(x, sigmas[i] * s_in, unconditional_conditioning, conditioning,
-                                           p.cfg_scale, 0.0, image_conditioning)
+                                           p.cfg_scale, getattr(p, "s_min_uncond", 0.0) or 0.0, image_conditioning)
             d = (x - denoised) / sigmas[i]
             x = x + d * (sigmas[i + 1] - sigmas[i])
         return x
@@ -104,6 +130,7 @@ class KDiffusionSampler:
         steps = steps or p.steps
         sigmas = self.get_sigmas(p, steps)
         if shared.opts.sgm_noise_multiplier:
+            p.extra_generation_params["SGM noise multiplier"] = True
             x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
         else:
             x = x * sigmas[0]
