@@ -50,7 +50,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -458,9 +458,14 @@ def iter_optimize(
 
 def optimize(eps_pair: EpsPair, z0: Tensor, settings: SailSettings, **kwargs: Any) -> SailResult:
     """Consume :func:`iter_optimize` and return its :class:`SailResult`."""
+    return _final_result(iter_optimize(eps_pair, z0, settings, **kwargs))
+
+
+def _final_result(items: Iterable[Any]) -> SailResult:
+    """The last item of a SAIL progress stream (always its :class:`SailResult`)."""
     result = None
-    for item in iter_optimize(eps_pair, z0, settings, **kwargs):
-        result = item
+    for result in items:
+        pass
     assert isinstance(result, SailResult)
     return result
 
@@ -595,11 +600,7 @@ def iter_sail(
 
 def run_sail(pipe: Any, settings: Any, sail: SailSettings, **kwargs: Any) -> SailResult:
     """Consume :func:`iter_sail`."""
-    result = None
-    for item in iter_sail(pipe, settings, sail, **kwargs):
-        result = item
-    assert isinstance(result, SailResult)
-    return result
+    return _final_result(iter_sail(pipe, settings, sail, **kwargs))
 
 
 # ----------------------------------------------------------------------------------------------

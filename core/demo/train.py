@@ -66,10 +66,10 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 64)
     unet_layers_per_block: int = 1
     unet_head_dim: int = 8
-    unet_steps: int = 4000
+    unet_steps: int = 4200
     # the shipped run was extended twice: phases (first_step, planned_total_for_the_LR_cosine,
     # weight_of_duplicated_rows); the first phase uses `memorized_weight`
-    phases: tuple = ((0, 1000, 1.5), (500, 1400, 2.5), (1400, 4000, 2.5))
+    phases: tuple = ((0, 1000, 1.5), (500, 1400, 2.5), (1400, 4200, 2.5))
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 50

@@ -1,13 +1,15 @@
 """Benchmark: a generation through the app vs the same generation through the core API (same process).
 
-    OMP_NUM_THREADS=1 python tests/bench/app_bench.py [--model demo|PATH] [--steps 50] [--repeats 3] [--browser]
+    OMP_NUM_THREADS=1 python tests/bench/app_bench.py [--model demo|PATH] [--steps 50] [--repeats 10] [--browser]
 
 * core: ``core.generate.run_generation`` with the app's default settings (sharpness at step 1, no spectra).
+* handler: the app's Generate handler consumed in-process (the app's own work, no HTTP/gradio transport).
 * app: the same settings submitted to the launched app over its HTTP queue with ``gradio_client`` (the path a
   browser takes, minus rendering): wall time from submit to the final update, and to the first update that
   carries a live plot point. With ``--browser``, the time from the Generate click to the first plotted point
   in headless Chromium (Playwright) is measured too.
-Runs alternate core/app to spread machine-load noise over both; medians are reported as JSON.
+Core and app runs come in adjacent pairs (order alternating); the ratio is the median of the per-pair ratios.
+The client runs in a separate process, as a browser would.
 Without the demo model installed it falls back to the tiny test pipeline (numbers then say so).
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,17 +34,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CLIENT = r"""
+import json, sys, time
+from gradio_client import Client
+client = Client(sys.argv[1], verbose=False)
+for line in sys.stdin:
+    inputs = json.loads(line)
+    t0 = time.perf_counter()
+    job = client.submit(*inputs, api_name="/generate")
+    first = None
+    while not job.done():
+        outs = job.outputs()
+        if first is None and outs and "step" in str(outs[-1][0]):
+            first = time.perf_counter() - t0
+        time.sleep(0.02)
+    job.result()
+    total = time.perf_counter() - t0
+    print(json.dumps({"total": total, "first": total if first is None else first}), flush=True)
+"""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--prompt", default=None)
     parser.add_argument("--browser", action="store_true", help="also time click -> first plotted point in Chromium")
     args = parser.parse_args()
 
     from sailscope.core.generate import GenerationSettings, run_generation
-    from sailscope.ui.app import GEN_INPUTS, AppContext, build_ui, launch
+    from sailscope.ui.app import GEN_INPUTS, AppContext, build_ui, generate_handler, launch
     from sailscope.ui.jobs import AppConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="sailscope-bench-"))
@@ -64,44 +87,55 @@ def main() -> int:
     launch(demo, config, port=port, prevent_thread_lock=True, quiet=True)
     url = f"http://127.0.0.1:{port}/"
 
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
+    # The client runs in its own process (as a browser does): polling from this process would take the GIL
+    # from the server's generation thread and bill the client's work to the app.
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, bufsize=1)
     values = dict(prompt=prompt, negative="", seed=0, steps=args.steps, guidance=7.5, width=0, height=0,
                   scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
                   sail_threshold="auto", sail_max_steps=10, sail_candidates=1, compare=True, spectrum_steps="",
                   spectrum_method="arnoldi", spectrum_k=8)
-    inputs = [values[k] for k in GEN_INPUTS]
+    request = json.dumps([values[k] for k in GEN_INPUTS])
 
-    def app_once() -> tuple[float, float | None]:
+    def app_once() -> tuple[float, float]:
+        client.stdin.write(request + "\n")
+        client.stdin.flush()
+        got = json.loads(client.stdout.readline())
+        return got["total"], got["first"]
+
+    def core_once() -> float:
         t0 = time.perf_counter()
-        job = client.submit(*inputs, api_name="/generate")
-        first = None
-        while not job.done():
-            outs = job.outputs()
-            if first is None and outs and "step" in str(outs[-1][0]):
-                first = time.perf_counter() - t0
-            time.sleep(0.02)
-        job.result()
-        total = time.perf_counter() - t0
-        if first is None:
-            first = total
-        return total, first
+        run_generation(pipe, settings)
+        return time.perf_counter() - t0
 
     run_generation(pipe, settings)  # warm-up (allocations, kernels)
     app_once()
-    core_t, app_t, first_t = [], [], []
-    for _ in range(args.repeats):
+    # adjacent core/app pairs, order alternating: this CPU's speed drifts, only neighbours compare
+    core_t, app_t, first_t, ratios = [], [], [], []
+    for i in range(args.repeats):
+        if i % 2 == 0:
+            c = core_once()
+            a, f = app_once()
+        else:
+            a, f = app_once()
+            c = core_once()
+        core_t.append(c); app_t.append(a); first_t.append(f); ratios.append(a / c)
+    client.stdin.close()
+    client.wait(timeout=30)
+    # the app's own work without gradio's transport: the Generate handler consumed in-process
+    # (live figures, risk badge, PNG + report written), paired with core runs the same way
+    handler_ratios = []
+    for i in range(args.repeats):
         t0 = time.perf_counter()
-        run_generation(pipe, settings)
-        core_t.append(time.perf_counter() - t0)
-        total, first = app_once()
-        app_t.append(total)
-        first_t.append(first)
+        for _ in generate_handler(ctx, *json.loads(request)):
+            pass
+        h = time.perf_counter() - t0
+        handler_ratios.append(h / core_once())
     result = {
         "model": getattr(pipe.sailscope_info, "name", model), "steps": args.steps, "repeats": args.repeats,
         "core_seconds_median": statistics.median(core_t), "app_seconds_median": statistics.median(app_t),
-        "ratio_app_over_core": statistics.median(app_t) / statistics.median(core_t),
+        "ratio_app_over_core": statistics.median(ratios), "ratios": ratios,
+        "ratio_handler_over_core": statistics.median(handler_ratios), "handler_ratios": handler_ratios,
         "first_update_with_a_point_seconds_median": statistics.median(first_t),
         "core_seconds": core_t, "app_seconds": app_t, "first_point_seconds": first_t,
         "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
