@@ -60,6 +60,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--prompt", default=None)
+    parser.add_argument("--live-interval", type=float, default=None, help="seconds between live updates (app default if unset)")
     parser.add_argument("--browser", action="store_true", help="also time click -> first plotted point in Chromium")
     args = parser.parse_args()
 
@@ -76,7 +77,8 @@ def main() -> int:
         tiny_pipeline().save_pretrained(str(tmp / "models" / "tiny"))
         model = str(tmp / "models" / "tiny")
         print("demo model not installed: benchmarking the tiny test pipeline", file=sys.stderr)
-    config = AppConfig(outputs=str(tmp / "outputs"), models_dirs=(str(tmp / "models"),), allow_paths=True)
+    live = {} if args.live_interval is None else {"live_interval": args.live_interval}
+    config = AppConfig(outputs=str(tmp / "outputs"), models_dirs=(str(tmp / "models"),), allow_paths=True, **live)
     ctx = AppContext(config)
     pipe = ctx.models.load(model, "cpu", "fp32")
     prompt = args.prompt or "a large blue circle above three red triangles, poster print 4512"
@@ -133,6 +135,7 @@ def main() -> int:
         handler_ratios.append(h / core_once())
     result = {
         "model": getattr(pipe.sailscope_info, "name", model), "steps": args.steps, "repeats": args.repeats,
+        "live_interval": config.live_interval,
         "core_seconds_median": statistics.median(core_t), "app_seconds_median": statistics.median(app_t),
         "ratio_app_over_core": statistics.median(ratios), "ratios": ratios,
         "ratio_handler_over_core": statistics.median(handler_ratios), "handler_ratios": handler_ratios,
