@@ -73,6 +73,21 @@ def spectrum_operator(
     return symmetrized_score_jacobian(gs, x, which=which, chunk=chunk)
 
 
+def operator_at_first_step(pipe, settings, *, which: str = "delta", chunk: int = 8) -> LinearOp:
+    """Exact ``H_which`` at the latent of step 1 of tracked generation with ``settings`` (first image)."""
+    from sailscope.core.generate import encode, generate
+    from sailscope.core.score import DiffusersScoreModel
+
+    seen: dict = {}
+    for _ in generate(pipe, settings, probes=[lambda ctx: seen.setdefault("ctx", ctx) and None], stop_after=1):
+        pass
+    ctx = seen["ctx"]
+    with torch.no_grad():
+        cond, uncond, _ = encode(pipe, settings, pipe._execution_device)
+    fac = diffusers_score_factory(DiffusersScoreModel.from_pipeline(pipe), ctx.t, cond, uncond, abar=ctx.abar)
+    return score_jacobian(fac, ctx.x[:1], which=which, chunk=chunk)
+
+
 def spectrum_at(
     gs: ScoreSource,
     x: Tensor,

@@ -25,22 +25,13 @@ def _set_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _demo_operator():
-    from sailscope.core.generate import GenerationSettings, encode, generate
+    from sailscope.core.generate import GenerationSettings
     from sailscope.core.models import load_pipeline
-    from sailscope.core.score import DiffusersScoreModel
-    from sailscope.core.spectra import diffusers_score_factory, score_jacobian
+    from sailscope.core.spectra import operator_at_first_step
 
     pipe = load_pipeline("demo", device="cpu", dtype="fp32")
     caption = json.loads((DEMO_MODEL_DIR / "memorized.jsonl").read_text().splitlines()[0])["caption"]
-    settings = GenerationSettings(prompt=caption, seed=0, steps=50, sharpness_at="none")
-    seen: dict = {}
-    for _ in generate(pipe, settings, probes=[lambda ctx: seen.setdefault("ctx", ctx) and None], stop_after=1):
-        pass
-    ctx = seen["ctx"]
-    with torch.no_grad():
-        cond, uncond, _ = encode(pipe, settings, pipe._execution_device)
-    fac = diffusers_score_factory(DiffusersScoreModel.from_pipeline(pipe), ctx.t, cond, uncond, abar=ctx.abar)
-    return score_jacobian(fac, ctx.x[:1], which="delta", chunk=8)
+    return operator_at_first_step(pipe, GenerationSettings(prompt=caption, seed=0, steps=50, sharpness_at="none"))
 
 
 def test_demo_top20_arnoldi_equals_dense():

@@ -132,22 +132,12 @@ def tiny_operator():
 
 def model_operator(name: str, seed: int = 0):
     """HΔ of a real model at step 1 of ``seed`` (the latent tracked generation reaches)."""
-    from sailscope.core.cli_spectrum import spectrum_at_step  # noqa: F401  (same path as the CLI)
-    from sailscope.core.generate import GenerationSettings, StepRecord, encode, generate
+    from sailscope.core.generate import GenerationSettings
     from sailscope.core.models import load_pipeline
-    from sailscope.core.score import DiffusersScoreModel
-    from sailscope.core.spectra import diffusers_score_factory
+    from sailscope.core.spectra import operator_at_first_step
 
     pipe = load_pipeline(name, dtype="fp32")
-    settings = GenerationSettings(prompt="a photo", seed=seed, steps=50, sharpness_at="none")
-    seen = {}
-    for item in generate(pipe, settings, probes=[lambda ctx: seen.setdefault("ctx", ctx) and None], stop_after=1):
-        pass
-    ctx = seen["ctx"]
-    with torch.no_grad():
-        cond, uncond, _ = encode(pipe, settings, pipe._execution_device)
-    fac = diffusers_score_factory(DiffusersScoreModel.from_pipeline(pipe), ctx.t, cond, uncond, abar=ctx.abar)
-    return score_jacobian(fac, ctx.x[:1], which="delta", chunk=8)
+    return operator_at_first_step(pipe, GenerationSettings(prompt="a photo", seed=seed, steps=50, sharpness_at="none"))
 
 
 def main(argv=None) -> int:
