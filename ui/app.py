@@ -14,6 +14,7 @@ import os
 import random
 import time
 import traceback
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
@@ -26,7 +27,7 @@ from sailscope.core.generate import SCHEDULERS, GenerationResult, GenerationSett
 from sailscope.ui import compat, plots
 from sailscope.ui.jobs import (
     DEVICES, DTYPES, SPECTRUM_METHODS, AppConfig, CancelRegistry, JobView, ModelManager, SpectrumRequest,
-    detection_threshold, free_memory, parse_steps, risk_level, run_job, sail_available, save_outputs,
+    detection_threshold, free_memory, in_background, parse_steps, risk_level, run_job, sail_available, save_outputs,
 )
 
 log = logging.getLogger("sailscope.ui")
@@ -209,22 +210,29 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
         # 2. Stream the job; save as soon as sampling is over (spectra, when asked, come after the images)
         last = 0.0
         info = getattr(pipe, "sailscope_info", None)
-        for item in run_job(pipe, settings, sail=sail, compare=bool(compare), spectrum=spectrum, cancel=cancel):
-            kind = view.apply(item)
-            now = time.perf_counter()
-            if kind == "pair" or (sail is None and kind == "result"):
-                save_outputs(view, ctx.config.outputs, info, threshold)
-                more = " · computing spectra…" if spectrum is not None else ""
-                # the report is offered once it is complete (spectra come after the images)
-                yield render_generate(view, threshold, f"images saved at {now - view.started:.1f} s{more}", final=True,
-                                      with_report=spectrum is None)
-                last = now
-                continue
-            first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
-            if first_point or kind in ("sail_result", "spectra") or now - last >= ctx.config.live_interval:
-                last = now
-                _, _, label = view.progress()
-                yield render_generate(view, threshold, f"{label} · {now - view.started:.1f} s")
+        # the job runs in a worker thread: drawing and sending one update overlap the next steps
+        job = run_job(pipe, settings, sail=sail, compare=bool(compare), spectrum=spectrum, cancel=cancel)
+        with closing(in_background(job, cancel)) as batches:
+            for batch in batches:
+                urgent = False
+                for item in batch:
+                    kind = view.apply(item)
+                    if kind == "pair" or (sail is None and kind == "result"):
+                        save_outputs(view, ctx.config.outputs, info, threshold)
+                        more = " · computing spectra…" if spectrum is not None else ""
+                        # the report is offered once it is complete (spectra come after the images)
+                        now = time.perf_counter()
+                        yield render_generate(view, threshold, f"images saved at {now - view.started:.1f} s{more}",
+                                              final=True, with_report=spectrum is None)
+                        last, urgent = now, False
+                        continue
+                    first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
+                    urgent = urgent or first_point or kind in ("sail_result", "spectra")
+                now = time.perf_counter()
+                if urgent or now - last >= ctx.config.live_interval:
+                    last = now
+                    _, _, label = view.progress()
+                    yield render_generate(view, threshold, f"{label} · {now - view.started:.1f} s")
         # 3. The report with everything (spectra included), and the final view
         view.phase = "done"
         if "report" not in view.files:

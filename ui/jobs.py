@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -292,6 +293,61 @@ def run_job(pipe: Any, settings: GenerationSettings, *, sail: Any = None, compar
     if deferred is not None:
         for run, step, spectra in deferred.compute(cancel):
             yield ("spectra", run, step, spectra)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+def in_background(items: Iterator[Any], cancel: threading.Event, name: str = "sailscope-job") -> Iterator[list[Any]]:
+    """Consume a core item stream in a worker thread; yield, in order, what arrived since the last ``next``.
+
+    Rendering an update and gradio's transport of it then overlap the next sampling steps instead of pausing
+    them (a generator handler is not advanced while its last value is being sent). An exception of the stream
+    (``Cancelled`` included) is re-raised here after the items before it; closing this iterator early (client
+    gone) sets ``cancel`` and waits for the worker, which stops within one step.
+    """
+    q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer, which re-raises it in the handler's thread
+            q.put(_Failure(exc))
+        finally:
+            q.put(_END)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            batch = [q.get()]
+            while True:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            out = []
+            for item in batch:
+                if item is _END:
+                    if out:
+                        yield out
+                    return
+                if isinstance(item, _Failure):
+                    if out:
+                        yield out
+                    raise item.exc
+                out.append(item)
+            yield out
+    finally:
+        if worker.is_alive():
+            cancel.set()
+            worker.join()
 
 
 @dataclass

@@ -59,17 +59,18 @@ class TrainConfig:
     decoder_lr: float = 3e-4
     decoder_memorized_weight: float = 3.0
     # text encoder
-    text_width: int = 96
+    text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
     # UNet
-    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_attention: tuple[bool, ...] = (False, True, True)  # cross-attention at 8x8 and 4x4 (and mid), as the probe
     unet_layers_per_block: int = 1
     unet_head_dim: int = 8
-    unet_steps: int = 4200
-    # the shipped run was extended twice: phases (first_step, planned_total_for_the_LR_cosine,
-    # weight_of_duplicated_rows); the first phase uses `memorized_weight`
-    phases: tuple = ((0, 1000, 1.5), (500, 1400, 2.5), (1400, 4200, 2.5))
+    unet_steps: int = 3000
+    # phases (first_step, planned_total_for_the_LR_cosine, weight_of_duplicated_rows), for runs that were
+    # extended; the first phase uses `memorized_weight`
+    phases: tuple = ((0, 3000, 1.5),)
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 50
@@ -78,7 +79,7 @@ class TrainConfig:
     # bookkeeping
     ckpt_every: int = 100
     export_every: int = 200
-    threads: int = 1  # faster than 2 on a shared 2-core machine
+    threads: int = 2  # the shipped run had the 2-core machine to itself (SAILSCOPE_THREADS overrides)
 
     @classmethod
     def tiny(cls, **kw) -> "TrainConfig":
@@ -119,11 +120,12 @@ def make_unet(cfg: TrainConfig):
     from diffusers import UNet2DConditionModel
 
     ch = tuple(cfg.unet_channels)
+    attn = tuple(cfg.unet_attention)
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers_per_block,
         block_out_channels=ch,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         cross_attention_dim=cfg.text_width, attention_head_dim=cfg.unet_head_dim, norm_num_groups=min(16, ch[0]),
     )
 
