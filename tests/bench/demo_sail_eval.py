@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--quantiles", default="0.5,0.75,0.9,0.95,0.99", help="SAIL threshold sweep (calibration quantiles)")
     p.add_argument("--rta", default="1,2,4,6,8", help="RTA token counts")
     p.add_argument("--timing", type=int, default=6, help="memorized prompts in the timing comparison")
+    p.add_argument("--sweep-seeds", type=int, default=None,
+                   help="seeds for the threshold sweep and RTA stages (default: --seeds)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip", default="", help="comma list of stages to skip: sweep,rta,timing")
     return p.parse_args(argv)
@@ -82,7 +84,12 @@ def main(argv=None) -> int:
     heldout = heldout[: args.heldout]
     seeds = list(range(n_seeds))
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-    results: dict = {"model": str(folder), "tau_copy": tau, "seeds": seeds, "steps": steps, "guidance": args.guidance}
+    sweep_seeds = min(args.sweep_seeds or n_seeds, n_seeds)
+    results: dict = {"model": str(folder), "tau_copy": tau, "seeds": seeds, "steps": steps, "guidance": args.guidance,
+                     "sweep_seeds": list(range(sweep_seeds)), "command": " ".join(sys.argv)}
+
+    def save() -> None:  # after every stage, so a cut-off run keeps what it measured
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     def gen(prompt, x_T=None, n=n_seeds):
         gs = GenerationSettings(prompt=prompt, seed=0, num_images=n, steps=steps, guidance=args.guidance)
@@ -103,6 +110,8 @@ def main(argv=None) -> int:
     results["calibration"] = {"n": record.n, "detection_threshold": det_thr, "seconds": time.perf_counter() - t0}
 
     # 2. Originals
+    save()
+
     def score_memo(m, arr):
         d = [rmse(a, m["train"]) for a in arr]
         return {"dist": d, "copy": [x < tau for x in d], "attr": [bool(check_attributes(a, m["caption"])) for a in arr]}
@@ -140,12 +149,14 @@ def main(argv=None) -> int:
         "step1_sharpness_memorized": float(np.mean([v for m in memo for v in m["orig"]["sharpness"]])),
     }
 
+    save()
+
     # 3. SAIL at default settings (threshold auto = calibration)
-    def sail_rows(sail: SailSettings, prompts_memo, prompts_held):
+    def sail_rows(sail: SailSettings, prompts_memo, prompts_held, n=n_seeds):
         rows, held, meta = [], {}, []
         for m in prompts_memo:
-            r = run_sail(pipe, gs_of(m["caption"]), sail)
-            g = gen(m["caption"], x_T=r.x_T)
+            r = run_sail(pipe, gs_of(m["caption"], n), sail)
+            g = gen(m["caption"], x_T=r.x_T, n=n)
             rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}, m))
             meta.append({"converged": r.converged, "steps": r.steps, "seconds": r.seconds, "calls": r.unet_calls,
                          "threshold": r.threshold, "source": r.threshold_source})
@@ -172,6 +183,7 @@ def main(argv=None) -> int:
     default = SailSettings(objective=args.objective)
     results["sail_default"] = sail_rows(default, memo, heldout) | {"settings": default.to_dict()}
     log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
+    save()
     skip = set(args.skip.split(","))
 
     # 4. Sweeps on memorized prompts
@@ -181,8 +193,9 @@ def main(argv=None) -> int:
         for q in (float(x) for x in args.quantiles.split(",")):
             thr = record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q)
             s = SailSettings(objective=args.objective, threshold=thr)
-            results["sail_sweep"].append({"quantile": q, "threshold": thr} | sail_rows(s, memo, []))
+            results["sail_sweep"].append({"quantile": q, "threshold": thr} | sail_rows(s, memo, [], sweep_seeds))
             log(f"SAIL q{q}: {json.dumps(results['sail_sweep'][-1]['memorized_exact'])}")
+            save()
     if "rta" not in skip:
         results["rta"] = []
         for k in (int(x) for x in args.rta.split(",")):
@@ -190,13 +203,14 @@ def main(argv=None) -> int:
             for m in memo:
                 from sailscope.core.rta import iter_rta
 
-                (rr,) = list(iter_rta(pipe, gs_of(m["caption"]), RtaSettings(tokens=k)))
-                g = gen(rr.prompt)
+                (rr,) = list(iter_rta(pipe, gs_of(m["caption"], sweep_seeds), RtaSettings(tokens=k)))
+                g = gen(rr.prompt, n=sweep_seeds)
                 # attributes are judged against the user's prompt, not the edited one
                 rows.append((score_memo(m, g.array), m))
             results["rta"].append({"tokens": k, "memorized_exact": summarize_memo(rows),
                                    "memorized_template": summarize_memo(rows, "template")})
             log(f"RTA {k}: {json.dumps(results['rta'][-1]['memorized_exact'])}")
+            save()
 
     # 5. Timing (single image, seed 0, memorized exact prompts): plain 50 steps vs SAIL's mitigated half;
     #    time to the first accepted latent, ours (default) vs the authors' loop configuration
@@ -223,7 +237,7 @@ def main(argv=None) -> int:
                              "threads": torch.get_num_threads()}
         log(f"timing: {json.dumps({k: v for k, v in results['timing'].items() if k != 'rows'})}")
 
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    save()
     print(json.dumps({k: v for k, v in results.items() if k not in ("sail_sweep", "rta")}, indent=1))
     return 0
 
