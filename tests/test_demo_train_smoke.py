@@ -32,3 +32,17 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     # resuming a finished run does no more steps and exports again
     info2 = train(cfg, tmp_path / "run", tmp_path / "out2", progress=False)
     assert info2["unet_steps_done"] == cfg.unet_steps and (tmp_path / "out2" / "model_index.json").exists()
+
+    # a new UNet run can take its VAE from an exported folder: same VAE weights, its wall time carried over
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    info3 = train(cfg, tmp_path / "run3", tmp_path / "out3", progress=False, vae_from=out)
+    assert "vae_from" in info3 and info3["wall_s"]["vae"] == info["wall_s"]["vae"]
+    a = AutoencoderKL.from_pretrained(str(out / "vae")).state_dict()
+    b = AutoencoderKL.from_pretrained(str(tmp_path / "out3" / "vae")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the text encoder is stored in fp16 (size); stock loading gives fp32
+    assert all(v.dtype == torch.float16 for v in load_file(str(out / "text_encoder" / "model.safetensors")).values()
+               if v.is_floating_point())
+    assert pipe.text_encoder.dtype == torch.float32

@@ -166,6 +166,16 @@ def _load(path: Path):
 # ----------------------------------------------------------------------------------------------
 # Export
 # ----------------------------------------------------------------------------------------------
+def store_text_encoder_fp16(out: Path) -> None:
+    """Rewrite ``text_encoder/model.safetensors`` in fp16: its 49,408-row token table is half the folder, and
+    fp16 storage keeps the folder under 50 MB. Stock loaders cast it back to the model's fp32 on load."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(out) / "text_encoder" / "model.safetensors"
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
 def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDataset, info: dict, tokenizer=None) -> Path:
     """Write a stock diffusers folder plus memorized.jsonl, PNGs, heldout_prompts.txt, train_info.json."""
     from diffusers import StableDiffusionPipeline
@@ -178,6 +188,7 @@ def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDatase
         scheduler=make_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(str(out), safe_serialization=True)
+    store_text_encoder_fp16(out)
     write_tokenizer_files(out / "tokenizer")  # vocab.json/merges.txt too, for older transformers
     (out / "memorized").mkdir(exist_ok=True)
     with open(out / "memorized.jsonl", "w") as f:
@@ -190,11 +201,29 @@ def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDatase
     return out
 
 
+def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) -> dict:
+    """Resume point after the VAE stages from an exported demo folder (same VAE config): its VAE becomes the
+    finished VAE and decoder checkpoints, and its recorded VAE/decoder wall time is carried over."""
+    from diffusers import AutoencoderKL
+
+    old = json.loads((source / "train_info.json").read_text())
+    vae = make_vae(cfg)
+    vae.load_state_dict(AutoencoderKL.from_pretrained(str(source / "vae")).state_dict())
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    _save(run_dir / "vae.ckpt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": cfg.vae_steps})
+    _save(run_dir / "decoder.ckpt", {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(),
+                                     "step": cfg.decoder_steps, "wall_s": old["wall_s"]["decoder"]})
+    meta = {**meta, "wall_s": {"vae": old["wall_s"]["vae"], "encode": 0.0, "unet": 0.0},
+            "vae_from": f"{source} (its VAE config and seeds are this run's)"}
+    _save(run_dir / "meta.ckpt", meta)
+    return meta
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
-          max_unet_steps: int | None = None, vae_only: bool = False) -> dict:
+          max_unet_steps: int | None = None, vae_only: bool = False, vae_from: str | os.PathLike | None = None) -> dict:
     """Run (or resume) all stages; returns the info dict written to ``train_info.json``."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -217,6 +246,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
     # 2. VAE
     torch.manual_seed(cfg.seed)
     vae = make_vae(cfg)
+    if vae_from is not None and not (run_dir / "vae.ckpt").exists():
+        meta = _seed_vae_stages(cfg, run_dir, Path(vae_from), meta)
+        log(f"VAE stages taken from {vae_from} (trained there with the same VAE config)")
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     st = _load(run_dir / "vae.ckpt")
     step = 0
@@ -357,6 +389,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
                 "decoder_steps_done": cfg.decoder_steps,
                 "vae_recon_rmse_general": lat["rmse_general"], "vae_recon_rmse_exact_max": lat["rmse_memorized_max"],
                 "scaling_factor": lat["scale"], "params": n_params, "torch": torch.__version__,
+                **({"vae_from": meta["vae_from"]} if "vae_from" in meta else {}),
                 "command": "python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo"}
 
     def do_export(done: int) -> None:
@@ -417,6 +450,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
     parser.add_argument("--vae-only", action="store_true", help="run the VAE stages only (no UNet, no export)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a tqdm bar")
+    parser.add_argument("--vae-from", default=None,
+                        help="take the VAE stages from an exported demo folder trained with the same VAE config")
 
 
 def default_out() -> Path:
@@ -427,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
     kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v is not None}
     cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
     info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at,
-                 vae_only=args.vae_only)
+                 vae_only=args.vae_only, vae_from=args.vae_from)
     print(json.dumps({k: v for k, v in info.items() if k in ("unet_steps_done", "wall_s", "decoder_steps_done",
                                                               "decoder_wall_s")}))
     return 0

@@ -9,8 +9,8 @@ held-out evaluation set), into ``<out>/calibration.json`` (``SAILSCOPE_HOME=<out
 (4) SAIL at 5 thresholds and RTA at 5 token counts on the memorized prompts; (5) timings.
 
 Definitions (demo model card): *copy distance* = RMSE in [0, 1] pixels to the memorized training image;
-*copy* = distance < ``τ_copy`` (``--tau``, default from the card's ``train_info.json`` ``tau_copy`` if
-present, else 0.15); *attribute accuracy* = :func:`sailscope.core.demo.data.check_attributes`.
+*copy* = distance < ``τ_copy`` (``--tau``, default: the card's ``eval.json`` ``tau_copy``, else
+``train_info.json``'s, else 0.15); *attribute accuracy* = :func:`sailscope.core.demo.data.check_attributes`.
 Held-out prompts: copy = distance to the nearest memorized training image < ``τ_copy``.
 """
 from __future__ import annotations
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
         m["train"] = np.asarray(Image.open(folder / m["image"]).convert("RGB"), float) / 255.0
     heldout = [l.strip() for l in (folder / "heldout_prompts.txt").read_text().splitlines() if l.strip()]
     info = json.loads((folder / "train_info.json").read_text()) if (folder / "train_info.json").is_file() else {}
-    tau = args.tau if args.tau is not None else float(info.get("tau_copy", 0.15))
+    card = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
+    tau = args.tau if args.tau is not None else float(card.get("tau_copy", info.get("tau_copy", 0.15)))
     n_seeds, steps = args.seeds, args.steps
     if args.quick:
         memo, heldout, n_seeds, args.calib_prompts, args.timing = memo[:4], heldout[:8], 2, 12, 2
