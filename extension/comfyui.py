@@ -23,6 +23,12 @@ CATEGORY = "sampling/SAIL Scope"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
+def _conditioning_inputs() -> dict:
+    """The inputs every SAIL Scope node samples from: model, both conditionings, the latent to match."""
+    return {"model": ("MODEL",), "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",)}
+
+
 def _sail_inputs() -> dict:
     return {
         "sail": ("BOOLEAN", {"default": True, "tooltip": "Optimize the initial noise with SAIL (off: the seed's noise)"}),
@@ -181,10 +187,7 @@ class SailScopeNoise:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL",),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent_image": ("LATENT",),
+                **_conditioning_inputs(),
                 "noise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
                 **_sail_inputs(),
@@ -263,10 +266,7 @@ class SailScopeSharpness:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL",),
-                "positive": ("CONDITIONING",),
-                "negative": ("CONDITIONING",),
-                "latent_image": ("LATENT",),
+                **_conditioning_inputs(),
                 "noise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED}),
                 "method": (["fd", "exact"], {"default": "fd",
                                              "tooltip": "fd: one extra CFG call; exact: a JVP (MATH attention, more memory)"}),

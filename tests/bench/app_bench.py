@@ -9,7 +9,10 @@
   carries a live plot point. With ``--browser``, the time from the Generate click to the first plotted point
   in headless Chromium (Playwright) is measured too.
 Core and app runs come in adjacent pairs (order alternating); the ratio is the median of the per-pair ratios.
-The client runs in a separate process, as a browser would.
+The client runs in a separate process, as a browser would. It does not download file outputs (gradio_client
+would fetch every image again on every streamed update; ``--client-downloads`` measures that too). The final
+status and the report give the handler's own clock and the generation's clock inside the app, so the result
+also says how the app's time splits into generation, app work, and gradio + client transport.
 Without the demo model installed it falls back to the tiny test pipeline (numbers then say so).
 """
 from __future__ import annotations
@@ -35,9 +38,11 @@ def free_port() -> int:
 
 
 CLIENT = r"""
-import json, sys, time
+import json, re, sys, time
 from gradio_client import Client
-client = Client(sys.argv[1], verbose=False)
+# download_files: gradio_client re-downloads every file output on every streamed update (a browser fetches each
+# image once), so by default the client takes the server's file references instead (--client-downloads: as-is)
+client = Client(sys.argv[1], verbose=False, **({} if sys.argv[2] == "1" else {"download_files": False}))
 for line in sys.stdin:
     inputs = json.loads(line)
     t0 = time.perf_counter()
@@ -50,8 +55,19 @@ for line in sys.stdin:
         time.sleep(0.02)
     job.result()
     total = time.perf_counter() - t0
-    print(json.dumps({"total": total, "first": total if first is None else first}), flush=True)
+    final = job.outputs()[-1]
+    done = re.search(r"done in ([0-9.]+) s", str(final[0]))  # the handler's own clock, from its final status
+    ref = final[9]
+    report = ref if isinstance(ref, str) else (ref.get("path") if isinstance(ref, dict) else getattr(ref, "path", None))
+    gen = json.loads(open(report).read())["runs"]["original"]["seconds"] if report else None
+    print(json.dumps({"total": total, "first": total if first is None else first,
+                      "handler": float(done.group(1)) if done else None, "generation": gen}), flush=True)
 """
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
 def main() -> int:
@@ -62,6 +78,8 @@ def main() -> int:
     parser.add_argument("--prompt", default=None)
     parser.add_argument("--live-interval", type=float, default=None, help="seconds between live updates (app default if unset)")
     parser.add_argument("--browser", action="store_true", help="also time click -> first plotted point in Chromium")
+    parser.add_argument("--client-downloads", action="store_true",
+                        help="let gradio_client download every file output of every streamed update (its default)")
     args = parser.parse_args()
 
     from sailscope.core.generate import GenerationSettings, run_generation
@@ -91,7 +109,7 @@ def main() -> int:
 
     # The client runs in its own process (as a browser does): polling from this process would take the GIL
     # from the server's generation thread and bill the client's work to the app.
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, "1" if args.client_downloads else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, bufsize=1)
     values = dict(prompt=prompt, negative="", seed=0, steps=args.steps, guidance=7.5, width=0, height=0,
                   scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
@@ -99,10 +117,13 @@ def main() -> int:
                   spectrum_method="arnoldi", spectrum_k=8)
     request = json.dumps([values[k] for k in GEN_INPUTS])
 
+    inside: list[dict] = []  # per app run: the handler's clock and the generation's clock inside the app
+
     def app_once() -> tuple[float, float]:
         client.stdin.write(request + "\n")
         client.stdin.flush()
         got = json.loads(client.stdout.readline())
+        inside.append({"handler": got["handler"], "generation": got["generation"]})
         return got["total"], got["first"]
 
     def core_once() -> float:
@@ -135,11 +156,15 @@ def main() -> int:
         handler_ratios.append(h / core_once())
     result = {
         "model": getattr(pipe.sailscope_info, "name", model), "steps": args.steps, "repeats": args.repeats,
-        "live_interval": config.live_interval,
+        "live_interval": config.live_interval, "client_downloads": args.client_downloads,
         "core_seconds_median": statistics.median(core_t), "app_seconds_median": statistics.median(app_t),
         "ratio_app_over_core": statistics.median(ratios), "ratios": ratios,
         "ratio_handler_over_core": statistics.median(handler_ratios), "handler_ratios": handler_ratios,
         "first_update_with_a_point_seconds_median": statistics.median(first_t),
+        # where the app's time goes (medians over the timed app runs): the generation as timed inside the app,
+        # the handler's clock (generation + app work, status rounded to 0.1 s), the rest is gradio + client
+        "in_app_generation_seconds_median": _median([x["generation"] for x in inside[1:]]),
+        "in_app_handler_seconds_median": _median([x["handler"] for x in inside[1:]]),
         "core_seconds": core_t, "app_seconds": app_t, "first_point_seconds": first_t,
         "cpu_count": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
     }

@@ -38,12 +38,14 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=None)
     p.add_argument("--objective", default="paper", choices=["paper", "reference"])
     p.add_argument("--quantiles", default="0.5,0.75,0.9,0.95,0.99", help="SAIL threshold sweep (calibration quantiles)")
+    p.add_argument("--thresholds", default="",
+                   help="absolute SAIL thresholds for the sweep instead of calibration quantiles (e.g. 0.1,0.01)")
     p.add_argument("--rta", default="1,2,4,6,8", help="RTA token counts")
     p.add_argument("--timing", type=int, default=6, help="memorized prompts in the timing comparison")
     p.add_argument("--sweep-seeds", type=int, default=None,
                    help="seeds for the threshold sweep and RTA stages (default: --seeds)")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--skip", default="", help="comma list of stages to skip: sweep,rta,timing")
+    p.add_argument("--skip", default="", help="comma list of stages to skip: default,sweep,rta,timing")
     return p.parse_args(argv)
 
 
@@ -182,20 +184,24 @@ def main(argv=None) -> int:
         return out
 
     default = SailSettings(objective=args.objective)
-    results["sail_default"] = sail_rows(default, memo, heldout) | {"settings": default.to_dict()}
-    log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
-    save()
     skip = set(args.skip.split(","))
+    if "default" not in skip:
+        results["sail_default"] = sail_rows(default, memo, heldout) | {"settings": default.to_dict()}
+        log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
+        save()
 
     # 4. Sweeps on memorized prompts
-    alpha = default.alpha_for("epsilon")
+    alpha, alpha_source = cal.resolve_alpha(pipe, default)  # the alpha the runs will use (calibrated, if so)
+    results["sweep_alpha"] = {"alpha": alpha, "source": alpha_source}
     if "sweep" not in skip:
         results["sail_sweep"] = []
-        for q in (float(x) for x in args.quantiles.split(",")):
-            thr = record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q)
+        fixed = [float(x) for x in args.thresholds.split(",") if x.strip()]
+        for q in fixed or [float(x) for x in args.quantiles.split(",")]:
+            thr = q if fixed else record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q)
+            q = None if fixed else q
             s = SailSettings(objective=args.objective, threshold=thr)
             results["sail_sweep"].append({"quantile": q, "threshold": thr} | sail_rows(s, memo, [], sweep_seeds))
-            log(f"SAIL q{q}: {json.dumps(results['sail_sweep'][-1]['memorized_exact'])}")
+            log(f"SAIL threshold {thr:.4g} (q{q}): {json.dumps(results['sail_sweep'][-1]['memorized_exact'])}")
             save()
     if "rta" not in skip:
         results["rta"] = []
