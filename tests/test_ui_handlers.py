@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,8 +129,6 @@ def test_cancel_stops_within_a_step_and_only_that_session(ctx):
     rest_a = list(gen_a)
     assert "cancelled" in status_of(rest_a[-1]) and "nothing was saved" in status_of(rest_a[-1])
     # the job runs in a worker thread, so at most the step in flight at the click finishes (then it stops)
-    import re
-
     shown = [int(m) for u in rest_a for m in re.findall(r'aria-valuenow="(\d+)"', status_of(u))]
     assert len(rest_a) <= 2 and max(shown, default=1) <= 2
     final_b = last(gen_b)
@@ -227,8 +227,6 @@ def test_build_ui_wires_one_model_slot():
 def test_in_background_keeps_order_reraises_and_stops_the_worker_when_closed():
     """The app consumes core streams in a worker thread: same items in the same order, the stream's
     exception after the items before it, and an early close cancels and joins the worker."""
-    import time
-
     from sailscope.core.errors import Cancelled
     from sailscope.ui.jobs import in_background
 

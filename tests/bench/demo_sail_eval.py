@@ -195,10 +195,10 @@ def main(argv=None) -> int:
     results["sweep_alpha"] = {"alpha": alpha, "source": alpha_source}
     if "sweep" not in skip:
         results["sail_sweep"] = []
-        fixed = [float(x) for x in args.thresholds.split(",") if x.strip()]
-        for q in fixed or [float(x) for x in args.quantiles.split(",")]:
-            thr = q if fixed else record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q)
-            q = None if fixed else q
+        fixed = [(None, float(x)) for x in args.thresholds.split(",") if x.strip()]
+        points = fixed or [(q, record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q))
+                           for q in (float(x) for x in args.quantiles.split(","))]
+        for q, thr in points:
             s = SailSettings(objective=args.objective, threshold=thr)
             results["sail_sweep"].append({"quantile": q, "threshold": thr} | sail_rows(s, memo, [], sweep_seeds))
             log(f"SAIL threshold {thr:.4g} (q{q}): {json.dumps(results['sail_sweep'][-1]['memorized_exact'])}")
