@@ -97,6 +97,60 @@ class GaussianMixture:
         return cls(weights=torch.full((components,), 1.0 / components, dtype=dtype), means=means, precisions=ps)
 
 
+@dataclass(frozen=True)
+class DiffusedPoints:
+    """The exact noised density of a finite data set: ``p_t(x) = Σ_i w_i N(x; √ᾱ x_i, (1-ᾱ) I)``.
+
+    Its score is what a perfectly trained denoiser of those points predicts at noise level ``ᾱ``, so the
+    metrics evaluated on it are the *data-level* values a model can at best learn (DIGEST §3.2 for one
+    point: ``H = -I/(1-ᾱ)``, the sharpest conditional). ``O(B·N·d)`` per call, no ``(d, d)`` matrices.
+    """
+
+    points: Tensor  # (N, d)
+    log_weights: Tensor  # (N,), need not be normalized
+    abar: float
+
+    @classmethod
+    def from_points(cls, points: Tensor, abar: float, weights: Tensor | None = None) -> "DiffusedPoints":
+        pts = _flat(points)
+        if not 0.0 < abar < 1.0:
+            raise ValueError(f"abar must be in (0, 1), got {abar}")
+        w = torch.ones(len(pts), dtype=pts.dtype) if weights is None else torch.as_tensor(weights, dtype=pts.dtype)
+        if w.shape != (len(pts),) or bool((w <= 0).any()):
+            raise ValueError("weights must be one positive number per point")
+        return cls(points=pts, log_weights=w.log(), abar=float(abar))
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    @property
+    def sigma2(self) -> float:
+        return 1.0 - self.abar
+
+    def _resp(self, xf: Tensor) -> Tensor:
+        """Posterior weights ``r_i(x) ∝ w_i exp(-‖x - √ᾱ x_i‖² / 2σ²)`` -> ``(B, N)``."""
+        a = self.abar**0.5
+        # ‖x - a p‖² = ‖x‖² - 2a x·p + a²‖p‖²; the ‖x‖² term cancels in the softmax
+        logits = self.log_weights[None] + (2 * a * xf @ self.points.T - self.abar * (self.points**2).sum(1)[None]) / (
+            2 * self.sigma2)
+        return torch.softmax(logits, dim=1)
+
+    def score(self, x: Tensor) -> Tensor:
+        """``(√ᾱ E_r[x_i] - x) / σ²`` (Tweedie)."""
+        xf = _flat(x)
+        return ((self.abar**0.5 * self._resp(xf) @ self.points - xf) / self.sigma2).reshape(x.shape)
+
+    def hessian(self, x: Tensor) -> Tensor:
+        """Exact ``∇² log p_t = -I/σ² + ᾱ/σ⁴ Cov_r[x_i]`` -> ``(B, d, d)`` (for tests and small ``d``)."""
+        r = self._resp(_flat(x))
+        mean = r @ self.points
+        second = torch.einsum("bn,ni,nj->bij", r, self.points, self.points)
+        cov = second - mean[:, :, None] * mean[:, None, :]
+        eye = torch.eye(self.dim, dtype=self.points.dtype)
+        return -eye / self.sigma2 + self.abar / self.sigma2**2 * cov
+
+
 def guided_from_models(cond, uncond, sigma: float = 1.0) -> GuidedScore:
     """A :class:`GuidedScore` whose conditional/unconditional scores are two closed-form models.
 

@@ -71,3 +71,43 @@ def test_checker_on_ground_truth(ds):
     im, c = general[0]
     assert D.check_attributes(im / 255.0, c) == D.check_attributes(im, c)
     assert not D.check_attributes(np.full((64, 64, 3), 128, np.uint8), c)
+
+
+def test_config_rebuilds_the_shipped_memorized_images():
+    """``dataset_from_config`` of the shipped ``train_info.json`` redraws its memorized PNGs bit for bit
+    (memorized items come before the general images in the random stream, so one general image suffices)."""
+    import json
+
+    from PIL import Image
+
+    from sailscope.core.demo.train import default_out
+
+    model = default_out()
+    cfg = json.loads((model / "train_info.json").read_text())["config"]
+    ds = D.dataset_from_config({**cfg, "n_general": 1})
+    rows = [json.loads(line) for line in (model / "memorized.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["caption"] for r in rows] == [m.caption for m in ds.memorized]
+    for r, m in zip(rows, ds.memorized):
+        assert np.array_equal(np.asarray(Image.open(model / r["image"]).convert("RGB")), m.image)
+
+
+def test_designs_differ_where_documented():
+    v1 = D.build_dataset(seed=0, n_general=1, n_exact=12, n_template=1, n_dup=1, design="v1")
+    v2 = D.build_dataset(seed=0, n_general=1, n_exact=12, n_template=1, n_dup=1, design="v2")
+
+    def top_colour_share(img):
+        _, counts = np.unique(img.reshape(-1, 3), axis=0, return_counts=True)
+        return counts.max() / counts.sum()
+
+    # v2: one flat background colour covers most of every memorized image; v1: a two-colour pattern
+    assert min(top_colour_share(m.image) for m in v2.memorized) > 0.55
+    assert max(top_colour_share(m.image) for m in v1.memorized if m.kind == "exact") < 0.55
+    # v2 draws named objects smaller: a "large" v2 circle has the radius range of design v2
+    spec = D.parse_caption("a large red circle")
+    for name in ("v1", "v2"):
+        lo, hi = D.DESIGNS[name].large
+        r = [s.r for s in D.shapes_for_spec(np.random.default_rng(1), spec, name) for _ in range(1)]
+        assert all(lo <= v <= hi for v in r)
+    assert D.DESIGNS["v2"].large[1] < D.DESIGNS["v1"].large[0]
+    with pytest.raises(ValueError, match="data design"):
+        D.get_design("v9")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sailscope.core.metrics import fd_step_size, hutchinson_trace, hvp, sharpness, to_eps_space, wen_metric
-from sailscope.core.oracles import Gaussian, GaussianMixture, guided_from_models
+from sailscope.core.oracles import DiffusedPoints, Gaussian, GaussianMixture, guided_from_models
 
 D = 12
 
@@ -148,3 +148,47 @@ def test_hutchinson_converges_to_trace():
     # (±40 %: the 64-probe standard error is itself estimated to ~10 %)
     ratio = few.stderr / many.stderr
     assert ((ratio > 4 * 0.6) & (ratio < 4 * 1.4)).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# DiffusedPoints: the ideal denoiser of a finite data set
+# ----------------------------------------------------------------------------------------------
+def _diffused_pair(abar: float):
+    g = torch.Generator().manual_seed(9)
+    data = torch.randn(40, D, generator=g, dtype=torch.float64)
+    weights = torch.rand(40, generator=g, dtype=torch.float64) + 0.5
+    return DiffusedPoints.from_points(data[:3], abar), DiffusedPoints.from_points(data, abar, weights), data, weights
+
+
+def test_diffused_points_is_an_isotropic_gaussian_mixture():
+    """Same density as GaussianMixture(means √ᾱ x_i, precision I/(1-ᾱ)): score and Hessian agree."""
+    abar = 0.3
+    _, dp, data, weights = _diffused_pair(abar)
+    eye = torch.eye(D, dtype=torch.float64) / (1 - abar)
+    gm = GaussianMixture(weights=weights / weights.sum(), means=abar**0.5 * data, precisions=eye.expand(40, D, D))
+    x = torch.randn(4, D, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    assert torch.allclose(dp.score(x), gm.score(x), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(dp.hessian(x), gm.hessian(x), rtol=1e-9, atol=1e-11)
+
+
+def test_diffused_single_point_is_the_sharpest_conditional():
+    """One point: H = -I/(1-ᾱ) and the JVP sharpness equals ‖(H_c - H_u) sΔ‖² from dense Hessians."""
+    abar = 0.0058  # SD's ᾱ at the first of 50 DDIM steps
+    one, many, data, _ = _diffused_pair(abar)
+    single = DiffusedPoints.from_points(data[:1], abar)
+    x = torch.randn(3, D, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    assert torch.allclose(single.hessian(x), -torch.eye(D, dtype=torch.float64).expand(3, D, D) / (1 - abar))
+    gs = guided_from_models(single, many, sigma=(1 - abar) ** 0.5)
+    sh = sharpness(gs, x, method="exact")
+    s_delta = single.score(x) - many.score(x)
+    want = torch.einsum("bij,bj->bi", single.hessian(x) - many.hessian(x), s_delta)
+    assert torch.allclose(sh.value, (want**2).sum(1), rtol=1e-9)
+    # a 3-point conditional is flatter than a 1-point one at the same x (less negative curvature)
+    assert bool((torch.linalg.eigvalsh(one.hessian(x)).max(1).values > -1 / (1 - abar) + 1e-12).all())
+
+
+def test_diffused_points_rejects_bad_input():
+    with pytest.raises(ValueError, match="abar"):
+        DiffusedPoints.from_points(torch.zeros(2, 3), 1.0)
+    with pytest.raises(ValueError, match="weights"):
+        DiffusedPoints.from_points(torch.zeros(2, 3), 0.5, torch.tensor([1.0, 0.0]))

@@ -56,7 +56,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (250, 250, 250),
 }
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": (5.0, 7.0), "large": (10.0, 13.0)}
+SIZES = {"small": (5.0, 7.0), "large": (10.0, 13.0)}  # radius ranges (pixels) of design "v1"
 ANY_RADIUS = (5.0, 13.0)
 COUNTS = {"two": 2, "three": 3}
 POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
@@ -72,6 +72,42 @@ REGIONS: dict[str | None, tuple[int, int, int, int]] = {
 MEMO_KINDS = ("poster print", "album cover", "wall art", "stock photo", "book cover", "logo design",
               "greeting card", "sticker sheet")
 TEMPLATE_KIND = "wallpaper design"
+
+
+@dataclass(frozen=True)
+class DataDesign:
+    """What the captions leave free and what memorized items pin down (the grammar is the same).
+
+    ``v1`` (the first shipped model): patterned memorized backgrounds, radii 5-13 px. Even a *perfect*
+    denoiser of v1 data separates memorized from held-out captions at step 1 only with AUC 0.87
+    (``python -m sailscope.core.demo.oracle --design v1``): large named shapes pin much of a general image,
+    and a stripe pattern deviates from the average image in directions the data barely vary in.
+    ``v2``: memorized items on a flat background of their own colour (a large deviation along the data's
+    high-variance, caption-free directions) and radii 4-9 px (general captions pin fewer pixels).
+    """
+
+    small: tuple[float, float]
+    large: tuple[float, float]
+    any_size: tuple[float, float]
+    memorized_background: str  # "pattern" | "flat"
+
+    def radius_range(self, size: str | None) -> tuple[float, float]:
+        return {"small": self.small, "large": self.large, None: self.any_size}[size]
+
+
+DESIGNS: dict[str, DataDesign] = {
+    "v1": DataDesign(SIZES["small"], SIZES["large"], ANY_RADIUS, "pattern"),
+    "v2": DataDesign((4.0, 6.0), (7.0, 9.0), (4.0, 9.0), "flat"),
+}
+DEFAULT_DESIGN = "v2"
+
+
+def get_design(design: "str | DataDesign") -> DataDesign:
+    if isinstance(design, DataDesign):
+        return design
+    if design not in DESIGNS:
+        raise ValueError(f"unknown data design {design!r}; choose one of {', '.join(DESIGNS)}")
+    return DESIGNS[design]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +219,12 @@ def gradient_background(rng: np.random.Generator) -> np.ndarray:
 
 
 def pattern_background(rng: np.random.Generator, kind: str, c0, c1) -> np.ndarray:
-    """Patterned background used by memorized items: stripes, checker or rings of two colours."""
+    """Patterned background used by memorized items: stripes, checker or rings of two colours.
+
+    ``kind="flat"`` is one colour ``c0`` (design v2).
+    """
+    if kind == "flat":
+        return np.broadcast_to(np.array(c0, float), (SIZE, SIZE, 3)).copy()
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
     period = int(rng.integers(8, 16))
     if kind == "hstripes":
@@ -245,10 +286,10 @@ def _draw(background: np.ndarray, shapes: list[Shape]) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def _radius(rng: np.random.Generator, phrase: Phrase) -> float:
+def _radius(rng: np.random.Generator, phrase: Phrase, design: DataDesign) -> float:
     if phrase.count > 1:
-        return rng.uniform(*SIZES["small"])
-    return rng.uniform(*(SIZES[phrase.size] if phrase.size else ANY_RADIUS))
+        return rng.uniform(*design.small)
+    return rng.uniform(*design.radius_range(phrase.size))
 
 
 def _place(rng, region, r, placed: list[Shape], tries: int = 200) -> tuple[float, float]:
@@ -263,20 +304,21 @@ def _place(rng, region, r, placed: list[Shape], tries: int = 200) -> tuple[float
     return best  # type: ignore[return-value]
 
 
-def shapes_for_spec(rng: np.random.Generator, spec: CaptionSpec) -> list[Shape]:
+def shapes_for_spec(rng: np.random.Generator, spec: CaptionSpec, design: str | DataDesign = DEFAULT_DESIGN) -> list[Shape]:
     """Concrete objects for a caption spec; free parts (exact position, unnamed size) drawn from ``rng``."""
+    design = get_design(design)
     placed: list[Shape] = []
     for phrase, region in zip(spec.phrases, spec.regions):
         for _ in range(phrase.count):
-            r = _radius(rng, phrase)
+            r = _radius(rng, phrase, design)
             cx, cy = _place(rng, region, r, placed)
             placed.append(Shape(phrase.shape, COLORS[phrase.color], cx, cy, r))
     return placed
 
 
-def render(rng: np.random.Generator, spec: CaptionSpec) -> np.ndarray:
+def render(rng: np.random.Generator, spec: CaptionSpec, design: str | DataDesign = DEFAULT_DESIGN) -> np.ndarray:
     """A random image for a general caption: random gradient background, the named objects."""
-    return _draw(gradient_background(rng), shapes_for_spec(rng, spec))
+    return _draw(gradient_background(rng), shapes_for_spec(rng, spec, design))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +343,7 @@ class MemorizedItem:
         return _draw(bg, self._shapes)
 
 
-def _memorized(seed: int, n_exact: int, n_template: int, forbidden: set[str]) -> list[MemorizedItem]:
+def _memorized(seed: int, n_exact: int, n_template: int, forbidden: set[str], design: DataDesign) -> list[MemorizedItem]:
     rng = np.random.default_rng([seed, 1])
     numbers = rng.choice(np.arange(1000, 10000), size=n_exact + n_template, replace=False)
     items: list[MemorizedItem] = []
@@ -313,13 +355,15 @@ def _memorized(seed: int, n_exact: int, n_template: int, forbidden: set[str]) ->
         kind = "exact" if i < n_exact else "template"
         label = MEMO_KINDS[i % len(MEMO_KINDS)] if kind == "exact" else TEMPLATE_KIND
         spec = CaptionSpec(spec.phrases, spec.regions, spec.form, f"{label} {int(numbers[i])}")
-        shapes = shapes_for_spec(rng, spec)
+        shapes = shapes_for_spec(rng, spec, design)
         # unnamed decorations pin the image down beyond the caption
         for _ in range(int(rng.integers(1, 3))):
             r = rng.uniform(3.0, 5.0)
             cx, cy = _place(rng, None, r, shapes)
             shapes.append(Shape(str(rng.choice(SHAPES)), COLORS[str(rng.choice(list(COLORS)))], cx, cy, r))
-        pattern = str(rng.choice(PATTERNS))
+        pattern = str(rng.choice(PATTERNS))  # drawn in both designs: v1 and v2 share the random stream
+        if design.memorized_background == "flat":
+            pattern = "flat"
         pseed = int(rng.integers(2**31))
         c0, c1 = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(2))
         bg = pattern_background(np.random.default_rng(pseed), pattern, c0, c1)
@@ -355,21 +399,22 @@ class DemoDataset:
 
 def build_dataset(
     *, seed: int = 0, n_general: int = 6000, n_exact: int = 16, n_template: int = 4, n_dup: int = 48,
-    n_heldout: int = 120,
+    n_heldout: int = 120, design: str | DataDesign = DEFAULT_DESIGN,
 ) -> DemoDataset:
     """The full deterministic training set (same arguments -> identical arrays and captions)."""
+    design = get_design(design)
     if n_exact < 1 or n_dup < 1:
         raise ValueError(f"n_exact and n_dup must be >= 1, got {n_exact}, {n_dup}")
     held = heldout_prompts(seed, n_heldout)
     held_set = set(held)
-    memo = _memorized(seed, n_exact, n_template, held_set)
+    memo = _memorized(seed, n_exact, n_template, held_set, design)
     rng = np.random.default_rng([seed, 3])
     images, captions, kinds = [], [], []
     for _ in range(n_general):
         spec = random_caption_spec(rng)
         while spec.text() in held_set:
             spec = random_caption_spec(rng)
-        images.append(render(rng, spec))
+        images.append(render(rng, spec, design))
         captions.append(spec.text())
         kinds.append("general")
     for item in memo:
@@ -378,6 +423,16 @@ def build_dataset(
             captions.append(item.caption)
             kinds.append(item.kind)
     return DemoDataset(np.stack(images), captions, kinds, memo, held)
+
+
+def dataset_from_config(config: dict) -> DemoDataset:
+    """The training set a run used, from its recorded ``TrainConfig`` (``train_info.json``'s ``config``).
+
+    Runs recorded before designs existed have no ``data_design`` key: they used ``v1``.
+    """
+    return build_dataset(seed=config["seed"], n_general=config["n_general"], n_exact=config["n_exact"],
+                         n_template=config["n_template"], n_dup=config["n_dup"], n_heldout=config["n_heldout"],
+                         design=config.get("data_design", "v1"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,9 +66,7 @@ def nearest_train_rmse(gen: np.ndarray, train: np.ndarray, chunk: int = 512) -> 
 def training_images(model_dir: Path) -> tuple[np.ndarray, dict]:
     """Rebuild the training set from the configuration recorded at export (float [0,1])."""
     info = json.loads((Path(model_dir) / "train_info.json").read_text())
-    c = info["config"]
-    ds = demo_data.build_dataset(seed=c["seed"], n_general=c["n_general"], n_exact=c["n_exact"],
-                                 n_template=c["n_template"], n_dup=c["n_dup"], n_heldout=c["n_heldout"])
+    ds = demo_data.dataset_from_config(info["config"])
     return ds.images.astype(np.float32) / 255.0, info
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     n_dup: int = 64
     memorized_weight: float = 1.5  # UNet sampling weight of duplicated rows (effective n_dup 96)
     n_heldout: int = 120
+    data_design: str = demo_data.DEFAULT_DESIGN  # see data.DESIGNS ("v1" = the first shipped model's data)
     # VAE
     vae_channels: tuple[int, ...] = (16, 32, 64)
     vae_steps: int = 250
@@ -203,18 +204,23 @@ def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDatase
 
 def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) -> dict:
     """Resume point after the VAE stages from an exported demo folder (same VAE config): its VAE becomes the
-    finished VAE and decoder checkpoints, and its recorded VAE/decoder wall time is carried over."""
+    finished VAE checkpoint, and its recorded VAE wall time is carried over. The decoder fine-tune is carried
+    over too when the source was trained on the same data design; otherwise it is re-run on this run's data
+    (starting from the source's decoder), since the decoder must reconstruct this run's memorized images."""
     from diffusers import AutoencoderKL
 
     old = json.loads((source / "train_info.json").read_text())
+    old_design = old["config"].get("data_design", "v1")
     vae = make_vae(cfg)
     vae.load_state_dict(AutoencoderKL.from_pretrained(str(source / "vae")).state_dict())
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     _save(run_dir / "vae.ckpt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": cfg.vae_steps})
-    _save(run_dir / "decoder.ckpt", {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(),
-                                     "step": cfg.decoder_steps, "wall_s": old["wall_s"]["decoder"]})
+    if old_design == cfg.data_design:
+        _save(run_dir / "decoder.ckpt", {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(),
+                                         "step": cfg.decoder_steps, "wall_s": old["wall_s"]["decoder"]})
     meta = {**meta, "wall_s": {"vae": old["wall_s"]["vae"], "encode": 0.0, "unet": 0.0},
-            "vae_from": f"{source} (its VAE config and seeds are this run's)"}
+            "vae_from": f"{source} (its VAE config and seeds are this run's; VAE trained on data design {old_design}"
+                        + ("" if old_design == cfg.data_design else f", decoder fine-tune re-run on {cfg.data_design}") + ")"}
     _save(run_dir / "meta.ckpt", meta)
     return meta
 
@@ -238,8 +244,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     # 1. Data
-    ds = demo_data.build_dataset(seed=cfg.seed, n_general=cfg.n_general, n_exact=cfg.n_exact,
-                                 n_template=cfg.n_template, n_dup=cfg.n_dup, n_heldout=cfg.n_heldout)
+    ds = demo_data.dataset_from_config(asdict(cfg))
     images = to_tensor_images(ds.images)
     log(f"dataset: {len(ds.captions)} images, {len(ds.memorized)} memorized items, {len(ds.heldout)} held-out prompts")
 
@@ -248,7 +253,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
     vae = make_vae(cfg)
     if vae_from is not None and not (run_dir / "vae.ckpt").exists():
         meta = _seed_vae_stages(cfg, run_dir, Path(vae_from), meta)
-        log(f"VAE stages taken from {vae_from} (trained there with the same VAE config)")
+        log(f"VAE stages taken from {vae_from}: {meta['vae_from']}")
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     st = _load(run_dir / "vae.ckpt")
     step = 0
