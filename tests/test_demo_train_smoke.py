@@ -42,6 +42,13 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     a = AutoencoderKL.from_pretrained(str(out / "vae")).state_dict()
     b = AutoencoderKL.from_pretrained(str(tmp_path / "out3" / "vae")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... and when the data design differs, the decoder fine-tune is re-run on the new data (encoder kept)
+    info4 = train(TrainConfig.tiny(data_design="v1"), tmp_path / "run4", tmp_path / "out4", progress=False, vae_from=out)
+    assert "re-run on v1" in info4["vae_from"]
+    c = AutoencoderKL.from_pretrained(str(tmp_path / "out4" / "vae")).state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("encoder."))
+    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("decoder."))
+    assert 0 < info4["vae_recon_rmse_general"] < 1 and info4["command"].startswith("python -m sailscope")
     # the text encoder is stored in fp16 (size); stock loading gives fp32
     assert all(v.dtype == torch.float16 for v in load_file(str(out / "text_encoder" / "model.safetensors")).values()
                if v.is_floating_point())

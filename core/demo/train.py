@@ -55,10 +55,10 @@ class TrainConfig:
     vae_crop: int = 32  # the VAE is convolutional: train on random crops (4x cheaper)
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    decoder_steps: int = 120  # decoder-only fine-tune on full images (latents stay fixed)
+    decoder_steps: int = 300  # decoder-only fine-tune on full images (latents stay fixed); v1 model: 120
     decoder_batch: int = 16
     decoder_lr: float = 3e-4
-    decoder_memorized_weight: float = 3.0
+    decoder_memorized_weight: float = 1.0  # v1 model: 3.0 (with v2 data it degraded general images)
     # text encoder
     text_width: int = 128
     text_layers: int = 3
@@ -154,6 +154,15 @@ def to_tensor_images(images: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
+def reconstruction_rmse(vae, images: torch.Tensor, mu: torch.Tensor, kinds: list[str]) -> dict:
+    """Decoder RMSE in [0,1] pixels: mean over general images, max over exact memorized ones."""
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(mu[i:i + 256]).sample for i in range(0, len(mu), 256)])
+    rmse = ((rec.clamp(-1, 1) - images) / 2).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    kinds = np.array(kinds)
+    return {"rmse_general": float(rmse[kinds == "general"].mean()), "rmse_memorized_max": float(rmse[kinds == "exact"].max())}
+
+
 def _save(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".ckpt.tmp")
     torch.save(state, tmp)
@@ -229,7 +238,8 @@ def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) 
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
-          max_unet_steps: int | None = None, vae_only: bool = False, vae_from: str | os.PathLike | None = None) -> dict:
+          max_unet_steps: int | None = None, vae_only: bool = False, vae_from: str | os.PathLike | None = None,
+          command: str = "python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo") -> dict:
     """Run (or resume) all stages; returns the info dict written to ``train_info.json``."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -300,11 +310,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         t0 = time.time()
         with torch.no_grad():
             mu = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
-            rec = torch.cat([vae.decode(mu[i:i + 256]).sample for i in range(0, len(mu), 256)])
-        rmse = ((rec.clamp(-1, 1) - images) / 2).pow(2).mean(dim=(1, 2, 3)).sqrt()
-        kinds = np.array(ds.kinds)
-        lat = {"mu": mu, "scale": float(1.0 / mu.std()), "rmse_general": float(rmse[kinds == "general"].mean()),
-               "rmse_memorized_max": float(rmse[kinds == "exact"].max())}
+        lat = {"mu": mu, "scale": float(1.0 / mu.std()), **reconstruction_rmse(vae, images, mu, ds.kinds)}
         torch.save(lat, lat_path)
         meta["wall_s"]["encode"] += time.time() - t0
         _save(run_dir / "meta.ckpt", meta)
@@ -353,8 +359,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
                 if not progress:
                     log(f"decoder step {step + 1} loss {loss.item():.4f}")
         vae.eval().requires_grad_(False)
-        st = _load(dec_path)
+        st = {**_load(dec_path), **reconstruction_rmse(vae, images, lat["mu"], ds.kinds)}
+        _save(dec_path, st)
     dec_wall = st["wall_s"] if st else 0.0
+    recon = {k: st[k] for k in ("rmse_general", "rmse_memorized_max")} if st and "rmse_general" in st else lat
     if vae_only:
         log("decoder fine-tune done (--vae-only): stopping before the UNet stage")
         return {"decoder_steps_done": cfg.decoder_steps, "decoder_wall_s": dec_wall}
@@ -392,10 +400,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         return {"config": asdict(cfg), "unet_steps_done": done, "vae_steps_done": cfg.vae_steps,
                 "wall_s": {**meta["wall_s"], "decoder": dec_wall}, "wall_s_total": sum(meta["wall_s"].values()) + dec_wall,
                 "decoder_steps_done": cfg.decoder_steps,
-                "vae_recon_rmse_general": lat["rmse_general"], "vae_recon_rmse_exact_max": lat["rmse_memorized_max"],
+                "vae_recon_rmse_general": recon["rmse_general"], "vae_recon_rmse_exact_max": recon["rmse_memorized_max"],
                 "scaling_factor": lat["scale"], "params": n_params, "torch": torch.__version__,
                 **({"vae_from": meta["vae_from"]} if "vae_from" in meta else {}),
-                "command": "python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo"}
+                "command": command}
 
     def do_export(done: int) -> None:
         export_pipeline(out, vae, ema_text, ema_unet, ds, info(done), tokenizer)
@@ -466,8 +474,12 @@ def default_out() -> Path:
 def run(args: argparse.Namespace) -> int:
     kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v is not None}
     cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
+    flags = [("--run-dir", args.run_dir), ("--out", args.out), ("--vae-from", args.vae_from),
+             ("--unet-steps", args.unet_steps), ("--vae-steps", args.vae_steps)]
+    command = " ".join(["python -m sailscope.core.demo.train"] + [f"{k} {v}" for k, v in flags if v is not None]
+                       + (["--tiny"] if args.tiny else []))
     info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at,
-                 vae_only=args.vae_only, vae_from=args.vae_from)
+                 vae_only=args.vae_only, vae_from=args.vae_from, command=command)
     print(json.dumps({k: v for k, v in info.items() if k in ("unet_steps_done", "wall_s", "decoder_steps_done",
                                                               "decoder_wall_s")}))
     return 0
