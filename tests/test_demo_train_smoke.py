@@ -4,7 +4,9 @@ import json
 import numpy as np
 import torch
 
-from sailscope.core.demo.train import TrainConfig, train
+import pytest
+
+from sailscope.core.demo.train import TrainConfig, add_arguments, config_from_args, train
 
 
 def test_train_smoke_writes_loadable_pipeline(tmp_path):
@@ -32,6 +34,22 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     # resuming a finished run does no more steps and exports again
     info2 = train(cfg, tmp_path / "run", tmp_path / "out2", progress=False)
     assert info2["unet_steps_done"] == cfg.unet_steps and (tmp_path / "out2" / "model_index.json").exists()
+
+    # --phase extends a finished run from its checkpoint: only the new steps run, the schedule and command are recorded
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg_x, command = config_from_args(parser.parse_args(["--tiny", "--run-dir", str(tmp_path / "run"), "--phase", "2:4:2.5"]))
+    assert cfg_x.phases == ((0, 2, 1.0), (2, 4, 2.5)) and cfg_x.unet_steps == 4 and command.endswith("--phase 2:4:2.5 --tiny")
+    before = torch.load(tmp_path / "run" / "unet.ckpt", weights_only=False)["unet"]
+    info_x = train(cfg_x, tmp_path / "run", tmp_path / "out_x", progress=False, command=command)
+    after = torch.load(tmp_path / "run" / "unet.ckpt", weights_only=False)
+    assert info_x["unet_steps_done"] == after["step"] == 4 and tuple(info_x["config"]["phases"][-1]) == (2, 4, 2.5)
+    assert not all(torch.equal(before[k], after["unet"][k]) for k in before)
+    for bad in ("2:1:1", "0:4:1", "2:4:0", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--phase", bad])
 
     # a new UNet run can take its VAE from an exported folder: same VAE weights, its wall time carried over
     from diffusers import AutoencoderKL
