@@ -33,7 +33,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, seed: int = 99) -> list[str]:
-    """Fresh demo-grammar captions: neither memorized nor in the held-out evaluation set (no in-sample tuning)."""
+    """Fresh demo-grammar captions: not in the training set (memorized or general) and not in the held-out evaluation
+    set (no in-sample tuning). A general training caption is seen with one image only, but a long-trained model
+    can still copy it, so it is no reference for "not memorized"."""
     import numpy as np
 
     from sailscope.core.demo.data import random_caption_spec
@@ -45,6 +47,10 @@ def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, s
         exclude |= {l.strip() for l in (folder / "heldout_prompts.txt").read_text().splitlines()}
     if (folder / "memorized.jsonl").is_file():
         exclude |= {json.loads(l)["caption"] for l in (folder / "memorized.jsonl").read_text().splitlines() if l.strip()}
+    if (folder / "train_info.json").is_file():  # the training set is rebuilt from its recorded config (seconds)
+        from sailscope.core.demo.data import dataset_from_config
+
+        exclude |= set(dataset_from_config(json.loads((folder / "train_info.json").read_text())["config"]).captions)
     rng = np.random.default_rng([seed, 7])
     out: list[str] = []
     while len(out) < n:

@@ -111,3 +111,18 @@ def test_designs_differ_where_documented():
     assert D.DESIGNS["v2"].large[1] < D.DESIGNS["v1"].large[0]
     with pytest.raises(ValueError, match="data design"):
         D.get_design("v9")
+
+
+def test_heldout_truth_renders_follow_their_prompts(ds):
+    """The evaluation's "what a perfect model draws" reference: deterministic, in [0, 1], and the checker agrees."""
+    from sailscope.core.demo.evaluate import heldout_truth_renders, nearest_train_rmse
+
+    prompts = ds.heldout[:20]
+    a = heldout_truth_renders(prompts, "v2", 2)
+    assert a.shape == (40, 64, 64, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, heldout_truth_renders(prompts, "v2", 2))
+    assert np.mean([D.check_attributes(im, p) for im, p in zip(a, (p for p in prompts for _ in range(2)))]) >= 0.9
+    # nearest-neighbour RMSE agrees with a direct computation
+    train = ds.images[:50].astype(np.float32) / 255.0
+    direct = np.sqrt(((a[:3, None] - train[None]) ** 2).mean(axis=(2, 3, 4))).min(axis=1)
+    assert np.allclose(nearest_train_rmse(a[:3], train), direct, atol=1e-5)

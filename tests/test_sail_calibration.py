@@ -128,3 +128,20 @@ def test_demo_calibration_prompts_exclude_evaluation_and_memorized_captions(tmp_
     assert base[0] not in fresh and base[1] not in fresh and fresh[:8] == base[2:]
     with pytest.raises(UserInputError, match="--prompts"):
         read_prompts(None, None, "/some/model")
+
+
+def test_demo_calibration_prompts_exclude_the_training_captions(tmp_path):
+    """With the model's ``train_info.json`` the general training captions are excluded too (the shipped demo
+    model copies some of its single-image training captions, so they are not "non-memorized" prompts)."""
+    from dataclasses import asdict
+
+    from sailscope.core.cli_calibrate import demo_calibration_prompts
+    from sailscope.core.demo.data import dataset_from_config
+    from sailscope.core.demo.train import TrainConfig
+
+    config = asdict(TrainConfig())
+    train = set(dataset_from_config(config).captions)
+    assert set(demo_calibration_prompts(48, tmp_path)) & train  # the grammar is small: fresh draws hit the training set
+    (tmp_path / "train_info.json").write_text(json.dumps({"config": config}))
+    fresh = demo_calibration_prompts(48, tmp_path)
+    assert len(set(fresh)) == 48 and not set(fresh) & train

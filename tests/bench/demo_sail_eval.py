@@ -137,6 +137,21 @@ def main(argv=None) -> int:
         orig_held[p] = gen(p)
     log("originals done")
 
+    def per_image(rows):
+        """One record per (memorized caption, seed): does this seed's ``x_T`` copy, and how sharp is it at step 1."""
+        return [{"caption": m["caption"], "kind": m["kind"], "seed": i, "dist": r["dist"][i], "copy": r["copy"][i],
+                 "sharpness": r["sharpness"][i]} for r, m in rows for i in range(len(r["dist"]))]
+
+    def copy_auc(images):
+        """Within exact memorized captions: AUC of a seed's step-1 sharpness for "this seed copies" (SAIL's premise
+        is that the copying starts are the sharp ones)."""
+        from sailscope.core.detect import roc_auc
+
+        ex = [r for r in images if r["kind"] == "exact"]
+        n_copy = sum(r["copy"] for r in ex)
+        auc = roc_auc([r["sharpness"] for r in ex], [int(r["copy"]) for r in ex]) if 0 < n_copy < len(ex) else None
+        return {"n_copy": n_copy, "n_other": len(ex) - n_copy, "auc": auc}
+
     def summarize_memo(rows, kind="exact"):
         rows = [r for r, m in rows if m["kind"] == kind]
         flat = lambda key: [v for r in rows for v in r[key]]
@@ -150,7 +165,9 @@ def main(argv=None) -> int:
         "heldout": {"copy_rate": float(np.mean([c for s in held_orig_scores.values() for c in s["copy"]])),
                     "attr_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["attr"]]))},
         "step1_sharpness_memorized": float(np.mean([v for m in memo for v in m["orig"]["sharpness"]])),
+        "per_image": per_image([(m["orig"], m) for m in memo]),
     }
+    results["original"]["sharpness_predicts_copy"] = copy_auc(results["original"]["per_image"])
 
     save()
 
@@ -162,6 +179,7 @@ def main(argv=None) -> int:
             g = gen(m["caption"], x_T=r.x_T, n=n)
             rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}, m))
             meta.append({"converged": r.converged, "steps": r.steps, "seconds": r.seconds, "calls": r.unet_calls,
+                         "xT_rms": (r.x_T.flatten(1).norm(dim=1) / r.x_T[0].numel() ** 0.5).tolist(),
                          "threshold": r.threshold, "source": r.threshold_source})
         for p in prompts_held:
             r = run_sail(pipe, gs_of(p), sail)
@@ -170,8 +188,13 @@ def main(argv=None) -> int:
         out = {"memorized_exact": summarize_memo(rows), "memorized_template": summarize_memo(rows, "template"),
                "converged_rate": float(np.mean([c for x in meta for c in x["converged"]])),
                "mean_steps": float(np.mean([c for x in meta for c in x["steps"]])),
+               # RMS of SAIL's x_T entries (a fresh N(0, I) draw gives ~1.00): far above 1 the start is off the
+               # Gaussian shell and images turn to noise texture
+               "xT_rms_mean": float(np.mean([c for x in meta for c in x["xT_rms"]])),
+               "xT_rms_max": float(np.max([c for x in meta for c in x["xT_rms"]])),
                "threshold": meta[0]["threshold"] if meta else None, "threshold_source": meta[0]["source"] if meta else None,
-               "step1_sharpness_exact": [v for r, m in rows if m["kind"] == "exact" for v in r["sharpness"]]}
+               "step1_sharpness_exact": [v for r, m in rows if m["kind"] == "exact" for v in r["sharpness"]],
+               "per_image": per_image(rows)}
         out["step1_below_detection"] = float(np.mean([v < det_thr for v in out["step1_sharpness_exact"]])) if rows else None
         if held:
             out["heldout"] = {
