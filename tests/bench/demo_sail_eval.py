@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--timing", type=int, default=6, help="memorized prompts in the timing comparison")
     p.add_argument("--sweep-seeds", type=int, default=None,
                    help="seeds for the threshold sweep and RTA stages (default: --seeds)")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="SAIL candidates per image for the default and sweep stages (default 1 = the seed's own x_T)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip", default="", help="comma list of stages to skip: default,sweep,rta,timing")
     return p.parse_args(argv)
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
             }
         return out
 
-    default = SailSettings(objective=args.objective)
+    default = SailSettings(objective=args.objective, candidates=args.candidates)
     skip = set(args.skip.split(","))
     if "default" not in skip:
         results["sail_default"] = sail_rows(default, memo, heldout) | {"settings": default.to_dict()}
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
         points = fixed or [(q, record.sail_threshold(args.objective, alpha, delta=default.delta, quantile=q))
                            for q in (float(x) for x in args.quantiles.split(","))]
         for q, thr in points:
-            s = SailSettings(objective=args.objective, threshold=thr)
+            s = SailSettings(objective=args.objective, threshold=thr, candidates=args.candidates)
             results["sail_sweep"].append({"quantile": q, "threshold": thr} | sail_rows(s, memo, [], sweep_seeds))
             log(f"SAIL threshold {thr:.4g} (q{q}): {json.dumps(results['sail_sweep'][-1]['memorized_exact'])}")
             save()
