@@ -34,8 +34,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, seed: int = 99) -> list[str]:
     """Fresh demo-grammar captions: not in the training set (memorized or general) and not in the held-out evaluation
-    set (no in-sample tuning). A general training caption is seen with one image only, but a long-trained model
-    can still copy it, so it is no reference for "not memorized"."""
+    set (no in-sample tuning). A general training caption comes with one image only, but the model was fitted to it,
+    so it is not a fresh prompt."""
     import numpy as np
 
     from sailscope.core.demo.data import random_caption_spec

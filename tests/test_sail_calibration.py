@@ -131,8 +131,8 @@ def test_demo_calibration_prompts_exclude_evaluation_and_memorized_captions(tmp_
 
 
 def test_demo_calibration_prompts_exclude_the_training_captions(tmp_path):
-    """With the model's ``train_info.json`` the general training captions are excluded too (the shipped demo
-    model copies some of its single-image training captions, so they are not "non-memorized" prompts)."""
+    """With the model's ``train_info.json`` the general training captions are excluded too (in-sample prompts are
+    not fresh, even when each comes with one image only)."""
     from dataclasses import asdict
 
     from sailscope.core.cli_calibrate import demo_calibration_prompts

@@ -149,10 +149,10 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
     copy_templ = np.array([d < tau for r in templ for d in r["copy_rmse"]])
     nn_all = np.array([d for r in hrows for d in r["nn_rmse"]])
     nn_memo_all = np.array([d for r in hrows for d in r["nn_memorized_rmse"]])
-    truth = heldout_truth_renders([r["caption"] for r in hrows], info["config"].get("data_design", "v1"), seeds)
+    held_caps = [r["caption"] for r in hrows]
+    truth = heldout_truth_renders(held_caps, info["config"].get("data_design", "v1"), seeds)  # prompt-major
     truth_nn = nearest_train_rmse(truth, train)
-    truth_attr = np.array([demo_data.check_attributes(a, r["caption"]) for a, r in
-                           zip(truth, (r for r in hrows for _ in range(seeds)))])
+    truth_attr = np.array([demo_data.check_attributes(a, c) for a, c in zip(truth, np.repeat(held_caps, seeds))])
     attr_all = np.array([a for r in hrows for a in r["attr_ok"]])
     labels = [r["label"] for r in rows]
     det = {}

@@ -190,8 +190,8 @@ def main(argv=None) -> int:
         out = {"memorized_exact": summarize_memo(rows), "memorized_template": summarize_memo(rows, "template"),
                "converged_rate": float(np.mean([c for x in meta for c in x["converged"]])),
                "mean_steps": float(np.mean([c for x in meta for c in x["steps"]])),
-               # RMS of SAIL's x_T entries (a fresh N(0, I) draw gives ~1.00): far above 1 the start is off the
-               # Gaussian shell and images turn to noise texture
+               # RMS of SAIL's x_T entries (a fresh N(0, I) draw gives ~1.00): far above 1 the start leaves the
+               # Gaussian shell the model was trained on
                "xT_rms_mean": float(np.mean([c for x in meta for c in x["xT_rms"]])),
                "xT_rms_max": float(np.max([c for x in meta for c in x["xT_rms"]])),
                "threshold": meta[0]["threshold"] if meta else None, "threshold_source": meta[0]["source"] if meta else None,
