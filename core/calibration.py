@@ -6,8 +6,10 @@ scales for different models, resolutions and schedules. Calibration measures, at
 non-memorized prompts × seeds, and stores the raw values. Thresholds are quantiles of those values:
 
 * SAIL: ``quantile_q(first_term + α · prior_term)`` for the objective, α and δ in use (any α works from the
-  same record; the paper objective needs the δ it was measured with). Default ``q = 0.9``: a noise is
-  accepted once its loss looks like that of a typical non-memorized prompt.
+  same record; the paper objective needs the δ it was measured with). Two levels: the *trigger*
+  ``q = 0.9`` (a start below it is left alone, so about 90 % of non-memorized prompts are untouched) and the
+  *threshold* ``q = 0.5`` that a start above the trigger is optimized down to (as flat as the median
+  non-memorized start). A single q0.9 level stopped the search too early to change demo-model copies.
 * α of the paper objective (unless set): ``median(first term) / median(prior)``, so that at a typical
   non-memorized start the prior and the sharpness weigh the same. The first term's scale differs by orders
   of magnitude between models; a fixed α would let the prior's seed-to-seed fluctuation
@@ -40,7 +42,8 @@ from sailscope.core.errors import UserInputError
 
 CALIBRATION_FILE = "calibration.json"
 MODEL_FOLDER_FILE = "sail_calibration.json"
-DEFAULT_QUANTILE = 0.9
+DEFAULT_QUANTILE = 0.5  # SAIL threshold "auto": the flatness of a typical non-memorized start
+TRIGGER_QUANTILE = 0.9  # SAIL trigger "auto": starts below this are left alone
 DETECTION_QUANTILE = 0.99
 FORMAT_VERSION = 1
 
@@ -241,6 +244,28 @@ def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, delta: float | None
     )
 
 
+def resolve_trigger(pipe: Any, sail: Any, *, alpha: float, threshold: float, delta: float | None = None,
+                    quantile: float = TRIGGER_QUANTILE) -> tuple[float | None, str]:
+    """``(trigger, where it came from)``: starts whose loss is ``≤ max(trigger, threshold)`` stay unchanged.
+
+    ``"auto"``: the calibrated ``quantile`` when this model has a calibration, else the threshold (one level,
+    as in the paper); ``None``: the threshold.
+    """
+    trig = getattr(sail, "trigger", None)
+    if trig is None:
+        return None, "same as the threshold"
+    if not isinstance(trig, str):
+        return float(trig), "user setting"
+    if delta is None:
+        delta = sail.delta_for(pipe.unet.dtype)
+    found = find_calibration(pipe)
+    if found is None:
+        return None, "same as the threshold (no calibration for this model)"
+    rec, path = found
+    value = rec.sail_threshold(sail.objective, alpha, delta=delta, quantile=quantile)
+    return value, f"calibrated: q{quantile:g} of {rec.n} non-memorized prompt×seed values from {path}"
+
+
 def detection_threshold(pipe: Any, quantile: float = DETECTION_QUANTILE) -> tuple[float, str] | None:
     """Step-1 sharpness ``‖HΔ sΔ‖²`` threshold (score space, fd HVP) for this model, or None if uncalibrated."""
     found = find_calibration(pipe)
@@ -328,5 +353,5 @@ __all__ = [
     "Calibration", "measure", "save_calibration", "load_calibrations", "find_calibration", "resolve_threshold",
     "resolve_alpha",
     "detection_threshold", "published_threshold", "model_key", "model_fingerprint", "settings_dir",
-    "calibration_path", "DEFAULT_QUANTILE", "DETECTION_QUANTILE", "PUBLISHED",
+    "calibration_path", "DEFAULT_QUANTILE", "TRIGGER_QUANTILE", "resolve_trigger", "DETECTION_QUANTILE", "PUBLISHED",
 ]

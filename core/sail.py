@@ -42,6 +42,17 @@ after the last one; an accepted candidate leaves the batch (it costs no further 
 ``stop="first"`` an image stops searching at its first accepted candidate. When no candidate of an image
 reaches the threshold within ``max_steps`` the result says so (``converged=False``) and returns the
 lowest-loss iterate seen.
+
+Two thresholds (``trigger`` and ``threshold``): at step 0 a start is also accepted, unchanged, when its loss
+is ``≤ trigger`` (default: the calibrated q0.9 of non-memorized prompts, so typical prompts are left alone);
+a start that is sharper than that is optimized down to ``threshold`` (default: the calibrated median, the
+flatness of a typical non-memorized start). With one calibrated level for both, the search stopped as soon
+as a copying start looked "not unusual" and most demo-model copies survived (docs/mitigation.md).
+
+``sphere=True`` (default) makes every step a Riemannian one on the sphere ``‖z‖ = ‖z_0‖`` of the candidate's
+own start: the gradient's tangent component goes to Adam and the update is retracted onto the sphere: a unit Gaussian in ``d`` dimensions lives on the shell ``‖z‖ ≈ sqrt(d)``, and large free Adam
+steps left it (RMS ≈ 1.3 after 20 steps at lr 0.1) and turned demo images into noise texture. On the
+sphere ``α ‖z‖²`` is a constant, so α only offsets the loss there.
 """
 from __future__ import annotations
 
@@ -96,8 +107,11 @@ def default_alpha(objective: str, prediction_type: str = "epsilon") -> float:
 class SailSettings:
     """Everything that determines SAIL's ``x_T`` besides the generation settings (seed, prompt, scheduler).
 
-    ``threshold``: a number in the objective's units, or ``"auto"`` (per-model calibration, see
-    :mod:`sailscope.core.calibration`). ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
+    ``threshold``: the loss a candidate is optimized down to, a number in the objective's units or ``"auto"``
+    (per-model calibration, see :mod:`sailscope.core.calibration`). ``trigger``: a start whose loss is
+    already ``≤ trigger`` is kept unchanged (``"auto"``: the calibrated trigger quantile, or the threshold
+    without a calibration; ``None``: the threshold). ``sphere``: keep each candidate on the sphere of its
+    start's norm. ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
     noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None``: the model's calibrated α for the paper
     objective (fallback :func:`default_alpha`), the authors' α for the reference objective;
     ``delta=None`` (paper objective's relative step) picks :func:`auto_delta` for the UNet's dtype.
@@ -105,9 +119,11 @@ class SailSettings:
 
     objective: Objective = "paper"
     threshold: float | str = "auto"
-    max_steps: int = 10
+    trigger: float | str | None = "auto"
+    max_steps: int = 6
     candidates: int = 1
-    lr: float = 0.05
+    lr: float = 0.3
+    sphere: bool = True
     alpha: float | None = None
     delta: float | None = None
     candidate_seed: int = 0
@@ -121,6 +137,14 @@ class SailSettings:
                 raise UserInputError(f"sail threshold must be a number or 'auto', got {self.threshold!r}")
         elif isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold):
             raise UserInputError(f"sail threshold must be a finite number or 'auto', got {self.threshold!r}")
+        if isinstance(self.trigger, str):
+            if self.trigger != "auto":
+                raise UserInputError(f"sail trigger must be a number, 'auto' or unset, got {self.trigger!r}")
+        elif self.trigger is not None and (isinstance(self.trigger, bool) or not isinstance(self.trigger, (int, float))
+                                           or not math.isfinite(self.trigger)):
+            raise UserInputError(f"sail trigger must be a finite number, 'auto' or unset, got {self.trigger!r}")
+        if not isinstance(self.sphere, bool):
+            raise UserInputError(f"sail sphere must be true or false, got {self.sphere!r}")
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or not 0 <= self.max_steps <= 1000:
             raise UserInputError(f"sail max_steps must be an integer in [0, 1000], got {self.max_steps!r}")
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
@@ -172,6 +196,24 @@ def relative_step(x: Tensor, v: Tensor, delta: float) -> Tensor:
     with torch.no_grad():
         xn, vn = _flat_norm(x), _flat_norm(v)
         return delta * torch.where(xn > 0, xn, torch.ones_like(xn)) / vn.clamp_min(torch.finfo(vn.dtype).tiny)
+
+
+def tangent_component(g: Tensor, z: Tensor) -> Tensor:
+    """``g`` minus its component along ``z``, per row: the gradient on the sphere through ``z``.
+
+    Without it the radial part (all of ``α ‖z‖²``'s gradient, and some of the sharpness term's) dominates
+    Adam's per-coordinate normalization and the retraction then undoes most of the step.
+    """
+    zz = (z.reshape(z.shape[0], -1) ** 2).sum(1).clamp_min(torch.finfo(z.dtype).tiny)
+    gz = (g.reshape(g.shape[0], -1) * z.reshape(z.shape[0], -1)).sum(1)
+    return g - _per_sample(gz / zz, g) * z
+
+
+def retract_to_sphere(z: Tensor, radius: Tensor) -> Tensor:
+    """Rows of ``z`` rescaled to norms ``radius`` (shape ``(B,)``): the retraction onto the start's sphere."""
+    n = _flat_norm(z).clamp_min(torch.finfo(z.dtype).tiny)
+    r = radius.to(z.dtype)
+    return z * _per_sample(torch.where(r > 0, r / n, torch.ones_like(n)), z)  # a zero start has no sphere
 
 
 def paper_objective(eps_pair: EpsPair, z: Tensor, *, sigma: float, alpha: float, delta: float | Tensor,
@@ -299,6 +341,8 @@ class SailResult:
     warnings: list[str] = field(default_factory=list)
     delta: float | None = None  # paper objective's relative step (None for reference)
     alpha_source: str = "user setting"
+    trigger: float | None = None  # starts with loss <= max(trigger, threshold) were kept unchanged
+    trigger_source: str = "same as the threshold"
 
     @property
     def all_converged(self) -> bool:
@@ -308,7 +352,8 @@ class SailResult:
         return {
             "objective": self.objective, "alpha": self.alpha, "alpha_source": self.alpha_source, "delta": self.delta,
             "threshold": self.threshold,
-            "threshold_source": self.threshold_source, "settings": self.settings.to_dict(),
+            "threshold_source": self.threshold_source, "trigger": self.trigger, "trigger_source": self.trigger_source,
+            "settings": self.settings.to_dict(),
             "converged": self.converged, "chosen": self.chosen, "steps": self.steps, "loss": self.loss,
             "initial_loss": self.initial_loss, "candidate_image": self.candidate_image,
             "candidate_seeds": self.candidate_seeds, "unet_calls": self.unet_calls, "unet_rows": self.unet_rows,
@@ -356,13 +401,16 @@ def iter_optimize(
     threshold_source: str = "user setting",
     delta: float | None = None,
     alpha_source: str = "user setting",
+    trigger: float | None = None,
+    trigger_source: str = "same as the threshold",
     cancel: Callable[[], bool] | threading.Event | None = None,
 ) -> Iterator[SailStep | SailResult]:
     """Run SAIL on candidates ``z0`` (K, ...); yields a :class:`SailStep` per evaluation, then the result.
 
     ``candidate_image[k]`` is the image candidate ``k`` belongs to (default: all image 0); the result has
     one row per image. ``eps_pair`` must accept any batch size (rows are independent). ``delta``: the
-    paper objective's resolved relative step (default ``settings.delta_for(float32)``).
+    paper objective's resolved relative step (default ``settings.delta_for(float32)``). ``trigger``: the
+    resolved trigger (None = the threshold); at step 0 the acceptance level is ``max(trigger, threshold)``.
     """
     start = time.perf_counter()
     delta = float(delta) if delta is not None else settings.delta_for(torch.float32)
@@ -373,6 +421,8 @@ def iter_optimize(
         raise UserInputError(f"candidate_image has {len(groups)} entries for {k_total} candidates")
     n_images = max(groups) + 1
     z = z0.detach().to("cpu", torch.float32).clone()
+    radius = _flat_norm(z)  # the sphere each candidate stays on (settings.sphere)
+    first_level = threshold if trigger is None else max(float(trigger), float(threshold))
     device = z0.device
     adam = RowAdam(tuple(z.shape), lr=float(settings.lr))
     active = list(range(k_total))
@@ -403,7 +453,7 @@ def iter_optimize(
             if lv < best_loss[r]:  # NaN never wins
                 best_loss[r], best_steps[r] = lv, step
                 best_z[r] = z[r]
-            if lv <= threshold:
+            if lv <= (first_level if step == 0 else threshold):
                 accepted_step[r], accepted_z[r], accepted_loss[r] = step, z[r].clone(), lv
                 newly.append(r)
         if all(not math.isfinite(float(v)) for v in loss) and step == 0:
@@ -425,7 +475,13 @@ def iter_optimize(
         lk = val.loss[keep_t.to(val.loss.device)]
         lk = torch.where(torch.isfinite(lk), lk, torch.zeros_like(lk))  # a NaN row must not poison the others
         (grad,) = torch.autograd.grad(lk.sum(), zi)
-        adam.step(z, rows[keep_t], grad[keep_t.to(grad.device)].detach().to("cpu", torch.float32))
+        moved = rows[keep_t]
+        g = grad[keep_t.to(grad.device)].detach().to("cpu", torch.float32)
+        if settings.sphere:  # Riemannian step: tangent gradient, Adam, retraction (moments are not transported)
+            g = tangent_component(g, z[moved])
+        adam.step(z, moved, g)
+        if settings.sphere:
+            z[moved] = retract_to_sphere(z[moved], radius[moved])
         active = [active[j] for j in keep]
 
     # choose per image: earliest accepted candidate (lowest index on ties), else the lowest loss seen
@@ -453,6 +509,7 @@ def iter_optimize(
         candidate_seeds=list(candidate_seeds) if candidate_seeds is not None else [None] * k_total,
         unet_calls=counted.calls, unet_rows=counted.rows, seconds=time.perf_counter() - start, warnings=warnings,
         delta=delta if settings.objective == "paper" else None, alpha_source=alpha_source,
+        trigger=trigger, trigger_source=trigger_source,
     )
 
 
@@ -568,7 +625,7 @@ def iter_sail(
 
     Candidate 0 of image ``i`` is exactly the noise stock diffusers draws for seed ``seed + i``.
     """
-    from sailscope.core.calibration import resolve_alpha, resolve_threshold
+    from sailscope.core.calibration import resolve_alpha, resolve_threshold, resolve_trigger
     from sailscope.core.generate import check_settings, encode, initial_noise
 
     # 1. Check inputs
@@ -581,6 +638,7 @@ def iter_sail(
     delta = sail.delta_for(pipe.unet.dtype)
     # 2. Threshold (before any model work: a missing calibration fails fast)
     threshold, source = resolve_threshold(pipe, sail, alpha=alpha, delta=delta)
+    trigger, trigger_source = resolve_trigger(pipe, sail, alpha=alpha, delta=delta, threshold=threshold)
     # 3. Embeddings and first-step geometry
     device = pipe._execution_device
     with torch.no_grad():
@@ -594,7 +652,8 @@ def iter_sail(
     yield from iter_optimize(
         diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
         alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
-        threshold_source=source, delta=delta, alpha_source=alpha_source, cancel=cancel,
+        threshold_source=source, delta=delta, alpha_source=alpha_source, trigger=trigger,
+        trigger_source=trigger_source, cancel=cancel,
     )
 
 
@@ -705,6 +764,15 @@ def _threshold_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"--sail-threshold must be a number or 'auto', got {text!r}") from None
 
 
+def _trigger_arg(text: str) -> float | str | None:
+    if text == "none":
+        return None
+    try:
+        return _threshold_arg(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--sail-trigger must be a number, 'auto' or 'none', got {text!r}") from None
+
+
 def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
     """``--sail`` and its options, plus ``--rta N`` (Random Token Addition baseline)."""
     d = SailSettings()
@@ -713,7 +781,12 @@ def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sail-objective", choices=OBJECTIVES, default=d.objective,
                    help="paper: ‖sΔ(x+δsΔ)-sΔ(x)‖²/δ²+α‖x‖² (score space); reference: the authors' eps-space proxy")
     g.add_argument("--sail-threshold", type=_threshold_arg, default=d.threshold,
-                   help="accept a noise when its loss is <= this; 'auto' = this model's calibration")
+                   help="optimize a noise until its loss is <= this; 'auto' = this model's calibration (median)")
+    g.add_argument("--sail-trigger", type=_trigger_arg, default=d.trigger,
+                   help="keep the seed's noise when its loss is already <= this; 'auto' = calibrated q0.9 "
+                        "(the threshold without a calibration); 'none' = the threshold")
+    g.add_argument("--sail-no-sphere", action="store_true",
+                   help="let Adam change the noise's norm (default: keep it on the sphere of the seed's noise)")
     g.add_argument("--sail-max-steps", type=int, default=d.max_steps, help="Adam steps per candidate (cap)")
     g.add_argument("--sail-candidates", type=int, default=d.candidates,
                    help="noises optimized together (1 = only the seed's own)")
@@ -732,6 +805,7 @@ def sail_settings_from_args(args: argparse.Namespace) -> SailSettings | None:
     return SailSettings(
         objective=args.sail_objective, threshold=args.sail_threshold, max_steps=args.sail_max_steps,
         candidates=args.sail_candidates, lr=args.sail_lr, alpha=args.sail_alpha, delta=args.sail_delta,
+        trigger=args.sail_trigger, sphere=not args.sail_no_sphere,
     )
 
 
@@ -752,6 +826,8 @@ def infotext_fields(result: Any) -> dict:
     """A1111-style infotext entries for a mitigated image (image 0 of the result)."""
     if isinstance(result, SailResult):
         return {"SAIL": "on", "SAIL objective": result.objective, "SAIL threshold": f"{result.threshold:.6g}",
+                "SAIL trigger": "-" if result.trigger is None else f"{result.trigger:.6g}",
+                "SAIL sphere": result.settings.sphere,
                 "SAIL alpha": f"{result.alpha:g}", "SAIL max steps": result.settings.max_steps,
                 "SAIL candidates": result.settings.candidates, "SAIL lr": result.settings.lr,
                 "SAIL steps": result.steps[0], "SAIL converged": result.converged[0]}
@@ -781,6 +857,8 @@ def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Names
             acc = f"  accepted {item.accepted}" if item.accepted else ""
             say(f"SAIL step {item.step:>3}/{item.max_steps}  loss [{losses}]  threshold {item.threshold:.5g}{acc}")
         elif isinstance(item, SailResult):
+            if item.trigger is not None:
+                say(f"SAIL trigger {item.trigger:.6g} ({item.trigger_source}): starts at or below it are kept")
             say(f"SAIL threshold {item.threshold:.6g} ({item.threshold_source}); objective {item.objective}, "
                 f"alpha {item.alpha:.4g} ({item.alpha_source}); {item.unet_calls} UNet calls, {item.seconds:.2f}s")
             for w in item.warnings:
@@ -820,5 +898,5 @@ __all__ = [
     "paper_objective", "reference_objective", "evaluate_objective", "iter_optimize", "optimize",
     "candidate_seed", "draw_candidates", "first_step", "diffusers_eps_pair", "iter_sail", "run_sail",
     "generate_pair", "run_pair", "add_sail_arguments", "sail_settings_from_args", "mitigation_from_args",
-    "default_alpha", "auto_delta", "relative_step", "OBJECTIVES",
+    "default_alpha", "auto_delta", "relative_step", "retract_to_sphere", "tangent_component", "OBJECTIVES",
 ]

@@ -258,6 +258,8 @@ class HostOptions:
 
     ``sharpness``: how step-1 sharpness is measured (``fd`` one extra CFG call, ``exact`` one JVP, ``off``).
     ``threshold`` must be a number in hosts: ``auto`` needs a calibration made with ``sailscope calibrate``.
+    Defaults are the authors' SD 1.4 loop (reference objective, 8.2, ≤ 10 steps, lr 0.05, one threshold, no
+    sphere retraction), validated on SD by the paper; the app's calibrated defaults were tuned on the demo model.
     """
 
     sail: bool = False
@@ -267,6 +269,7 @@ class HostOptions:
     candidates: int = 1
     lr: float = 0.05
     alpha: float | None = None
+    sphere: bool = False  # the authors' loop (free Adam steps); the app's default is True, see core.sail
     sharpness: str = "fd"
     show_original: bool = False
     save_plots: bool = True
@@ -288,7 +291,7 @@ class HostOptions:
 
         return SailSettings(
             objective=self.objective, threshold=float(self.threshold), max_steps=int(self.max_steps),
-            candidates=int(self.candidates), lr=float(self.lr),
+            candidates=int(self.candidates), lr=float(self.lr), sphere=bool(self.sphere), trigger=None,
             alpha=None if self.alpha in (None, "") or (isinstance(self.alpha, float) and self.alpha < 0) else float(self.alpha),
         )
 

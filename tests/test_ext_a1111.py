@@ -201,7 +201,7 @@ def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
         u = h.pipe.encode_prompt("", "cpu", 1, False, None)[0]
     gs = h.dsm.guided(999, c, u)
     noise = torch.randn(4, 8, 8, generator=torch.Generator("cpu").manual_seed(13))[None]  # image 2 of batch 2 = seed 13
-    ref = core_sail.optimize(gs.eps_pair, noise, core_sail.SailSettings(objective="reference", threshold=0.0, max_steps=2), sigma=gs.sigma,
+    ref = core_sail.optimize(gs.eps_pair, noise, core_sail.SailSettings(objective="reference", threshold=0.0, max_steps=2, lr=0.05, sphere=False), sigma=gs.sigma,
                              threshold=0.0, alpha=0.05, scale=scale)
     assert state_report[2]["sail"]["loss"] == pytest.approx(ref.loss[0], rel=1e-4)
     # per-step Wen per image for the original render and the SAIL run (3 steps each; hires not recorded)

@@ -128,7 +128,7 @@ def test_sail_noise_node_end_to_end(comfy):
     gs = c["dsm"].guided(999, c["cond"], c["uncond"])
     ref = torch.stack([
         core_sail.optimize(gs.eps_pair, stock[i:i + 1].clone(), core_sail.SailSettings(objective="reference", threshold=0.0,
-                           max_steps=2), sigma=gs.sigma, threshold=0.0, alpha=0.05, scale=1.0).x_T[0]
+                           max_steps=2, lr=0.05, sphere=False), sigma=gs.sigma, threshold=0.0, alpha=0.05, scale=1.0).x_T[0]
         for i in range(2)
     ])
     close(got, ref, 1e-4)

@@ -75,13 +75,36 @@ def test_paper_objective_minimizer_is_the_closed_form_one():
                                  torch.linalg.matrix_power(a64, 3) @ b64)
     eps_pair = guided_from_models(cond, uncond).eps_pair
     z0 = torch.zeros(1, D)
-    s = SailSettings(objective="paper", threshold=-1.0, max_steps=1000, lr=0.02, alpha=alpha)
+    s = SailSettings(objective="paper", threshold=-1.0, max_steps=1000, lr=0.02, alpha=alpha, sphere=False)
     res = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=alpha)
     assert res.converged == [False]  # a threshold below 0 can never be met
     # Adam with lr 0.02 hovers within ~lr of the optimum
     assert (res.x_T[0].double() - x_star).abs().max() < 0.02
     l_star = float((((a64 @ (a64 @ x_star + b64)) ** 2).sum()) + alpha * (x_star**2).sum())
     assert res.loss[0] == pytest.approx(l_star, rel=1e-3, abs=1e-5)
+
+
+def test_sphere_minimizer_is_the_trust_region_boundary_solution():
+    # on ‖x‖ = r:  min ‖A(Ax+b)‖²  =>  x(μ) = -(A⁴ + μI)⁻¹ A³ b with μ > -λ_min(A⁴) and ‖x(μ)‖ = r
+    # (the secular equation of the trust-region subproblem, solved by bisection); α‖x‖² is constant there
+    from scipy.optimize import brentq
+
+    cond, uncond = gaussians(torch.float32, seed=3)
+    a, b = affine_delta(cond, uncond)
+    a4, a3b = torch.linalg.matrix_power(a.double(), 4), torch.linalg.matrix_power(a.double(), 3) @ b.double()
+    lam_min = float(torch.linalg.eigvalsh(a4)[0])
+    x_of = lambda mu: -torch.linalg.solve(a4 + mu * torch.eye(D, dtype=torch.float64), a3b)
+    z0 = torch.randn(1, D, generator=torch.Generator().manual_seed(8))
+    r = float(z0.norm())
+    assert abs(float(x_of(0.0).norm()) - r) > 0.5  # the free minimizer is off the sphere: the constraint acts
+    mu = brentq(lambda m: float(x_of(m).norm()) - r, -lam_min + 1e-9, 1e8)  # ‖x(μ)‖ decreases in μ
+    x_star = x_of(mu)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    s = SailSettings(objective="paper", threshold=-1.0, max_steps=1000, lr=0.01, alpha=0.5, sphere=True)
+    res = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=0.5)
+    assert float(res.x_T[0].norm()) == pytest.approx(r, rel=1e-5)  # every iterate stays on the sphere
+    assert (res.x_T[0].double() - x_star).abs().max() < 0.03
+    assert all(p == pytest.approx(r * r, rel=1e-4) for st in res.trace for p in st.prior)  # α‖z‖² constant
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,11 +172,12 @@ def test_row_adam_matches_torch_adam():
     torch.testing.assert_close(z, z_ref.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_single_candidate_equals_a_plain_adam_loop():
+@pytest.mark.parametrize("sphere", [False, True])
+def test_single_candidate_equals_a_plain_adam_loop(sphere):
     cond, uncond = gaussians()
     eps_pair = guided_from_models(cond, uncond).eps_pair
     z0 = torch.randn(1, D, generator=torch.Generator().manual_seed(6))
-    s = SailSettings(objective="paper", threshold=-1.0, max_steps=7, alpha=0.01, delta=0.1)
+    s = SailSettings(objective="paper", threshold=-1.0, max_steps=7, alpha=0.01, delta=0.1, lr=0.05, sphere=sphere)
     res = optimize(eps_pair, z0, s, sigma=1.0, threshold=-1.0, alpha=0.01)
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=0.05)
@@ -163,7 +187,13 @@ def test_single_candidate_equals_a_plain_adam_loop():
         l = paper_objective(eps_pair, z, sigma=1.0, alpha=0.01, delta=0.1).loss
         losses.append(float(l.detach()))
         l.sum().backward()
+        if sphere:
+            with torch.no_grad():
+                z.grad -= (z.grad * z).sum() / (z * z).sum() * z
         opt.step()
+        if sphere:  # tangent gradient, then retraction back onto ‖z‖ = ‖z_0‖ after the update
+            with torch.no_grad():
+                z.mul_(z0.norm() / z.norm())
     losses.append(float(paper_objective(eps_pair, z.detach(), sigma=1.0, alpha=0.01, delta=0.1).loss))
     assert [s.loss[0] for s in res.trace] == pytest.approx(losses, rel=1e-5)
     assert len(res.trace) == 8 and res.trace[0].step == 0 and res.trace[-1].step == 7
@@ -203,6 +233,31 @@ def test_early_stop_drops_converged_candidates_from_the_batch():
     assert res.converged == [True] and res.chosen == [0] and res.steps == [0]
     torch.testing.assert_close(res.x_T[0], z0[0])
     assert all(st.threshold == threshold for st in steps)
+
+
+def test_trigger_keeps_flat_starts_and_optimizes_sharp_ones_down_to_the_threshold():
+    cond, uncond = gaussians()
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    x_low = -torch.linalg.solve(a, b)  # sΔ = 0: loss 0 with α = 0
+    z0 = torch.stack([x_low + 0.2, x_low + 2.0])  # two images: a mildly sharp start and a sharp one
+    l0 = paper_objective(eps_pair, z0, sigma=1.0, alpha=0.0, delta=0.1).loss
+    threshold, trigger = float(l0[0]) / 4, float(l0[0]) * 2  # threshold < l0[0] < trigger < l0[1]
+    assert float(l0[1]) > trigger
+    s = SailSettings(threshold=threshold, trigger=trigger, max_steps=300, alpha=0.0, lr=0.05, sphere=False)
+    res = optimize(eps_pair, z0, s, sigma=1.0, threshold=threshold, alpha=0.0, trigger=trigger,
+                   candidate_image=[0, 1])
+    assert res.converged == [True, True] and res.steps[0] == 0 and res.trace[0].accepted == [0]
+    torch.testing.assert_close(res.x_T[0], z0[0])  # kept unchanged although its loss is above the threshold
+    assert res.steps[1] > 0 and res.loss[1] <= threshold < trigger  # optimized past the trigger, to the threshold
+    assert res.trigger == trigger and res.report()["trigger"] == trigger
+    # without a trigger (one level, as in the paper) both starts are optimized to the threshold
+    one = optimize(eps_pair, z0, s, sigma=1.0, threshold=threshold, alpha=0.0, candidate_image=[0, 1])
+    assert one.steps[0] > 0 and one.loss[0] <= threshold and one.trigger is None
+    # a trigger below the threshold changes nothing: step 0 accepts at max(trigger, threshold)
+    low = optimize(eps_pair, z0, s, sigma=1.0, threshold=float(l0[0]) * 1.01, alpha=0.0, trigger=0.0,
+                   candidate_image=[0, 1])
+    assert low.steps[0] == 0 and low.converged[0]
 
 
 def test_stop_first_ends_an_image_search_at_its_first_accepted_candidate():
@@ -292,7 +347,8 @@ def test_settings_validation_names_the_argument(kwargs, word):
 
 def test_settings_are_frozen_keyword_only_with_model_defaults():
     s = SailSettings()
-    assert (s.objective, s.threshold, s.lr, s.candidates) == ("paper", "auto", 0.05, 1)
+    assert (s.objective, s.threshold, s.trigger, s.lr, s.max_steps, s.candidates, s.sphere) == (
+        "paper", "auto", "auto", 0.3, 6, 1, True)
     with pytest.raises(Exception):
         s.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):

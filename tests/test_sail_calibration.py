@@ -44,13 +44,18 @@ def test_thresholds_are_quantiles_and_auto_names_its_source(tiny_pipe, record, t
     path = cal.save_calibration(record)
     assert path == tmp_path / "calibration.json" and json.loads(path.read_text())["version"] == 1
     v = record.values["reference"]
-    want = float(np.quantile(np.array(v["sharpness"]) + 0.05 * np.array(v["prior"]), 0.9))
+    loss = np.array(v["sharpness"]) + 0.05 * np.array(v["prior"])
+    want, want_trigger = float(np.quantile(loss, 0.5)), float(np.quantile(loss, 0.9))
     assert record.sail_threshold("reference", 0.05) == pytest.approx(want)
     thr, source = cal.resolve_threshold(tiny_pipe, SailSettings(objective="reference"), alpha=0.05)
     assert thr == pytest.approx(want) and str(path) in source and "calibrated" in source
     res = run_sail(tiny_pipe, GenerationSettings(prompt="a red circle", steps=3),
                    SailSettings(objective="reference", max_steps=1))
     assert res.threshold == pytest.approx(want) and res.threshold_source == source
+    # the trigger: calibrated q0.9 (starts below it are kept); a number or None (= the threshold) as given
+    assert res.trigger == pytest.approx(want_trigger) and "q0.9" in res.trigger_source and str(path) in res.trigger_source
+    assert cal.resolve_trigger(tiny_pipe, SailSettings(trigger=None), alpha=0.05, threshold=thr)[0] is None
+    assert cal.resolve_trigger(tiny_pipe, SailSettings(trigger=2.0), alpha=0.05, threshold=thr) == (2.0, "user setting")
     assert cal.detection_threshold(tiny_pipe)[0] == pytest.approx(
         float(np.quantile(record.values["detection"]["sharpness"], 0.99)))
     with pytest.raises(UserInputError, match="delta"):
@@ -66,6 +71,9 @@ def test_thresholds_are_quantiles_and_auto_names_its_source(tiny_pipe, record, t
     assert paper.threshold == pytest.approx(record.sail_threshold("paper", pa, delta=1e-3))
     monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "empty"))
     assert cal.resolve_alpha(tiny_pipe, SailSettings()) == (1e-3, "default (not calibrated)")
+    # without a calibration "auto" falls back to one level (the threshold), and says so
+    t, src = cal.resolve_trigger(tiny_pipe, SailSettings(threshold=3.0), alpha=1e-3, threshold=3.0)
+    assert t is None and "no calibration" in src
 
 
 def test_identity_follows_the_weights(tiny_pipe):

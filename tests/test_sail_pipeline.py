@@ -34,7 +34,7 @@ def test_candidate_zero_is_the_stock_noise_and_zero_steps_keep_it(tiny_pipe):
 
 def test_sail_is_deterministic_and_changes_the_noise(tiny_pipe):
     gs = settings(num_images=2)
-    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, candidates=2)
+    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, candidates=2, lr=0.05, sphere=False)
     r1, r2 = run_sail(tiny_pipe, gs, s), run_sail(tiny_pipe, gs, s)
     assert torch.equal(r1.x_T, r2.x_T) and [t.loss for t in r1.trace] == [t.loss for t in r2.trace]
     assert r1.x_T.shape == (2, 4, 8, 8) and r1.converged == [False, False]
@@ -116,8 +116,13 @@ def test_half_precision_unet_with_fp32_latents(tiny_pipe):
     half = _half_pipe(tiny_pipe, dtype)
     assert half.unet.dtype == dtype
     gs = settings()
-    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2)
+    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, lr=0.05, sphere=False)
     r16, r32 = run_sail(half, gs, s), run_sail(tiny_pipe, gs, s)
+    # the sphere step runs in fp32 too: the half-precision result keeps the stock noise's norm exactly
+    on = run_sail(half, gs, SailSettings(objective="reference", threshold=-1.0, max_steps=2))
+    stock = initial_noise(tiny_pipe, gs)
+    assert on.x_T.dtype == torch.float32 and not torch.equal(on.x_T, stock)
+    assert float(on.x_T.norm()) == pytest.approx(float(stock.norm()), rel=1e-6)
     assert r16.x_T.dtype == torch.float32
     # Adam's updates are fp32: the result is not representable in the UNet's dtype
     assert not torch.equal(r16.x_T.to(dtype).float(), r16.x_T)

@@ -123,6 +123,15 @@ def build_settings(prompt: str, negative: str, seed: Any, steps: Any, guidance: 
     return settings
 
 
+def _default_sail_steps() -> int:
+    """The core's default Adam step cap (the slider starts there)."""
+    if not sail_available():
+        return 0
+    from sailscope.core.sail import SailSettings
+
+    return SailSettings().max_steps
+
+
 def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, candidates: Any) -> Any:
     if not enabled:
         return None
@@ -610,7 +619,7 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
                 c["sail_threshold"] = compat.make(gr.Textbox, value="auto", label="Threshold (auto = model calibration)",
                                                   elem_id="ss-sail-threshold")
                 with gr.Row():
-                    c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=10,
+                    c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=_default_sail_steps(),
                                                       label="Max steps", elem_id="ss-sail-max-steps")
                     c["sail_candidates"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=1,
                                                        label="Candidates", elem_id="ss-sail-candidates")
