@@ -138,5 +138,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"calibrated {record.name} on {record.n} prompt×seed values (t={record.t:g}); saved to {path}")
         print(f"  step-1 sharpness detection threshold (q0.99): {summary['detection_threshold']:.6g}")
         for objective, v in summary["sail_threshold"].items():
-            print(f"  SAIL {objective} threshold (alpha={v['alpha']:g}): q0.9 {v['q0.9']:.6g}  (median {v['q0.5']:.6g})")
+            print(f"  SAIL {objective} (alpha={v['alpha']:g}): trigger q0.9 {v['q0.9']:.6g}, threshold q0.5 {v['q0.5']:.6g}")
     return 0

@@ -499,7 +499,9 @@ class JobView:
             if run == "sail" and self.sail_result is not None:
                 r = self.sail_result
                 extra.update({"SAIL converged": r.converged[0], "SAIL loss": r.loss[0], "SAIL steps": r.steps[0],
-                              "SAIL threshold source": r.threshold_source})
+                              "SAIL threshold source": r.threshold_source,
+                              "SAIL trigger": getattr(r, "trigger", None),
+                              "SAIL trigger source": getattr(r, "trigger_source", None)})
         return extra
 
 
