@@ -48,6 +48,8 @@ def parse_args(argv=None):
                    help="seeds for the threshold sweep and RTA stages (default: --seeds)")
     p.add_argument("--candidates", type=int, default=1,
                    help="SAIL candidates per image for the default and sweep stages (default 1 = the seed's own x_T)")
+    p.add_argument("--grid", default=None,
+                   help="also write a PNG: per exact caption, its training image, the originals and SAIL's images")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip", default="", help="comma list of stages to skip: default,sweep,rta,timing")
     return p.parse_args(argv)
@@ -55,6 +57,38 @@ def parse_args(argv=None):
 
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+def write_grid(path: Path, memo, originals, mitigated, tau: float) -> None:
+    """One row per caption: training image | original per seed | SAIL per seed; copies framed red (RMSE < tau)."""
+    from PIL import Image, ImageDraw
+
+    def tile(a, frame=None):
+        im = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8))
+        if frame:
+            ImageDraw.Draw(im).rectangle([0, 0, im.width - 1, im.height - 1], outline=frame, width=2)
+        return im
+
+    rows = []
+    for m in memo:
+        cells = [tile(m["train"], (40, 40, 40))]
+        for arr in (originals[m["caption"]].array, mitigated[m["caption"]]):
+            cells.append(None)  # gap
+            cells += [tile(a, (220, 30, 30) if rmse(a, m["train"]) < tau else None) for a in arr]
+        rows.append(cells)
+    size, gap = rows[0][0].width, 8
+    width = sum(gap if c is None else size for c in rows[0])
+    sheet = Image.new("RGB", (width, len(rows) * (size + 2)), "white")
+    for i, cells in enumerate(rows):
+        x = 0
+        for c in cells:
+            if c is None:
+                x += gap
+                continue
+            sheet.paste(c, (x, i * (size + 2)))
+            x += size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
 
 
 def main(argv=None) -> int:
@@ -188,6 +222,8 @@ def main(argv=None) -> int:
         return torch.stack(out).reshape(z0.shape).float(), [float(torch.rad2deg(torch.arccos(
             (a @ b / (a.norm() * b.norm())).clamp(-1, 1)))) for a, b in zip(z0.flatten(1).double(), z1.flatten(1).double())]
 
+    sail_images: dict = {}
+
     def sail_rows(sail: SailSettings, prompts_memo, prompts_held, n=n_seeds, control=False):
         from sailscope.core.generate import initial_noise
 
@@ -195,6 +231,8 @@ def main(argv=None) -> int:
         for m in prompts_memo:
             r = run_sail(pipe, gs_of(m["caption"], n), sail)
             g = gen(m["caption"], x_T=r.x_T, n=n)
+            if control:
+                sail_images[m["caption"]] = g.array
             rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}, m))
             if control:
                 z_rand, angles = same_angle_random(initial_noise(pipe, gs_of(m["caption"], n)), r.x_T, len(ctrl))
@@ -237,6 +275,10 @@ def main(argv=None) -> int:
         results["sail_default"] = sail_rows(default, memo, heldout, control=True) | {"settings": default.to_dict()}
         log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
         save()
+
+    if args.grid and sail_images:
+        write_grid(Path(args.grid), [m for m in memo if m["kind"] == "exact"], orig_memo, sail_images, tau)
+        log(f"grid written to {args.grid}")
 
     # 4. Sweeps on memorized prompts
     alpha, alpha_source = cal.resolve_alpha(pipe, default)  # the alpha the runs will use (calibrated, if so)
