@@ -165,6 +165,19 @@ def test_sail_pair_shows_both_images_loss_trace_and_infotext(ctx):
     assert len(final[S["sail_plot"]].data) >= 1
 
 
+def test_sail_loss_figure_draws_threshold_and_a_distinct_trigger():
+    from sailscope.ui import plots
+
+    trace = [{"step": 0, "candidate": 0, "loss": 0.2}, {"step": 1, "candidate": 0, "loss": 0.01}]
+    fig = plots.sail_loss_figure(trace, 0.017, 0.052)
+    lines = sorted((sh.y0, ann.text) for sh, ann in zip(fig.layout.shapes, fig.layout.annotations))
+    assert lines == [(0.017, "threshold 0.017"), (0.052, "trigger 0.052")]
+    assert list(fig.data[0].y) == [0.2, 0.01]
+    # one level (trigger None, or equal to the threshold): one line
+    assert len(plots.sail_loss_figure(trace, 0.017, None).layout.shapes) == 1
+    assert len(plots.sail_loss_figure(trace, 0.017, 0.017).layout.shapes) == 1
+
+
 def test_job_view_progress_and_nearest_spectrum():
     from sailscope.core.generate import GenerationSettings, StepRecord
 

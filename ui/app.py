@@ -179,7 +179,7 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
                            interactive=len(steps) > 1)
     if view.sail is not None and (final or view.shown.get("sail") != n_sail):
         view.shown["sail"] = n_sail
-        sail_fig = plots.sail_loss_figure(view.sail_trace(), view.sail_threshold())
+        sail_fig = plots.sail_loss_figure(view.sail_trace(), view.sail_threshold(), view.sail_trigger())
     img_o = img_s = slider_img = report = state = gr.update()
     if final:
         img_o = view.files.get("original") or gr.update()

@@ -449,6 +449,10 @@ class JobView:
             return self.sail_result.threshold
         return self.sail_steps[-1].threshold if self.sail_steps else None
 
+    def sail_trigger(self) -> float | None:
+        """The resolved trigger (known once SAIL has finished), None before or when it equals the threshold."""
+        return getattr(self.sail_result, "trigger", None) if self.sail_result is not None else None
+
     def spectrum_steps(self, run: str) -> list[int]:
         return sorted(self.spectra.get(run, {}))
 

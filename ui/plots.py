@@ -131,8 +131,10 @@ def spectrum_figure(spectra: Mapping[str, Mapping[str, Any]] | None, step: int |
     return _figure(traces, dict(title=dict(text=title), annotations=notes, **axes))
 
 
-def sail_loss_figure(trace: Sequence[Mapping[str, Any]] | None, threshold: float | None = None) -> go.Figure:
-    """SAIL objective per Adam step and candidate (rows ``{"step", "candidate", "loss"}``), threshold drawn."""
+def sail_loss_figure(trace: Sequence[Mapping[str, Any]] | None, threshold: float | None = None,
+                     trigger: float | None = None) -> go.Figure:
+    """SAIL objective per Adam step and candidate (rows ``{"step", "candidate", "loss"}``); the threshold (the
+    target) and, when it differs, the trigger (a start at or below it is kept) drawn."""
     if not trace:
         return _empty("SAIL loss", "SAIL off, or no trace yet")
     by_candidate: dict[Any, list] = {}
@@ -142,9 +144,11 @@ def sail_loss_figure(trace: Sequence[Mapping[str, Any]] | None, threshold: float
                    name=f"candidate {cand}", marker=dict(size=5))
               for cand, rows in sorted(by_candidate.items(), key=lambda kv: str(kv[0]))]
     shapes, notes = [], []
-    if threshold is not None:
-        shape, note = _hline(threshold, f"threshold {threshold:.4g}")
-        shapes, notes = [shape], [note]
+    for level, name in ((threshold, "threshold"), (trigger, "trigger")):
+        if level is not None and not (name == "trigger" and level == threshold):
+            shape, note = _hline(level, f"{name} {level:.4g}")
+            shapes.append(shape)
+            notes.append(note)
     return _figure(traces, dict(title=dict(text="SAIL loss"), shapes=shapes, annotations=notes,
                                 xaxis=dict(title=dict(text="Adam step")), yaxis=dict(title=dict(text="objective"))))
 
