@@ -50,7 +50,7 @@ def gen_args(**over):
     args = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0, scheduler="ddim",
                 sharpness_at="every step", sail_on=False, sail_objective="paper", sail_threshold="auto",
                 sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="", spectrum_method="arnoldi",
-                spectrum_k=3)
+                spectrum_k=3, sail_trigger="auto", sail_lr=0.3)
     args.update(over)
     return [args[k] for k in ui_app.GEN_INPUTS]
 
@@ -163,6 +163,22 @@ def test_sail_pair_shows_both_images_loss_trace_and_infotext(ctx):
     assert set(report["runs"]) == {"original", "sail"}
     assert "SAIL: on" in read_infotext(final[S["image_sail"]])
     assert len(final[S["sail_plot"]].data) >= 1
+
+
+@pytest.mark.skipif(not sail_available(), reason="core.sail not in this build")
+def test_sail_advanced_panel_builds_trigger_and_lr(ctx):
+    from sailscope.core.errors import UserInputError
+    from sailscope.core.sail import SailSettings
+
+    s = ui_app.build_sail(True, "paper", "auto", 6, 1, "none", 0.2)
+    assert s.trigger is None and s.lr == 0.2 and s.threshold == "auto"
+    assert ui_app.build_sail(True, "paper", "0.01", 6, 1, "0.05", "").trigger == 0.05
+    assert ui_app.build_sail(True, "paper", "auto", 6, 1, " AUTO ", None).lr == SailSettings().lr
+    with pytest.raises(UserInputError, match="SAIL trigger"):
+        ui_app.build_sail(True, "paper", "auto", 6, 1, "sometimes", 0.3)
+    # a bad value reaches the user as a message, before any model work
+    final = last(generate_handler(ctx, *gen_args(sail_on=True, sail_lr=-1.0), request=request("lr")))
+    assert "ss-error" in status_of(final) and "lr must be a finite number > 0" in status_of(final)
 
 
 def test_sail_loss_figure_draws_threshold_and_a_distinct_trigger():

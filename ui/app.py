@@ -132,7 +132,18 @@ def _default_sail_steps() -> int:
     return SailSettings().max_steps
 
 
-def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, candidates: Any) -> Any:
+def _default_sail_lr() -> float | None:
+    """The core's default Adam learning rate (the field starts there)."""
+    if not sail_available():
+        return None
+    from sailscope.core.sail import SailSettings
+
+    return SailSettings().lr
+
+
+def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, candidates: Any,
+               trigger: Any = "auto", lr: Any = None) -> Any:
+    """SAIL settings from the advanced panel; ``trigger``: a number, ``auto`` or ``none`` (= the threshold)."""
     if not enabled:
         return None
     if not sail_available():
@@ -141,8 +152,11 @@ def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, ca
 
     text = str(threshold if threshold is not None else "auto").strip().lower() or "auto"
     thr: float | str = "auto" if text == "auto" else _float(text, "SAIL threshold")
-    return SailSettings(objective=objective, threshold=thr, max_steps=_int(max_steps, "SAIL max steps"),
-                        candidates=_int(candidates, "SAIL candidates"))
+    ttext = str(trigger if trigger is not None else "auto").strip().lower() or "auto"
+    trig: float | str | None = ttext if ttext == "auto" else None if ttext == "none" else _float(ttext, "SAIL trigger")
+    extra = {} if lr in (None, "") else {"lr": _float(lr, "SAIL learning rate")}
+    return SailSettings(objective=objective, threshold=thr, trigger=trig, max_steps=_int(max_steps, "SAIL max steps"),
+                        candidates=_int(candidates, "SAIL candidates"), **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +209,8 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
 def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, steps: Any, guidance: Any, width: Any,
                      height: Any, scheduler: str, sharpness_at: str, sail_on: bool, sail_objective: str,
                      sail_threshold: Any, sail_max_steps: Any, sail_candidates: Any, compare: bool,
-                     spectrum_steps: str, spectrum_method: str, spectrum_k: Any, request: Any = None) -> Iterator[tuple]:
+                     spectrum_steps: str, spectrum_method: str, spectrum_k: Any, sail_trigger: Any = "auto",
+                     sail_lr: Any = None, request: Any = None) -> Iterator[tuple]:
     """Run one job (plain or SAIL pair) and stream the view: live plots every ``live_interval`` seconds."""
     session = _session(request)
     cancel = ctx.cancels.start(session)
@@ -206,7 +221,7 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
         # 1. Check inputs (before touching the model)
         pipe = ctx.models.require()
         settings = build_settings(prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at)
-        sail = build_sail(sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates)
+        sail = build_sail(sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates, sail_trigger, sail_lr)
         spec_steps = parse_steps(spectrum_steps, settings.steps)
         spectrum = SpectrumRequest(steps=spec_steps, k=_int(spectrum_k, "spectrum k"), method=spectrum_method) if spec_steps else None
         from sailscope.core.generate import check_settings
@@ -616,13 +631,19 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
             with compat.make(gr.Accordion, label="SAIL advanced", open=False, elem_id="ss-sail-advanced"):
                 c["sail_objective"] = compat.make(gr.Radio, choices=["paper", "reference"], value="paper",
                                                   label="Objective", elem_id="ss-sail-objective")
-                c["sail_threshold"] = compat.make(gr.Textbox, value="auto", label="Threshold (auto = model calibration)",
-                                                  elem_id="ss-sail-threshold")
+                with gr.Row():
+                    c["sail_threshold"] = compat.make(gr.Textbox, value="auto", label="Threshold (auto = calibrated median)",
+                                                      elem_id="ss-sail-threshold")
+                    c["sail_trigger"] = compat.make(gr.Textbox, value="auto",
+                                                    label="Trigger: keep starts at or below (auto = calibrated q0.9, none)",
+                                                    elem_id="ss-sail-trigger")
                 with gr.Row():
                     c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=_default_sail_steps(),
                                                       label="Max steps", elem_id="ss-sail-max-steps")
                     c["sail_candidates"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=1,
                                                        label="Candidates", elem_id="ss-sail-candidates")
+                    c["sail_lr"] = compat.make(gr.Number, value=_default_sail_lr(), label="Learning rate",
+                                               elem_id="ss-sail-lr")
             with compat.make(gr.Accordion, label="Spectrum", open=False, elem_id="ss-spectrum-settings"):
                 c["spectrum_steps"] = compat.make(gr.Textbox, value="1", label="Steps (comma-separated, empty = none)",
                                                   elem_id="ss-spectrum-steps")
@@ -666,7 +687,7 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
 
 GEN_INPUTS = ("prompt", "negative", "seed", "steps", "guidance", "width", "height", "scheduler", "sharpness_at",
               "sail_on", "sail_objective", "sail_threshold", "sail_max_steps", "sail_candidates", "compare",
-              "spectrum_steps", "spectrum_method", "spectrum_k")
+              "spectrum_steps", "spectrum_method", "spectrum_k", "sail_trigger", "sail_lr")
 
 
 def wire_generate(ctx: AppContext, c: dict) -> None:
@@ -675,10 +696,10 @@ def wire_generate(ctx: AppContext, c: dict) -> None:
     # explicit positional parameters: gradio injects gr.Request only into those (not after *args)
     def _generate(prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at, sail_on,
                   sail_objective, sail_threshold, sail_max_steps, sail_candidates, compare, spectrum_steps,
-                  spectrum_method, spectrum_k, request: gr.Request):
+                  spectrum_method, spectrum_k, sail_trigger, sail_lr, request: gr.Request):
         yield from generate_handler(ctx, prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at,
                                     sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates, compare,
-                                    spectrum_steps, spectrum_method, spectrum_k, request=request)
+                                    spectrum_steps, spectrum_method, spectrum_k, sail_trigger, sail_lr, request=request)
 
     def _cancel(request: gr.Request):
         return cancel_handler(ctx, request)

@@ -113,8 +113,8 @@ def main() -> int:
                               text=True, bufsize=1)
     values = dict(prompt=prompt, negative="", seed=0, steps=args.steps, guidance=7.5, width=0, height=0,
                   scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
-                  sail_threshold="auto", sail_max_steps=10, sail_candidates=1, compare=True, spectrum_steps="",
-                  spectrum_method="arnoldi", spectrum_k=8)
+                  sail_threshold="auto", sail_max_steps=6, sail_candidates=1, compare=True, spectrum_steps="",
+                  spectrum_method="arnoldi", spectrum_k=8, sail_trigger="auto", sail_lr=0.3)
     request = json.dumps([values[k] for k in GEN_INPUTS])
 
     inside: list[dict] = []  # per app run: the handler's clock and the generation's clock inside the app

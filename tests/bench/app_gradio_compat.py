@@ -52,7 +52,7 @@ def main() -> int:
     values = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0,
                   scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
                   sail_threshold="auto", sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="",
-                  spectrum_method="arnoldi", spectrum_k=4)
+                  spectrum_method="arnoldi", spectrum_k=4, sail_trigger="auto", sail_lr=0.3)
     t0 = time.perf_counter()
     result = client.predict(*[values[k] for k in GEN_INPUTS], api_name="/generate")
     out["seconds"] = round(time.perf_counter() - t0, 2)
