@@ -124,7 +124,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--objective", default="reference", choices=["paper", "reference"])
     p.add_argument("--threshold", default="auto", help="SAIL threshold or 'auto' (calibration / paper default)")
     p.add_argument("--candidates", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=None, help="Adam step cap (default: per --sail-defaults)")
+    p.add_argument("--sail-defaults", default="authors", choices=["authors", "app"],
+                   help="authors: the paper's SD loop (lr 0.05, <= 10 free steps, one threshold); app: SAIL Scope's "
+                        "defaults (trigger + threshold, lr 0.3, <= 6 steps on the sphere; tuned on the demo model)")
     p.add_argument("--rta-tokens", type=int, default=4, help="RTA baseline tokens (0: skip RTA)")
     p.add_argument("--out", default="runs/sd_mitigation")
     p.add_argument("--save-images", action="store_true")
@@ -177,10 +180,13 @@ def main(argv=None) -> int:
                 return 2
             print(f"sd_mitigation: {name} metric skipped: {exc}", file=sys.stderr)
     threshold = args.threshold if args.threshold == "auto" else float(args.threshold)
-    sail = SailSettings(objective=args.objective, threshold=threshold, max_steps=args.max_steps,
-                        candidates=args.candidates)
-    if args.smoke:
-        sail = SailSettings(objective=args.objective, threshold=-1.0, max_steps=1)
+    base = (dict(lr=0.05, sphere=False, trigger=None, max_steps=10) if args.sail_defaults == "authors"
+            else dict(max_steps=SailSettings().max_steps))
+    if args.max_steps is not None:
+        base["max_steps"] = args.max_steps
+    sail = SailSettings(objective=args.objective, threshold=threshold, candidates=args.candidates, **base)
+    if args.smoke:  # one step that always runs (threshold below any loss), same other settings
+        sail = SailSettings(objective=args.objective, threshold=-1.0, candidates=args.candidates, **(base | {"max_steps": 1}))
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
 
