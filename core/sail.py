@@ -50,9 +50,10 @@ flatness of a typical non-memorized start). With one calibrated level for both, 
 as a copying start looked "not unusual" and most demo-model copies survived (docs/mitigation.md).
 
 ``sphere=True`` (default) makes every step a Riemannian one on the sphere ``‖z‖ = ‖z_0‖`` of the candidate's
-own start: the gradient's tangent component goes to Adam and the update is retracted onto the sphere: a unit Gaussian in ``d`` dimensions lives on the shell ``‖z‖ ≈ sqrt(d)``, and large free Adam
-steps left it (RMS ≈ 1.3 after 20 steps at lr 0.1) and turned demo images into noise texture. On the
-sphere ``α ‖z‖²`` is a constant, so α only offsets the loss there.
+own start: the gradient's tangent component goes to Adam and the update is retracted onto the sphere. A unit
+Gaussian in ``d`` dimensions lives on the shell ``‖z‖ ≈ sqrt(d)``; large free Adam steps left it (RMS ≈ 1.3
+after 20 steps at lr 0.1) and turned demo images into noise texture. On the sphere ``α ‖z‖²`` is a constant,
+so α only offsets the loss there.
 """
 from __future__ import annotations
 
