@@ -5,8 +5,9 @@
 
 Stages: (1) calibrate the model's thresholds on *fresh* grammar captions (neither memorized nor in the
 held-out evaluation set), into ``<out>/calibration.json`` (``SAILSCOPE_HOME=<out>`` for this run);
-(2) originals (seed's ``x_T``) for memorized and held-out prompts; (3) SAIL at default settings, and a
-control: the stock noise rotated by SAIL's angle towards a random direction (does SAIL's direction matter?);
+(2) originals (seed's ``x_T``) for memorized and held-out prompts; (3) SAIL at default settings (``--sail
+k=v,...`` overrides them), and a control: the stock noise rotated by SAIL's angle towards a random direction
+(does SAIL's direction matter?);
 (4) SAIL at 5 thresholds and RTA at 5 token counts on the memorized prompts; (5) timings.
 
 Definitions (demo model card): *copy distance* = RMSE in [0, 1] pixels to the memorized training image;
@@ -31,7 +32,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="demo")
     p.add_argument("--out", default="runs/demo_sail")
-    p.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (default 4)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds S..S+N-1 (default 4)")
+    p.add_argument("--seed-start", type=int, default=0,
+                   help="first seed S (default 0; the development probes in docs/mitigation.md use 4)")
+    p.add_argument("--calib-seeds", type=int, default=4, help="seeds 0..N-1 for the calibration (default 4)")
+    p.add_argument("--sail", default="",
+                   help="overrides of the default-stage SAIL settings, e.g. lr=0.2,max_steps=8,sphere=false,threshold=0")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--heldout", type=int, default=40, help="held-out prompts evaluated (default 40)")
@@ -51,8 +57,26 @@ def parse_args(argv=None):
     p.add_argument("--grid", default=None,
                    help="also write a PNG: per exact caption, its training image, the originals and SAIL's images")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--skip", default="", help="comma list of stages to skip: default,sweep,rta,timing")
+    p.add_argument("--skip", default="", help="comma list of stages to skip: default,control,sweep,rta,timing")
     return p.parse_args(argv)
+
+
+def sail_overrides(text: str) -> dict:
+    """``"lr=0.2,sphere=false,trigger=none"`` -> keyword arguments for ``SailSettings``."""
+    out: dict = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, raw = item.partition("=")
+        low = raw.strip().lower()
+        if low in ("true", "false"):
+            out[key.strip()] = low == "true"
+        elif low == "none":
+            out[key.strip()] = None
+        else:
+            try:
+                out[key.strip()] = int(raw) if low.lstrip("-").isdigit() else float(raw)
+            except ValueError:
+                out[key.strip()] = raw.strip()
+    return out
 
 
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -122,29 +146,31 @@ def main(argv=None) -> int:
     n_seeds, steps = args.seeds, args.steps
     if args.quick:
         memo, heldout, n_seeds, args.calib_prompts, args.timing = memo[:4], heldout[:8], 2, 12, 2
+        args.calib_seeds = 2
     heldout = heldout[: args.heldout]
-    seeds = list(range(n_seeds))
+    seeds = list(range(args.seed_start, args.seed_start + n_seeds))
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
     sweep_seeds = min(args.sweep_seeds or n_seeds, n_seeds)
+    skip = set(args.skip.split(","))
     results: dict = {"model": str(folder), "tau_copy": tau, "seeds": seeds, "steps": steps, "guidance": args.guidance,
-                     "sweep_seeds": list(range(sweep_seeds)), "command": " ".join(sys.argv)}
+                     "sweep_seeds": seeds[:sweep_seeds], "command": " ".join(sys.argv)}
 
     def save() -> None:  # after every stage, so a cut-off run keeps what it measured
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     def gen(prompt, x_T=None, n=n_seeds):
-        gs = GenerationSettings(prompt=prompt, seed=0, num_images=n, steps=steps, guidance=args.guidance)
+        gs = GenerationSettings(prompt=prompt, seed=args.seed_start, num_images=n, steps=steps, guidance=args.guidance)
         return run_generation(pipe, gs, x_T=x_T)
 
     def gs_of(prompt, n=n_seeds):
-        return GenerationSettings(prompt=prompt, seed=0, num_images=n, steps=steps, guidance=args.guidance)
+        return GenerationSettings(prompt=prompt, seed=args.seed_start, num_images=n, steps=steps, guidance=args.guidance)
 
     # 1. Calibration on fresh captions
     t0 = time.perf_counter()
     from sailscope.core.cli_calibrate import demo_calibration_prompts
 
     calib_prompts = demo_calibration_prompts(args.calib_prompts, folder)  # same prompts as `sailscope calibrate`
-    record = cal.measure(pipe, calib_prompts, seeds, steps=steps)
+    record = cal.measure(pipe, calib_prompts, list(range(args.calib_seeds)), steps=steps)
     cal.save_calibration(record)
     det_thr = record.detection_threshold()
     log(f"calibrated on {record.n} values in {time.perf_counter() - t0:.0f}s; detection threshold {det_thr:.4g}")
@@ -176,9 +202,12 @@ def main(argv=None) -> int:
     log("originals done")
 
     def per_image(rows):
-        """One record per (memorized caption, seed): does this seed's ``x_T`` copy, and how sharp is it at step 1."""
-        return [{"caption": m["caption"], "kind": m["kind"], "seed": i, "dist": r["dist"][i], "copy": r["copy"][i],
-                 "sharpness": r["sharpness"][i]} for r, m in rows for i in range(len(r["dist"]))]
+        """One record per (memorized caption, seed): does this seed's ``x_T`` copy, how sharp is it at step 1, and
+        (SAIL rows) did SAIL reach its threshold and with what loss."""
+        return [{"caption": m["caption"], "kind": m["kind"], "seed": args.seed_start + i, "dist": r["dist"][i],
+                 "copy": r["copy"][i], "sharpness": r["sharpness"][i]}
+                | ({"converged": r["converged"][i], "sail_loss": r["sail_loss"][i]} if "converged" in r else {})
+                for r, m in rows for i in range(len(r["dist"]))]
 
     def copy_auc(images):
         """Within exact memorized captions: AUC of a seed's step-1 sharpness for "this seed copies" (SAIL's premise
@@ -213,14 +242,14 @@ def main(argv=None) -> int:
     def same_angle_random(z0, z1, seed):
         """A control for SAIL's direction: rotate each stock noise by SAIL's angle towards a random direction."""
         gen_ = torch.Generator().manual_seed(seed)
-        out = []
+        out, angles = [], []
         for a, b in zip(z0.flatten(1).double(), z1.flatten(1).double()):
             theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
             u = torch.randn(a.shape, generator=gen_, dtype=torch.float64)
             u = u - (u @ a) / (a @ a) * a
             out.append(torch.cos(theta) * a + torch.sin(theta) * a.norm() * u / u.norm())
-        return torch.stack(out).reshape(z0.shape).float(), [float(torch.rad2deg(torch.arccos(
-            (a @ b / (a.norm() * b.norm())).clamp(-1, 1)))) for a, b in zip(z0.flatten(1).double(), z1.flatten(1).double())]
+            angles.append(float(torch.rad2deg(theta)))
+        return torch.stack(out).reshape(z0.shape).float(), angles
 
     sail_images: dict = {}
 
@@ -233,8 +262,9 @@ def main(argv=None) -> int:
             g = gen(m["caption"], x_T=r.x_T, n=n)
             if control:
                 sail_images[m["caption"]] = g.array
-            rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}, m))
-            if control:
+            rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness, "converged": r.converged,
+                                                    "sail_loss": r.loss}, m))
+            if control and "control" not in skip:
                 z_rand, angles = same_angle_random(initial_noise(pipe, gs_of(m["caption"], n)), r.x_T, len(ctrl))
                 gr_ = gen(m["caption"], x_T=z_rand, n=n)
                 ctrl.append((score_memo(m, gr_.array) | {"sharpness": gr_.records[0].sharpness, "angle": angles}, m))
@@ -256,6 +286,12 @@ def main(argv=None) -> int:
                "step1_sharpness_exact": [v for r, m in rows if m["kind"] == "exact" for v in r["sharpness"]],
                "per_image": per_image(rows)}
         out["step1_below_detection"] = float(np.mean([v < det_thr for v in out["step1_sharpness_exact"]])) if rows else None
+        ex = [x for x in out["per_image"] if x["kind"] == "exact"]
+        out["exact_copies_by_convergence"] = {  # is "not converged" a sign of a remaining copy?
+            "converged_copies": sum(x["copy"] and x["converged"] for x in ex),
+            "converged_new": sum(not x["copy"] and x["converged"] for x in ex),
+            "not_converged_copies": sum(x["copy"] and not x["converged"] for x in ex),
+            "not_converged_new": sum(not x["copy"] and not x["converged"] for x in ex)}
         angles = [a for r, m in ctrl if m["kind"] == "exact" for a in r["angle"]]
         if ctrl:  # same angle from the stock noise as SAIL's x_T, random direction on the same sphere
             out["random_same_angle"] = summarize_memo(ctrl) | {"mean_angle_deg": float(np.mean(angles))}
@@ -269,8 +305,7 @@ def main(argv=None) -> int:
             }
         return out
 
-    default = SailSettings(objective=args.objective, candidates=args.candidates)
-    skip = set(args.skip.split(","))
+    default = SailSettings(**({"objective": args.objective, "candidates": args.candidates} | sail_overrides(args.sail)))
     if "default" not in skip:
         results["sail_default"] = sail_rows(default, memo, heldout, control=True) | {"settings": default.to_dict()}
         log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
