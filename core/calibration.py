@@ -227,14 +227,9 @@ def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, delta: float | None
     """
     if not isinstance(sail.threshold, str):
         return float(sail.threshold), "user setting"
-    if delta is None:
-        delta = sail.delta_for(pipe.unet.dtype)
-    found = find_calibration(pipe)
-    if found is not None:
-        rec, path = found
-        value = rec.sail_threshold(sail.objective, alpha, delta=delta, quantile=quantile)
-        return value, (f"calibrated: q{quantile:g} of {rec.n} non-memorized prompt×seed values "
-                       f"({sail.objective}, alpha={alpha:g}) from {path} [{rec.created[:10]}]")
+    level = _calibrated_level(pipe, sail, alpha=alpha, delta=delta, quantile=quantile)
+    if level is not None:
+        return level
     pub = published_threshold(pipe, sail.objective, alpha)
     if pub is not None:
         return pub
@@ -244,26 +239,34 @@ def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, delta: float | None
     )
 
 
-def resolve_trigger(pipe: Any, sail: Any, *, alpha: float, threshold: float, delta: float | None = None,
+def _calibrated_level(pipe: Any, sail: Any, *, alpha: float, delta: float | None,
+                      quantile: float) -> tuple[float, str] | None:
+    """``(quantile of the SAIL loss, its source)`` from this model's calibration, or None without one."""
+    if delta is None:
+        delta = sail.delta_for(pipe.unet.dtype)
+    found = find_calibration(pipe)
+    if found is None:
+        return None
+    rec, path = found
+    value = rec.sail_threshold(sail.objective, alpha, delta=delta, quantile=quantile)
+    return value, (f"calibrated: q{quantile:g} of {rec.n} non-memorized prompt×seed values "
+                   f"({sail.objective}, alpha={alpha:g}) from {path} [{rec.created[:10]}]")
+
+
+def resolve_trigger(pipe: Any, sail: Any, *, alpha: float, delta: float | None = None,
                     quantile: float = TRIGGER_QUANTILE) -> tuple[float | None, str]:
     """``(trigger, where it came from)``: starts whose loss is ``≤ max(trigger, threshold)`` stay unchanged.
 
     ``"auto"``: the calibrated ``quantile`` when this model has a calibration, else the threshold (one level,
     as in the paper); ``None``: the threshold.
     """
-    trig = getattr(sail, "trigger", None)
+    trig = sail.trigger
     if trig is None:
         return None, "same as the threshold"
     if not isinstance(trig, str):
         return float(trig), "user setting"
-    if delta is None:
-        delta = sail.delta_for(pipe.unet.dtype)
-    found = find_calibration(pipe)
-    if found is None:
-        return None, "same as the threshold (no calibration for this model)"
-    rec, path = found
-    value = rec.sail_threshold(sail.objective, alpha, delta=delta, quantile=quantile)
-    return value, f"calibrated: q{quantile:g} of {rec.n} non-memorized prompt×seed values from {path}"
+    level = _calibrated_level(pipe, sail, alpha=alpha, delta=delta, quantile=quantile)
+    return level if level is not None else (None, "same as the threshold (no calibration for this model)")
 
 
 def detection_threshold(pipe: Any, quantile: float = DETECTION_QUANTILE) -> tuple[float, str] | None:

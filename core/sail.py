@@ -639,7 +639,7 @@ def iter_sail(
     delta = sail.delta_for(pipe.unet.dtype)
     # 2. Threshold (before any model work: a missing calibration fails fast)
     threshold, source = resolve_threshold(pipe, sail, alpha=alpha, delta=delta)
-    trigger, trigger_source = resolve_trigger(pipe, sail, alpha=alpha, delta=delta, threshold=threshold)
+    trigger, trigger_source = resolve_trigger(pipe, sail, alpha=alpha, delta=delta)
     # 3. Embeddings and first-step geometry
     device = pipe._execution_device
     with torch.no_grad():

@@ -54,8 +54,8 @@ def test_thresholds_are_quantiles_and_auto_names_its_source(tiny_pipe, record, t
     assert res.threshold == pytest.approx(want) and res.threshold_source == source
     # the trigger: calibrated q0.9 (starts below it are kept); a number or None (= the threshold) as given
     assert res.trigger == pytest.approx(want_trigger) and "q0.9" in res.trigger_source and str(path) in res.trigger_source
-    assert cal.resolve_trigger(tiny_pipe, SailSettings(trigger=None), alpha=0.05, threshold=thr)[0] is None
-    assert cal.resolve_trigger(tiny_pipe, SailSettings(trigger=2.0), alpha=0.05, threshold=thr) == (2.0, "user setting")
+    assert cal.resolve_trigger(tiny_pipe, SailSettings(trigger=None), alpha=0.05)[0] is None
+    assert cal.resolve_trigger(tiny_pipe, SailSettings(trigger=2.0), alpha=0.05) == (2.0, "user setting")
     assert cal.detection_threshold(tiny_pipe)[0] == pytest.approx(
         float(np.quantile(record.values["detection"]["sharpness"], 0.99)))
     with pytest.raises(UserInputError, match="delta"):
@@ -72,7 +72,7 @@ def test_thresholds_are_quantiles_and_auto_names_its_source(tiny_pipe, record, t
     monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "empty"))
     assert cal.resolve_alpha(tiny_pipe, SailSettings()) == (1e-3, "default (not calibrated)")
     # without a calibration "auto" falls back to one level (the threshold), and says so
-    t, src = cal.resolve_trigger(tiny_pipe, SailSettings(threshold=3.0), alpha=1e-3, threshold=3.0)
+    t, src = cal.resolve_trigger(tiny_pipe, SailSettings(threshold=3.0), alpha=1e-3)
     assert t is None and "no calibration" in src
 
 

@@ -165,7 +165,6 @@ def test_sail_pair_shows_both_images_loss_trace_and_infotext(ctx):
     assert len(final[S["sail_plot"]].data) >= 1
 
 
-@pytest.mark.skipif(not sail_available(), reason="core.sail not in this build")
 def test_sail_advanced_panel_builds_trigger_and_lr(ctx):
     from sailscope.core.errors import UserInputError
     from sailscope.core.sail import SailSettings

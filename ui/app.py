@@ -123,22 +123,13 @@ def build_settings(prompt: str, negative: str, seed: Any, steps: Any, guidance: 
     return settings
 
 
-def _default_sail_steps() -> int:
-    """The core's default Adam step cap (the slider starts there)."""
+def _sail_default(name: str, fallback: Any = None) -> Any:
+    """A field of core's default ``SailSettings`` (the advanced panel starts there)."""
     if not sail_available():
-        return 0
+        return fallback
     from sailscope.core.sail import SailSettings
 
-    return SailSettings().max_steps
-
-
-def _default_sail_lr() -> float | None:
-    """The core's default Adam learning rate (the field starts there)."""
-    if not sail_available():
-        return None
-    from sailscope.core.sail import SailSettings
-
-    return SailSettings().lr
+    return getattr(SailSettings(), name)
 
 
 def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, candidates: Any,
@@ -638,11 +629,11 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
                                                     label="Trigger: keep starts at or below (auto = calibrated q0.9, none)",
                                                     elem_id="ss-sail-trigger")
                 with gr.Row():
-                    c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=_default_sail_steps(),
+                    c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=_sail_default("max_steps", 0),
                                                       label="Max steps", elem_id="ss-sail-max-steps")
                     c["sail_candidates"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=1,
                                                        label="Candidates", elem_id="ss-sail-candidates")
-                    c["sail_lr"] = compat.make(gr.Number, value=_default_sail_lr(), label="Learning rate",
+                    c["sail_lr"] = compat.make(gr.Number, value=_sail_default("lr"), label="Learning rate",
                                                elem_id="ss-sail-lr")
             with compat.make(gr.Accordion, label="Spectrum", open=False, elem_id="ss-spectrum-settings"):
                 c["spectrum_steps"] = compat.make(gr.Textbox, value="1", label="Steps (comma-separated, empty = none)",

@@ -451,7 +451,7 @@ class JobView:
 
     def sail_trigger(self) -> float | None:
         """The resolved trigger (known once SAIL has finished), None before or when it equals the threshold."""
-        return getattr(self.sail_result, "trigger", None) if self.sail_result is not None else None
+        return self.sail_result.trigger if self.sail_result is not None else None
 
     def spectrum_steps(self, run: str) -> list[int]:
         return sorted(self.spectra.get(run, {}))
@@ -504,8 +504,7 @@ class JobView:
                 r = self.sail_result
                 extra.update({"SAIL converged": r.converged[0], "SAIL loss": r.loss[0], "SAIL steps": r.steps[0],
                               "SAIL threshold source": r.threshold_source,
-                              "SAIL trigger": getattr(r, "trigger", None),
-                              "SAIL trigger source": getattr(r, "trigger_source", None)})
+                              "SAIL trigger": r.trigger, "SAIL trigger source": r.trigger_source})
         return extra
 
 
