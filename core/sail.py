@@ -74,6 +74,8 @@ Objective = Literal["paper", "reference"]
 OBJECTIVES: tuple[str, ...] = ("paper", "reference")
 STOP_RULES: tuple[str, ...] = ("first", "all")
 EpsPair = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+# (images without a converged candidate, round >= 1) -> (fresh candidates, image of each, seed of each)
+Redraw = Callable[[list[int], int], "tuple[Tensor, list[int], list[int | None]]"]
 
 # α defaults. reference: the authors' values (SD 1.x eps models 0.05, SD 2.x v models 0.01).
 # paper: the first term's scale differs by orders of magnitude between models (score² at t_0: ~1e-4 for
@@ -113,7 +115,9 @@ class SailSettings:
     already ``≤ trigger`` is kept unchanged (``"auto"``: the calibrated trigger quantile, or the threshold
     without a calibration; ``None``: the threshold). ``sphere``: keep each candidate on the sphere of its
     start's norm. ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
-    noises drawn from ``(seed, candidate_seed, k)``. ``alpha=None``: the model's calibrated α for the paper
+    noises drawn from ``(seed, candidate_seed, k)``. ``rounds``: when no candidate of an image reaches the
+    threshold within ``max_steps``, up to ``rounds - 1`` more rounds start from fresh, distinct noises (the
+    authors' loop re-draws its candidates the same way; the trigger never applies to a re-drawn start). ``alpha=None``: the model's calibrated α for the paper
     objective (fallback :func:`default_alpha`), the authors' α for the reference objective;
     ``delta=None`` (paper objective's relative step) picks :func:`auto_delta` for the UNet's dtype.
     """
@@ -123,6 +127,7 @@ class SailSettings:
     trigger: float | str | None = "auto"
     max_steps: int = 6
     candidates: int = 1
+    rounds: int = 2
     lr: float = 0.3
     sphere: bool = True
     alpha: float | None = None
@@ -150,6 +155,8 @@ class SailSettings:
             raise UserInputError(f"sail max_steps must be an integer in [0, 1000], got {self.max_steps!r}")
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
             raise UserInputError(f"sail candidates must be an integer in [1, 64], got {self.candidates!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= 16:
+            raise UserInputError(f"sail rounds must be an integer in [1, 16], got {self.rounds!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"sail lr must be a finite number > 0, got {self.lr!r}")
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
@@ -277,6 +284,12 @@ class RowAdam:
         self.v = torch.zeros(self.shape, dtype=torch.float32)
         self.count = torch.zeros(self.shape[0], dtype=torch.int64)
 
+    def grow(self, n: int) -> None:
+        """Append ``n`` fresh rows (new candidates start with zero moments)."""
+        self.m = torch.cat([self.m, self.m.new_zeros((n, *self.m.shape[1:]))])
+        self.v = torch.cat([self.v, self.v.new_zeros((n, *self.v.shape[1:]))])
+        self.count = torch.cat([self.count, self.count.new_zeros(n)])
+
     def step(self, z: Tensor, rows: Tensor, grad: Tensor) -> None:
         """Update ``z[rows]`` in place with gradients ``grad`` (one row per entry of ``rows``)."""
         b1, b2 = self.betas
@@ -307,6 +320,7 @@ class SailStep:
     threshold: float
     elapsed: float
     unet_calls: int  # cumulative batched UNet calls so far
+    round: int = 0  # 0 = the first candidates; r > 0 = the r-th re-draw (its candidates have new columns)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -344,6 +358,7 @@ class SailResult:
     alpha_source: str = "user setting"
     trigger: float | None = None  # starts with loss <= max(trigger, threshold) were kept unchanged
     trigger_source: str = "same as the threshold"
+    chosen_round: list[int] = field(default_factory=list)  # per image: 0 = its first candidates, r = r-th re-draw
 
     @property
     def all_converged(self) -> bool:
@@ -355,7 +370,8 @@ class SailResult:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source, "trigger": self.trigger, "trigger_source": self.trigger_source,
             "settings": self.settings.to_dict(),
-            "converged": self.converged, "chosen": self.chosen, "steps": self.steps, "loss": self.loss,
+            "converged": self.converged, "chosen": self.chosen, "chosen_round": self.chosen_round, "steps": self.steps,
+            "loss": self.loss,
             "initial_loss": self.initial_loss, "candidate_image": self.candidate_image,
             "candidate_seeds": self.candidate_seeds, "unet_calls": self.unet_calls, "unet_rows": self.unet_rows,
             "seconds": self.seconds, "warnings": list(self.warnings), "trace": [s.to_dict() for s in self.trace],
@@ -404,6 +420,7 @@ def iter_optimize(
     alpha_source: str = "user setting",
     trigger: float | None = None,
     trigger_source: str = "same as the threshold",
+    redraw: Redraw | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
 ) -> Iterator[SailStep | SailResult]:
     """Run SAIL on candidates ``z0`` (K, ...); yields a :class:`SailStep` per evaluation, then the result.
@@ -411,7 +428,9 @@ def iter_optimize(
     ``candidate_image[k]`` is the image candidate ``k`` belongs to (default: all image 0); the result has
     one row per image. ``eps_pair`` must accept any batch size (rows are independent). ``delta``: the
     paper objective's resolved relative step (default ``settings.delta_for(float32)``). ``trigger``: the
-    resolved trigger (None = the threshold); at step 0 the acceptance level is ``max(trigger, threshold)``.
+    resolved trigger (None = the threshold); at step 0 of round 0 the acceptance level is
+    ``max(trigger, threshold)``. ``redraw(images, round)`` returns fresh candidates (and their seeds) for the
+    images no candidate of which converged; without it there is one round whatever ``settings.rounds`` says.
     """
     start = time.perf_counter()
     delta = float(delta) if delta is not None else settings.delta_for(torch.float32)
@@ -420,13 +439,15 @@ def iter_optimize(
     groups = list(candidate_image) if candidate_image is not None else [0] * k_total
     if len(groups) != k_total:
         raise UserInputError(f"candidate_image has {len(groups)} entries for {k_total} candidates")
+    seeds_of = list(candidate_seeds) if candidate_seeds is not None else [None] * k_total
     n_images = max(groups) + 1
+    device = z0.device
     z = z0.detach().to("cpu", torch.float32).clone()
     radius = _flat_norm(z)  # the sphere each candidate stays on (settings.sphere)
     first_level = threshold if trigger is None else max(float(trigger), float(threshold))
-    device = z0.device
     adam = RowAdam(tuple(z.shape), lr=float(settings.lr))
     active = list(range(k_total))
+    row_round = [0] * k_total
     accepted_step = [-1] * k_total
     accepted_z: dict[int, Tensor] = {}
     accepted_loss: dict[int, float] = {}
@@ -436,81 +457,100 @@ def iter_optimize(
     initial_loss = [math.nan] * k_total
     image_done = [False] * n_images
     trace: list[SailStep] = []
+    n_rounds = settings.rounds if redraw is not None else 1
 
-    for step in range(settings.max_steps + 1):
-        if _is_cancelled(cancel):
-            raise Cancelled(f"SAIL cancelled before step {step} of {settings.max_steps}")
-        need_grad = step < settings.max_steps
-        rows = torch.tensor(active, dtype=torch.long)
-        zi = z[rows].to(device).requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad):
-            val = evaluate_objective(counted, zi, settings, sigma=sigma, alpha=alpha, scale=scale, delta=delta)
-        loss = val.loss.detach().to("cpu", torch.float64)
-        newly: list[int] = []
-        for j, r in enumerate(active):
-            lv = float(loss[j])
-            if step == 0:
-                initial_loss[r] = lv
-            if lv < best_loss[r]:  # NaN never wins
-                best_loss[r], best_steps[r] = lv, step
-                best_z[r] = z[r]
-            if lv <= (first_level if step == 0 else threshold):
-                accepted_step[r], accepted_z[r], accepted_loss[r] = step, z[r].clone(), lv
-                newly.append(r)
-        if all(not math.isfinite(float(v)) for v in loss) and step == 0:
-            raise NonFiniteError("SAIL objective is not finite at the initial noise (NaN/inf from the model)", step=0)
-        for r in newly:
-            image_done[groups[r]] = True
-        trace.append(SailStep(
-            step=step, max_steps=settings.max_steps, loss=_opt(loss, active, k_total),
-            sharpness=_opt(val.sharpness.detach().cpu(), active, k_total),
-            prior=_opt(val.prior.detach().cpu(), active, k_total), accepted=newly, threshold=threshold,
-            elapsed=time.perf_counter() - start, unet_calls=counted.calls,
-        ))
-        yield trace[-1]
-        keep = [j for j, r in enumerate(active)
-                if accepted_step[r] < 0 and not (settings.stop == "first" and image_done[groups[r]])]
-        if not need_grad or not keep:
-            break
-        keep_t = torch.tensor(keep, dtype=torch.long)
-        lk = val.loss[keep_t.to(val.loss.device)]
-        lk = torch.where(torch.isfinite(lk), lk, torch.zeros_like(lk))  # a NaN row must not poison the others
-        (grad,) = torch.autograd.grad(lk.sum(), zi)
-        moved = rows[keep_t]
-        g = grad[keep_t.to(grad.device)].detach().to("cpu", torch.float32)
-        if settings.sphere:  # Riemannian step: tangent gradient, Adam, retraction (moments are not transported)
-            g = tangent_component(g, z[moved])
-        adam.step(z, moved, g)
-        if settings.sphere:
-            z[moved] = retract_to_sphere(z[moved], radius[moved])
-        active = [active[j] for j in keep]
+    for round_ in range(n_rounds):
+        if round_ > 0:  # 0. a new round: fresh candidates for the images that did not converge
+            failed = [i for i in range(n_images) if not image_done[i]]
+            if not failed:
+                break
+            fresh, fresh_groups, fresh_seeds = redraw(failed, round_)
+            fresh = fresh.detach().to("cpu", torch.float32)
+            n_new = fresh.shape[0]
+            active = list(range(k_total, k_total + n_new))
+            k_total += n_new
+            z, best_z = torch.cat([z, fresh]), torch.cat([best_z, fresh])
+            radius = torch.cat([radius, _flat_norm(fresh)])
+            adam.grow(n_new)
+            groups += list(fresh_groups); seeds_of += list(fresh_seeds); row_round += [round_] * n_new
+            accepted_step += [-1] * n_new; best_loss += [math.inf] * n_new; best_steps += [0] * n_new
+            initial_loss += [math.nan] * n_new
+        for step in range(settings.max_steps + 1):
+            if _is_cancelled(cancel):
+                raise Cancelled(f"SAIL cancelled before step {step} of {settings.max_steps} (round {round_ + 1})")
+            need_grad = step < settings.max_steps
+            rows = torch.tensor(active, dtype=torch.long)
+            zi = z[rows].to(device).requires_grad_(need_grad)
+            with torch.set_grad_enabled(need_grad):
+                val = evaluate_objective(counted, zi, settings, sigma=sigma, alpha=alpha, scale=scale, delta=delta)
+            loss = val.loss.detach().to("cpu", torch.float64)
+            level = first_level if (step == 0 and round_ == 0) else threshold
+            newly: list[int] = []
+            for j, r in enumerate(active):
+                lv = float(loss[j])
+                if step == 0:
+                    initial_loss[r] = lv
+                if lv < best_loss[r]:  # NaN never wins
+                    best_loss[r], best_steps[r] = lv, step
+                    best_z[r] = z[r]
+                if lv <= level:
+                    accepted_step[r], accepted_z[r], accepted_loss[r] = step, z[r].clone(), lv
+                    newly.append(r)
+            if all(not math.isfinite(float(v)) for v in loss) and step == 0 and round_ == 0:
+                raise NonFiniteError("SAIL objective is not finite at the initial noise (NaN/inf from the model)", step=0)
+            for r in newly:
+                image_done[groups[r]] = True
+            trace.append(SailStep(
+                step=step, max_steps=settings.max_steps, loss=_opt(loss, active, k_total),
+                sharpness=_opt(val.sharpness.detach().cpu(), active, k_total),
+                prior=_opt(val.prior.detach().cpu(), active, k_total), accepted=newly, threshold=threshold,
+                elapsed=time.perf_counter() - start, unet_calls=counted.calls, round=round_,
+            ))
+            yield trace[-1]
+            keep = [j for j, r in enumerate(active)
+                    if accepted_step[r] < 0 and not (settings.stop == "first" and image_done[groups[r]])]
+            if not need_grad or not keep:
+                break
+            keep_t = torch.tensor(keep, dtype=torch.long)
+            lk = val.loss[keep_t.to(val.loss.device)]
+            lk = torch.where(torch.isfinite(lk), lk, torch.zeros_like(lk))  # a NaN row must not poison the others
+            (grad,) = torch.autograd.grad(lk.sum(), zi)
+            moved = rows[keep_t]
+            g = grad[keep_t.to(grad.device)].detach().to("cpu", torch.float32)
+            if settings.sphere:  # Riemannian step: tangent gradient, Adam, retraction (moments are not transported)
+                g = tangent_component(g, z[moved])
+            adam.step(z, moved, g)
+            if settings.sphere:
+                z[moved] = retract_to_sphere(z[moved], radius[moved])
+            active = [active[j] for j in keep]
 
-    # choose per image: earliest accepted candidate (lowest index on ties), else the lowest loss seen
-    x_T, converged, chosen, steps, losses, warnings = [], [], [], [], [], []
+    # choose per image: earliest accepted candidate (earliest round, then step, then lowest index), else the
+    # lowest loss seen over every round
+    x_T, converged, chosen, steps, losses, chosen_round, warnings = [], [], [], [], [], [], []
     for i in range(n_images):
         members = [r for r in range(k_total) if groups[r] == i]
         acc = [r for r in members if accepted_step[r] >= 0]
         if acc:
-            r = min(acc, key=lambda c: (accepted_step[c], c))
+            r = min(acc, key=lambda c: (row_round[c], accepted_step[c], c))
             x_T.append(accepted_z[r]); converged.append(True); steps.append(accepted_step[r]); losses.append(accepted_loss[r])
         else:
             r = min(members, key=lambda c: (best_loss[c] if math.isfinite(best_loss[c]) else math.inf, c))
             x_T.append(best_z[r].clone()); converged.append(False); steps.append(best_steps[r]); losses.append(best_loss[r])
             warnings.append(
                 f"SAIL did not reach the threshold {threshold:.4g} for image {i} within {settings.max_steps} steps "
-                f"({len(members)} candidate(s)); using the lowest-loss noise found (loss {best_loss[r]:.4g}, "
-                f"candidate {members.index(r)}, step {best_steps[r]})"
+                f"({len(members)} candidate(s) in {max(row_round[c] for c in members) + 1} round(s)); using the "
+                f"lowest-loss noise found (loss {best_loss[r]:.4g}, candidate {members.index(r)}, step {best_steps[r]})"
             )
         chosen.append(members.index(r))
+        chosen_round.append(row_round[r])
     yield SailResult(
         x_T=torch.stack(x_T), converged=converged, chosen=chosen, steps=steps, loss=losses,
         initial_loss=[initial_loss[[r for r in range(k_total) if groups[r] == i][0]] for i in range(n_images)],
         trace=trace, threshold=threshold, threshold_source=threshold_source, objective=settings.objective,
-        alpha=alpha, settings=settings, candidate_image=groups,
-        candidate_seeds=list(candidate_seeds) if candidate_seeds is not None else [None] * k_total,
+        alpha=alpha, settings=settings, candidate_image=groups, candidate_seeds=seeds_of,
         unet_calls=counted.calls, unet_rows=counted.rows, seconds=time.perf_counter() - start, warnings=warnings,
         delta=delta if settings.objective == "paper" else None, alpha_source=alpha_source,
-        trigger=trigger, trigger_source=trigger_source,
+        trigger=trigger, trigger_source=trigger_source, chosen_round=chosen_round,
     )
 
 
@@ -537,34 +577,59 @@ def candidate_seed(seed: int, k: int, salt: int = 0) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) % (2**63 - 1)
 
 
-def draw_candidates(stock: Tensor, seeds: Sequence[int], settings: SailSettings) -> tuple[Tensor, list[int], list[int | None]]:
-    """Candidates for every image: row 0 of each is the stock ``x_T``, then ``candidates - 1`` distinct draws.
+class CandidateDraws:
+    """Distinct candidate noises of every image and round (no two candidates are ever equal, across images and
+    rounds: a draw equal to an earlier one is redrawn with the next salt).
 
-    ``stock`` is ``(N, C, H, W)`` (one row per image, seeds ``seeds``). Returns ``(z0, image_of_row, seed_of_row)``.
-    A draw equal to any earlier candidate (any image) is redrawn with the next salt, so there are no duplicates.
+    ``stock`` is ``(N, C, H, W)`` (one row per image, seeds ``seeds``). Round 0 (:meth:`first`): row 0 of each image
+    is its stock ``x_T``, then ``candidates - 1`` draws seeded by ``(seed, k, candidate_seed)``; round ``r``
+    (:meth:`redraw`): ``candidates`` draws per image seeded by ``(seed, k, candidate_seed + r·7919)``.
     """
-    from diffusers.utils.torch_utils import randn_tensor
 
-    def key(t: Tensor) -> bytes:
+    def __init__(self, stock: Tensor, seeds: Sequence[int], settings: SailSettings) -> None:
+        self.stock = stock.detach().to("cpu", torch.float32)
+        self.seeds, self.settings = list(seeds), settings
+        self.seen = {self._key(self.stock[i]) for i in range(self.stock.shape[0])}
+
+    @staticmethod
+    def _key(t: Tensor) -> bytes:
         return t.contiguous().numpy().tobytes()
 
-    stock = stock.detach().to("cpu", torch.float32)
-    seen = {key(stock[i]) for i in range(stock.shape[0])}
-    out_rows, out_groups, out_seeds = [], [], []
-    for i in range(stock.shape[0]):
-        out_rows.append(stock[i]); out_groups.append(i); out_seeds.append(None)
-        for k in range(1, settings.candidates):
-            salt = settings.candidate_seed
-            while True:
-                s = candidate_seed(seeds[i], k, salt)
-                g = torch.Generator("cpu").manual_seed(s)
-                t = randn_tensor(tuple(stock.shape[1:]), generator=g, device=torch.device("cpu"), dtype=torch.float32)
-                if key(t) not in seen:
-                    break
-                salt += 1_000_003
-            seen.add(key(t))
-            out_rows.append(t); out_groups.append(i); out_seeds.append(s)
-    return torch.stack(out_rows), out_groups, out_seeds
+    def _draw(self, image: int, k: int, salt: int) -> tuple[Tensor, int]:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        while True:
+            s = candidate_seed(self.seeds[image], k, salt)
+            g = torch.Generator("cpu").manual_seed(s)
+            t = randn_tensor(tuple(self.stock.shape[1:]), generator=g, device=torch.device("cpu"), dtype=torch.float32)
+            if self._key(t) not in self.seen:
+                self.seen.add(self._key(t))
+                return t, s
+            salt += 1_000_003
+
+    def first(self) -> tuple[Tensor, list[int], list[int | None]]:
+        """Round 0: ``(z0, image_of_row, seed_of_row)``; seed ``None`` marks a stock ``x_T``."""
+        rows, groups, seeds = [], [], []
+        for i in range(self.stock.shape[0]):
+            rows.append(self.stock[i]); groups.append(i); seeds.append(None)
+            for k in range(1, self.settings.candidates):
+                t, s = self._draw(i, k, self.settings.candidate_seed)
+                rows.append(t); groups.append(i); seeds.append(s)
+        return torch.stack(rows), groups, seeds
+
+    def redraw(self, images: Sequence[int], round_: int) -> tuple[Tensor, list[int], list[int | None]]:
+        """Round ``round_ >= 1``: fresh candidates for ``images`` (the :data:`Redraw` contract)."""
+        rows, groups, seeds = [], [], []
+        for i in images:
+            for k in range(1, self.settings.candidates + 1):
+                t, s = self._draw(i, k, self.settings.candidate_seed + 7919 * round_)
+                rows.append(t); groups.append(i); seeds.append(s)
+        return torch.stack(rows), groups, seeds
+
+
+def draw_candidates(stock: Tensor, seeds: Sequence[int], settings: SailSettings) -> tuple[Tensor, list[int], list[int | None]]:
+    """Round 0's candidates for every image (:meth:`CandidateDraws.first`): ``(z0, image_of_row, seed_of_row)``."""
+    return CandidateDraws(stock, seeds, settings).first()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -648,13 +713,14 @@ def iter_sail(
     # 4. Candidates
     stock = initial_noise(pipe, settings)
     seeds = [settings.seed + i for i in range(settings.num_images)]
-    z0, groups, row_seeds = draw_candidates(stock, seeds, sail)
+    draws = CandidateDraws(stock, seeds, sail)
+    z0, groups, row_seeds = draws.first()
     # 5. Optimize
     yield from iter_optimize(
         diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
         alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
         threshold_source=source, delta=delta, alpha_source=alpha_source, trigger=trigger,
-        trigger_source=trigger_source, cancel=cancel,
+        trigger_source=trigger_source, redraw=draws.redraw, cancel=cancel,
     )
 
 
@@ -791,6 +857,9 @@ def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sail-max-steps", type=int, default=d.max_steps, help="Adam steps per candidate (cap)")
     g.add_argument("--sail-candidates", type=int, default=d.candidates,
                    help="noises optimized together (1 = only the seed's own)")
+    g.add_argument("--sail-rounds", type=int, default=d.rounds,
+                   help="rounds: a seed whose noise does not reach the threshold within the step cap gets fresh "
+                        "candidates, up to this many rounds in all (1 = never re-draw)")
     g.add_argument("--sail-lr", type=float, default=d.lr, help="Adam learning rate")
     g.add_argument("--sail-alpha", type=float, default=None, help="prior weight α (default: per objective and model)")
     g.add_argument("--sail-delta", type=float, default=None,
@@ -806,7 +875,7 @@ def sail_settings_from_args(args: argparse.Namespace) -> SailSettings | None:
     return SailSettings(
         objective=args.sail_objective, threshold=args.sail_threshold, max_steps=args.sail_max_steps,
         candidates=args.sail_candidates, lr=args.sail_lr, alpha=args.sail_alpha, delta=args.sail_delta,
-        trigger=args.sail_trigger, sphere=not args.sail_no_sphere,
+        trigger=args.sail_trigger, sphere=not args.sail_no_sphere, rounds=args.sail_rounds,
     )
 
 
@@ -830,8 +899,9 @@ def infotext_fields(result: Any) -> dict:
                 "SAIL trigger": "-" if result.trigger is None else f"{result.trigger:.6g}",
                 "SAIL sphere": result.settings.sphere,
                 "SAIL alpha": f"{result.alpha:g}", "SAIL max steps": result.settings.max_steps,
-                "SAIL candidates": result.settings.candidates, "SAIL lr": result.settings.lr,
-                "SAIL steps": result.steps[0], "SAIL converged": result.converged[0]}
+                "SAIL candidates": result.settings.candidates, "SAIL rounds": result.settings.rounds,
+                "SAIL lr": result.settings.lr, "SAIL steps": result.steps[0], "SAIL converged": result.converged[0],
+                "SAIL round": (result.chosen_round or [0])[0] + 1}
     return {"RTA tokens": result.rta.tokens, "RTA prompt": result.prompt}
 
 
@@ -856,7 +926,8 @@ def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Names
         if isinstance(item, SailStep):
             losses = ", ".join("-" if v is None else f"{v:.5g}" for v in item.loss)
             acc = f"  accepted {item.accepted}" if item.accepted else ""
-            say(f"SAIL step {item.step:>3}/{item.max_steps}  loss [{losses}]  threshold {item.threshold:.5g}{acc}")
+            rnd = f"  (round {item.round + 1}: fresh noise)" if item.round else ""
+            say(f"SAIL step {item.step:>3}/{item.max_steps}  loss [{losses}]  threshold {item.threshold:.5g}{acc}{rnd}")
         elif isinstance(item, SailResult):
             if item.trigger is not None:
                 say(f"SAIL trigger {item.trigger:.6g} ({item.trigger_source}): starts at or below it are kept")

@@ -291,7 +291,7 @@ class HostOptions:
 
         return SailSettings(
             objective=self.objective, threshold=float(self.threshold), max_steps=int(self.max_steps),
-            candidates=int(self.candidates), lr=float(self.lr), sphere=bool(self.sphere), trigger=None,
+            candidates=int(self.candidates), lr=float(self.lr), sphere=bool(self.sphere), trigger=None, rounds=1,
             alpha=None if self.alpha in (None, "") or (isinstance(self.alpha, float) and self.alpha < 0) else float(self.alpha),
         )
 

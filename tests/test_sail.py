@@ -9,8 +9,8 @@ import torch
 
 from sailscope.core.errors import UserInputError
 from sailscope.core.oracles import Gaussian, GaussianMixture, guided_from_models
-from sailscope.core.sail import (RowAdam, SailResult, SailSettings, SailStep, draw_candidates, iter_optimize,
-                                 optimize, paper_objective, reference_objective, relative_step)
+from sailscope.core.sail import (CandidateDraws, RowAdam, SailResult, SailSettings, SailStep, draw_candidates,
+                                 iter_optimize, optimize, paper_objective, reference_objective, relative_step)
 
 D = 6
 
@@ -315,6 +315,55 @@ def test_max_steps_zero_returns_the_initial_noise():
     assert res.unet_calls == 2
 
 
+def test_rounds_redraw_only_failed_images_and_never_apply_the_trigger_to_a_fresh_start():
+    cond, uncond = gaussians()
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    x_low = -torch.linalg.solve(a, b)  # sΔ = 0: loss 0 with α = 0
+    loss = lambda z: paper_objective(eps_pair, z, sigma=1.0, alpha=0.0, delta=0.1).loss
+    z0 = torch.stack([x_low + 0.05, x_low + 3.0])  # image 0 flat (kept), image 1 sharp (fails round 0)
+    between = x_low + 0.3  # a fresh start whose loss lies between the threshold and the trigger
+    threshold, trigger = float(loss(z0[:1])) * 1.5, float(loss(between[None])) * 2
+    assert float(loss(z0[1:])) > trigger and float(loss(between[None])) > threshold
+    fresh = {1: between, 2: x_low + 0.01}
+    calls = []
+
+    def redraw(images, round_):
+        calls.append((list(images), round_))
+        return torch.stack([fresh[round_]] * len(images)), list(images), [100 + round_] * len(images)
+
+    s = SailSettings(threshold=threshold, trigger=trigger, max_steps=0, rounds=3, alpha=0.0)
+    items = list(iter_optimize(eps_pair, z0, s, sigma=1.0, threshold=threshold, alpha=0.0, trigger=trigger,
+                               candidate_image=[0, 1], redraw=redraw))
+    res, steps = items[-1], items[:-1]
+    assert calls == [([1], 1), ([1], 2)]  # image 0 converged in round 0 and is never redrawn
+    assert [st.round for st in steps] == [0, 1, 2]
+    assert [len(st.loss) for st in steps] == [2, 3, 4] and steps[1].loss[:2] == [None, None]
+    assert steps[1].accepted == [] and steps[2].accepted == [3]  # round 1's start is under the trigger: not kept
+    assert res.converged == [True, True] and res.chosen_round == [0, 2] and res.chosen == [0, 2]
+    torch.testing.assert_close(res.x_T[1], fresh[2])
+    torch.testing.assert_close(res.x_T[0], z0[0])
+    assert res.candidate_image == [0, 1, 1, 1] and res.candidate_seeds == [None, None, 101, 102]
+    assert res.report()["chosen_round"] == [0, 2]
+    # without a redraw there is one round whatever the settings say
+    one = optimize(eps_pair, z0, s, sigma=1.0, threshold=threshold, alpha=0.0, trigger=trigger, candidate_image=[0, 1])
+    assert one.converged == [True, False] and len(one.trace) == 1 and one.chosen_round == [0, 0]
+
+
+def test_when_every_round_fails_the_lowest_loss_over_all_rounds_is_returned_with_a_warning():
+    cond, uncond = gaussians()
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    x_low = -torch.linalg.solve(a, b)
+    starts = [x_low + 3.0, x_low + 1.0, x_low + 2.0]  # round 1's start is the least sharp
+    redraw = lambda images, r: (starts[r][None], list(images), [r])
+    s = SailSettings(threshold=-1.0, max_steps=0, rounds=3, alpha=0.0)
+    res = optimize(eps_pair, starts[0][None], s, sigma=1.0, threshold=-1.0, alpha=0.0, redraw=redraw)
+    assert res.converged == [False] and res.chosen == [1] and res.chosen_round == [1]
+    torch.testing.assert_close(res.x_T[0], starts[1])
+    assert len(res.warnings) == 1 and "3 round(s)" in res.warnings[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # Candidates and settings
 # ----------------------------------------------------------------------------------------------
@@ -332,13 +381,25 @@ def test_candidates_are_distinct_deterministic_and_start_with_the_stock_noise():
     assert len(set(s for s in seeds if s is not None)) == 6 and not {10, 11, 12} & set(seeds)
     z2, _, _ = draw_candidates(stock, [10, 11], SailSettings(candidates=4, candidate_seed=1))
     assert not torch.equal(z2[1], z0[1])
+    # later rounds: `candidates` fresh draws per failed image, distinct from every earlier one, deterministic
+    draws = CandidateDraws(stock, [10, 11], s)
+    first = draws.first()
+    assert torch.equal(first[0], z0)
+    r1, g1, s1 = draws.redraw([1], 1)
+    r2, g2, s2 = draws.redraw([0, 1], 2)
+    assert g1 == [1] * 4 and g2 == [0] * 4 + [1] * 4 and r1.shape == (4, 4, 3, 3)
+    rows = torch.cat([z0, r1, r2]).reshape(20, -1)
+    assert len({tuple(r.tolist()) for r in rows}) == 20
+    again = CandidateDraws(stock, [10, 11], s)
+    again.first()
+    assert torch.equal(again.redraw([1], 1)[0], r1) and len(set(s1 + s2) | {x for x in seeds if x is not None}) == 18
 
 
 @pytest.mark.parametrize("kwargs,word", [
     ({"objective": "Paper"}, "objective"), ({"threshold": "high"}, "threshold"),
     ({"threshold": math.nan}, "threshold"), ({"max_steps": -1}, "max_steps"), ({"candidates": 0}, "candidates"),
     ({"lr": 0.0}, "lr"), ({"alpha": -1.0}, "alpha"), ({"delta": 0.0}, "delta"), ({"delta": 2.0}, "delta"),
-    ({"stop": "any"}, "stop"),
+    ({"stop": "any"}, "stop"), ({"rounds": 0}, "rounds"), ({"rounds": 2.0}, "rounds"),
 ])
 def test_settings_validation_names_the_argument(kwargs, word):
     with pytest.raises(UserInputError, match=word):
@@ -347,8 +408,8 @@ def test_settings_validation_names_the_argument(kwargs, word):
 
 def test_settings_are_frozen_keyword_only_with_model_defaults():
     s = SailSettings()
-    assert (s.objective, s.threshold, s.trigger, s.lr, s.max_steps, s.candidates, s.sphere) == (
-        "paper", "auto", "auto", 0.3, 6, 1, True)
+    assert (s.objective, s.threshold, s.trigger, s.lr, s.max_steps, s.candidates, s.sphere, s.rounds) == (
+        "paper", "auto", "auto", 0.3, 6, 1, True, 2)
     with pytest.raises(Exception):
         s.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):

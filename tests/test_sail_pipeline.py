@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_candidate_zero_is_the_stock_noise_and_zero_steps_keep_it(tiny_pipe):
 
 def test_sail_is_deterministic_and_changes_the_noise(tiny_pipe):
     gs = settings(num_images=2)
-    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, candidates=2, lr=0.05, sphere=False)
+    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, candidates=2, lr=0.05, sphere=False, rounds=1)
     r1, r2 = run_sail(tiny_pipe, gs, s), run_sail(tiny_pipe, gs, s)
     assert torch.equal(r1.x_T, r2.x_T) and [t.loss for t in r1.trace] == [t.loss for t in r2.trace]
     assert r1.x_T.shape == (2, 4, 8, 8) and r1.converged == [False, False]
@@ -45,6 +46,17 @@ def test_sail_is_deterministic_and_changes_the_noise(tiny_pipe):
     assert len(r1.warnings) == 2 and all("did not reach" in w for w in r1.warnings)
     # every candidate of both images evaluated at each of the 3 evaluations, 2 UNet calls each
     assert r1.unet_calls == 6 and r1.unet_rows == 2 * 3 * 4
+    # a second round (nothing converges): fresh candidates for both images, deterministic, lowest loss over both
+    s2 = replace(s, rounds=2)
+    q1, q2 = run_sail(tiny_pipe, gs, s2), run_sail(tiny_pipe, gs, s2)
+    assert torch.equal(q1.x_T, q2.x_T) and q1.candidate_seeds == q2.candidate_seeds
+    assert q1.unet_calls == 12 and [t.round for t in q1.trace] == [0, 0, 0, 1, 1, 1]
+    assert q1.candidate_image == [0, 0, 1, 1, 0, 0, 1, 1] and None not in q1.candidate_seeds[4:]
+    assert len(set(q1.candidate_seeds[4:]) | {x for x in q1.candidate_seeds[:4] if x is not None}) == 6
+    for i in range(2):  # the chosen noise is the lowest loss any candidate of the image reached, in any round
+        seen = [l for t in q1.trace for l, g in zip(t.loss, q1.candidate_image) if g == i and l is not None]
+        assert q1.loss[i] == min(seen) and q1.converged[i] is False
+    assert all("2 round(s)" in w for w in q1.warnings)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
@@ -116,10 +128,10 @@ def test_half_precision_unet_with_fp32_latents(tiny_pipe):
     half = _half_pipe(tiny_pipe, dtype)
     assert half.unet.dtype == dtype
     gs = settings()
-    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, lr=0.05, sphere=False)
+    s = SailSettings(objective="reference", threshold=-1.0, max_steps=2, lr=0.05, sphere=False, rounds=1)
     r16, r32 = run_sail(half, gs, s), run_sail(tiny_pipe, gs, s)
     # the sphere step runs in fp32 too: the half-precision result keeps the stock noise's norm exactly
-    on = run_sail(half, gs, SailSettings(objective="reference", threshold=-1.0, max_steps=2))
+    on = run_sail(half, gs, SailSettings(objective="reference", threshold=-1.0, max_steps=2, rounds=1))
     stock = initial_noise(tiny_pipe, gs)
     assert on.x_T.dtype == torch.float32 and not torch.equal(on.x_T, stock)
     assert float(on.x_T.norm()) == pytest.approx(float(stock.norm()), rel=1e-6)
@@ -153,7 +165,8 @@ def test_sail_pair_streams_progress_then_both_runs(tiny_pipe):
     gs = settings(sharpness_at="first")
     items = list(generate_pair(tiny_pipe, gs, SailSettings(threshold=-1.0, max_steps=1)))
     kinds = [type(i).__name__ for i in items]
-    assert kinds == (["SailStep"] * 2 + ["SailResult"] + ["StepRecord"] * 3 + ["GenerationResult"]
+    # two rounds of 2 evaluations (the first round fails, the default re-draws once), then both runs
+    assert kinds == (["SailStep"] * 4 + ["SailResult"] + ["StepRecord"] * 3 + ["GenerationResult"]
                      + ["StepRecord"] * 3 + ["GenerationResult", "PairResult"])
     pair = items[-1]
     assert [r.run for r in pair.original.records] == ["original"] * 3
@@ -166,7 +179,7 @@ def test_sail_pair_streams_progress_then_both_runs(tiny_pipe):
     assert pair.mitigated.records[0].sharpness is not None
     assert pair.mitigated_seconds == pytest.approx(pair.mitigation.seconds + pair.mitigated.seconds)
     rep = pair.report()
-    assert rep["method"] == "sail" and len(rep["mitigation"]["trace"]) == 2
+    assert rep["method"] == "sail" and len(rep["mitigation"]["trace"]) == 4
 
 
 def test_sail_pair_with_an_accepted_stock_noise_reproduces_the_original(tiny_pipe):
@@ -191,8 +204,9 @@ def test_cli_helpers_build_settings():
     assert sail_settings_from_args(p.parse_args([])) is None
     s = sail_settings_from_args(p.parse_args(
         ["--sail", "--sail-objective", "reference", "--sail-threshold", "8.2", "--sail-max-steps", "4",
-         "--sail-candidates", "8", "--sail-lr", "0.1", "--sail-alpha", "0.05"]))
-    assert s == SailSettings(objective="reference", threshold=8.2, max_steps=4, candidates=8, lr=0.1, alpha=0.05)
+         "--sail-candidates", "8", "--sail-lr", "0.1", "--sail-alpha", "0.05", "--sail-rounds", "3"]))
+    assert s == SailSettings(objective="reference", threshold=8.2, max_steps=4, candidates=8, lr=0.1, alpha=0.05,
+                             rounds=3)
     assert sail_settings_from_args(p.parse_args(["--sail"])).threshold == "auto"
     assert mitigation_from_args(p.parse_args(["--rta", "2"])) == RtaSettings(tokens=2)
     with pytest.raises(UserInputError, match="--rta"):
@@ -217,7 +231,7 @@ def test_cli_generate_with_sail_writes_both_images_and_the_trace(tiny_model_dir,
     out = tmp_path / "o"
     rc = main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "fp32", "--prompt", PROMPT,
                "--steps", "2", "--sail", "--sail-objective", "reference", "--sail-threshold", "-1",
-               "--sail-max-steps", "1", "--out", str(out)])
+               "--sail-max-steps", "1", "--sail-rounds", "1", "--out", str(out)])
     assert rc == 0
     err = capsys.readouterr().err
     assert "SAIL threshold -1 (user setting)" in err and "did not reach the threshold" in err
@@ -228,4 +242,4 @@ def test_cli_generate_with_sail_writes_both_images_and_the_trace(tiny_model_dir,
     from PIL import Image
 
     info = Image.open(out / "sail-00000000-0.png").info.get("parameters", "")
-    assert "SAIL objective: reference" in info and "SAIL converged: False" in info
+    assert "SAIL objective: reference" in info and "SAIL converged: False" in info and "SAIL rounds: 1" in info

@@ -50,7 +50,7 @@ def gen_args(**over):
     args = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0, scheduler="ddim",
                 sharpness_at="every step", sail_on=False, sail_objective="paper", sail_threshold="auto",
                 sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="", spectrum_method="arnoldi",
-                spectrum_k=3, sail_trigger="auto", sail_lr=0.3)
+                spectrum_k=3, sail_trigger="auto", sail_lr=0.3, sail_rounds=2)
     args.update(over)
     return [args[k] for k in ui_app.GEN_INPUTS]
 
@@ -175,6 +175,10 @@ def test_sail_advanced_panel_builds_trigger_and_lr(ctx):
     assert ui_app.build_sail(True, "paper", "auto", 6, 1, " AUTO ", None).lr == SailSettings().lr
     with pytest.raises(UserInputError, match="SAIL trigger"):
         ui_app.build_sail(True, "paper", "auto", 6, 1, "sometimes", 0.3)
+    assert ui_app.build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, 3).rounds == 3
+    assert ui_app.build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, None).rounds == SailSettings().rounds
+    with pytest.raises(UserInputError, match="rounds"):
+        ui_app.build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, 0)
     # a bad value reaches the user as a message, before any model work
     final = last(generate_handler(ctx, *gen_args(sail_on=True, sail_lr=-1.0), request=request("lr")))
     assert "ss-error" in status_of(final) and "lr must be a finite number > 0" in status_of(final)
@@ -191,6 +195,26 @@ def test_sail_loss_figure_draws_threshold_and_a_distinct_trigger():
     # one level (trigger None, or equal to the threshold): one line
     assert len(plots.sail_loss_figure(trace, 0.017, None).layout.shapes) == 1
     assert len(plots.sail_loss_figure(trace, 0.017, 0.017).layout.shapes) == 1
+
+
+def test_job_view_sail_progress_and_trace_follow_rounds():
+    from sailscope.core.generate import GenerationSettings
+    from sailscope.core.sail import SailSettings, SailStep
+    from sailscope.ui import plots
+
+    v = JobView(settings=GenerationSettings(prompt="p", steps=4), sail=SailSettings(max_steps=2, rounds=2))
+    step = lambda k, r, loss: SailStep(step=k, max_steps=2, loss=loss, sharpness=loss, prior=loss, accepted=[],
+                                       threshold=0.1, elapsed=0.0, unet_calls=k, round=r)
+    for k in range(3):
+        v.apply(step(k, 0, [1.0 - 0.1 * k]))
+    assert v.progress()[:2] == (3, 3 + 8) and "round" not in v.progress()[2]
+    v.apply(step(0, 1, [None, 0.5]))  # a re-draw round: the bar's SAIL share grows by one round
+    done, total, label = v.progress()
+    assert (done, total) == (4, 6 + 8) and "step 0 of ≤ 2 (round 2 of ≤ 2: fresh noise)" in label
+    rows = v.sail_trace()
+    assert rows[-1] == {"step": 0, "candidate": 1, "loss": 0.5, "round": 1}
+    names = [t.name for t in plots.sail_loss_figure(rows, 0.1).data]
+    assert names == ["candidate 0", "candidate 1 (round 2)"]
 
 
 def test_job_view_progress_and_nearest_spectrum():

@@ -133,7 +133,7 @@ def _sail_default(name: str, fallback: Any = None) -> Any:
 
 
 def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, candidates: Any,
-               trigger: Any = "auto", lr: Any = None) -> Any:
+               trigger: Any = "auto", lr: Any = None, rounds: Any = None) -> Any:
     """SAIL settings from the advanced panel; ``trigger``: a number, ``auto`` or ``none`` (= the threshold)."""
     if not enabled:
         return None
@@ -146,6 +146,8 @@ def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, ca
     ttext = str(trigger if trigger is not None else "auto").strip().lower() or "auto"
     trig: float | str | None = ttext if ttext == "auto" else None if ttext == "none" else _float(ttext, "SAIL trigger")
     extra = {} if lr in (None, "") else {"lr": _float(lr, "SAIL learning rate")}
+    if rounds not in (None, ""):
+        extra["rounds"] = _int(rounds, "SAIL rounds")
     return SailSettings(objective=objective, threshold=thr, trigger=trig, max_steps=_int(max_steps, "SAIL max steps"),
                         candidates=_int(candidates, "SAIL candidates"), **extra)
 
@@ -201,7 +203,7 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
                      height: Any, scheduler: str, sharpness_at: str, sail_on: bool, sail_objective: str,
                      sail_threshold: Any, sail_max_steps: Any, sail_candidates: Any, compare: bool,
                      spectrum_steps: str, spectrum_method: str, spectrum_k: Any, sail_trigger: Any = "auto",
-                     sail_lr: Any = None, request: Any = None) -> Iterator[tuple]:
+                     sail_lr: Any = None, sail_rounds: Any = None, request: Any = None) -> Iterator[tuple]:
     """Run one job (plain or SAIL pair) and stream the view: live plots every ``live_interval`` seconds."""
     session = _session(request)
     cancel = ctx.cancels.start(session)
@@ -212,7 +214,8 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
         # 1. Check inputs (before touching the model)
         pipe = ctx.models.require()
         settings = build_settings(prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at)
-        sail = build_sail(sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates, sail_trigger, sail_lr)
+        sail = build_sail(sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates, sail_trigger, sail_lr,
+                          sail_rounds)
         spec_steps = parse_steps(spectrum_steps, settings.steps)
         spectrum = SpectrumRequest(steps=spec_steps, k=_int(spectrum_k, "spectrum k"), method=spectrum_method) if spec_steps else None
         from sailscope.core.generate import check_settings
@@ -635,6 +638,8 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
                                                        label="Candidates", elem_id="ss-sail-candidates")
                     c["sail_lr"] = compat.make(gr.Number, value=_sail_default("lr"), label="Learning rate",
                                                elem_id="ss-sail-lr")
+                    c["sail_rounds"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=_sail_default("rounds", 1),
+                                                   label="Rounds (fresh noise when a round fails)", elem_id="ss-sail-rounds")
             with compat.make(gr.Accordion, label="Spectrum", open=False, elem_id="ss-spectrum-settings"):
                 c["spectrum_steps"] = compat.make(gr.Textbox, value="1", label="Steps (comma-separated, empty = none)",
                                                   elem_id="ss-spectrum-steps")
@@ -678,7 +683,7 @@ def generate_panel(ctx: AppContext, with_sail: bool = True) -> dict:
 
 GEN_INPUTS = ("prompt", "negative", "seed", "steps", "guidance", "width", "height", "scheduler", "sharpness_at",
               "sail_on", "sail_objective", "sail_threshold", "sail_max_steps", "sail_candidates", "compare",
-              "spectrum_steps", "spectrum_method", "spectrum_k", "sail_trigger", "sail_lr")
+              "spectrum_steps", "spectrum_method", "spectrum_k", "sail_trigger", "sail_lr", "sail_rounds")
 
 
 def wire_generate(ctx: AppContext, c: dict) -> None:
@@ -687,10 +692,11 @@ def wire_generate(ctx: AppContext, c: dict) -> None:
     # explicit positional parameters: gradio injects gr.Request only into those (not after *args)
     def _generate(prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at, sail_on,
                   sail_objective, sail_threshold, sail_max_steps, sail_candidates, compare, spectrum_steps,
-                  spectrum_method, spectrum_k, sail_trigger, sail_lr, request: gr.Request):
+                  spectrum_method, spectrum_k, sail_trigger, sail_lr, sail_rounds, request: gr.Request):
         yield from generate_handler(ctx, prompt, negative, seed, steps, guidance, width, height, scheduler, sharpness_at,
                                     sail_on, sail_objective, sail_threshold, sail_max_steps, sail_candidates, compare,
-                                    spectrum_steps, spectrum_method, spectrum_k, sail_trigger, sail_lr, request=request)
+                                    spectrum_steps, spectrum_method, spectrum_k, sail_trigger, sail_lr, sail_rounds,
+                                    request=request)
 
     def _cancel(request: gr.Request):
         return cancel_handler(ctx, request)

@@ -412,12 +412,18 @@ class JobView:
     def progress(self) -> tuple[int, int, str]:
         """(units done, units total, label): SAIL evaluations plus sampling steps of every run."""
         steps = self.settings.steps
-        sail_total = (self.sail.max_steps + 1) if self.sail is not None else 0
+        # SAIL's share: one round's evaluations (a re-draw round extends the bar's total while it runs)
+        sail_total = 0
+        if self.sail is not None:
+            sail_total = (self.sail.max_steps + 1) * ((self.sail_steps[-1].round + 1) if self.sail_steps else 1)
         sail_done = sail_total if (self.sail_result is not None) else len(self.sail_steps)
         done = sail_done + sum(len(self.records.get(r, [])) for r in self.runs)
         total = sail_total + steps * len(self.runs)
         if self.phase == "sail-search":
-            label = f"SAIL search: step {len(self.sail_steps) - 1} of ≤ {self.sail.max_steps}"
+            last = self.sail_steps[-1] if self.sail_steps else None
+            label = f"SAIL search: step {last.step if last else 0} of ≤ {self.sail.max_steps}"
+            if last is not None and last.round:
+                label += f" (round {last.round + 1} of ≤ {self.sail.rounds}: fresh noise)"
         elif self.phase in ("original", "sail"):
             n = len(self.records.get(self.phase, []))
             label = f"{'SAIL' if self.phase == 'sail' else 'original'} run: step {n} of {steps}"
@@ -436,12 +442,12 @@ class JobView:
         return (r.sharpness[0] if r.sharpness else None), (r.wen[0] if r.wen else None)
 
     def sail_trace(self) -> list[dict]:
-        """SAIL loss rows ``{"step", "candidate", "loss"}`` from core's per-step trace."""
+        """SAIL loss rows ``{"step", "candidate", "loss", "round"}`` from core's per-step trace."""
         rows = []
         for s in self.sail_steps:
             for cand, loss in enumerate(s.loss):
                 if loss is not None:
-                    rows.append({"step": s.step, "candidate": cand, "loss": loss})
+                    rows.append({"step": s.step, "candidate": cand, "loss": loss, "round": s.round})
         return rows
 
     def sail_threshold(self) -> float | None:
@@ -499,10 +505,11 @@ class JobView:
         if self.sail is not None:
             extra.update({"SAIL": "on" if run == "sail" else "off (comparison)", "SAIL objective": self.sail.objective,
                           "SAIL threshold": self.sail_threshold(), "SAIL max steps": self.sail.max_steps,
-                          "SAIL candidates": self.sail.candidates})
+                          "SAIL candidates": self.sail.candidates, "SAIL rounds": self.sail.rounds})
             if run == "sail" and self.sail_result is not None:
                 r = self.sail_result
                 extra.update({"SAIL converged": r.converged[0], "SAIL loss": r.loss[0], "SAIL steps": r.steps[0],
+                              "SAIL round": (r.chosen_round or [0])[0] + 1,
                               "SAIL threshold source": r.threshold_source,
                               "SAIL trigger": r.trigger, "SAIL trigger source": r.trigger_source})
         return extra

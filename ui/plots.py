@@ -141,7 +141,8 @@ def sail_loss_figure(trace: Sequence[Mapping[str, Any]] | None, threshold: float
     for row in trace:
         by_candidate.setdefault(row.get("candidate", 0), []).append(row)
     traces = [dict(type="scatter", x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines+markers",
-                   name=f"candidate {cand}", marker=dict(size=5))
+                   name=f"candidate {cand}" + (f" (round {rows[0]['round'] + 1})" if rows[0].get("round") else ""),
+                   marker=dict(size=5))
               for cand, rows in sorted(by_candidate.items(), key=lambda kv: str(kv[0]))]
     shapes, notes = [], []
     for level, name in ((threshold, "threshold"), (trigger, "trigger")):

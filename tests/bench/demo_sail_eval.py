@@ -40,7 +40,9 @@ def parse_args(argv=None):
                    help="overrides of the default-stage SAIL settings, e.g. lr=0.2,max_steps=8,sphere=false,threshold=0")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--heldout", type=int, default=40, help="held-out prompts evaluated (default 40)")
+    p.add_argument("--heldout", type=int, default=40,
+                   help="held-out prompts evaluated, evenly spaced over heldout_prompts.txt (default 40; the file "
+                        "lists one-object captions first, so its first lines alone are not representative)")
     p.add_argument("--calib-prompts", type=int, default=48, help="fresh captions for calibration")
     p.add_argument("--tau", type=float, default=None)
     p.add_argument("--objective", default="paper", choices=["paper", "reference"])
@@ -77,6 +79,22 @@ def sail_overrides(text: str) -> dict:
             except ValueError:
                 out[key.strip()] = raw.strip()
     return out
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (all of them when ``n >= len(items)``), in file order."""
+    if n >= len(items):
+        return list(items)
+    if n <= 0:
+        return []
+    return [items[i] for i in sorted({int(round(x)) for x in np.linspace(0, len(items) - 1, n)})]
+
+
+def phrases(caption: str) -> int:
+    """Objects named by a grammar caption (1, or 2 for "... above ..." / "... on the left and ... on the right")."""
+    from sailscope.core.demo.data import parse_caption
+
+    return len(parse_caption(caption).phrases)
 
 
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,9 +163,9 @@ def main(argv=None) -> int:
     tau = args.tau if args.tau is not None else float(card.get("tau_copy", info.get("tau_copy", 0.15)))
     n_seeds, steps = args.seeds, args.steps
     if args.quick:
-        memo, heldout, n_seeds, args.calib_prompts, args.timing = memo[:4], heldout[:8], 2, 12, 2
+        memo, heldout, n_seeds, args.calib_prompts, args.timing = memo[:4], evenly_spaced(heldout, 8), 2, 12, 2
         args.calib_seeds = 2
-    heldout = heldout[: args.heldout]
+    heldout = evenly_spaced(heldout, args.heldout)
     seeds = list(range(args.seed_start, args.seed_start + n_seeds))
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
     sweep_seeds = min(args.sweep_seeds or n_seeds, n_seeds)
@@ -206,7 +224,8 @@ def main(argv=None) -> int:
         (SAIL rows) did SAIL reach its threshold and with what loss."""
         return [{"caption": m["caption"], "kind": m["kind"], "seed": args.seed_start + i, "dist": r["dist"][i],
                  "copy": r["copy"][i], "sharpness": r["sharpness"][i]}
-                | ({"converged": r["converged"][i], "sail_loss": r["sail_loss"][i]} if "converged" in r else {})
+                | ({"converged": r["converged"][i], "sail_loss": r["sail_loss"][i], "round": r["round"][i]}
+                   if "converged" in r else {})
                 for r, m in rows for i in range(len(r["dist"]))]
 
     def copy_auc(images):
@@ -225,12 +244,23 @@ def main(argv=None) -> int:
         return {"copy_rate": float(np.mean(flat("copy"))), "mean_dist": float(np.mean(flat("dist"))),
                 "attr_acc": float(np.mean(flat("attr"))), "n": len(flat("copy"))}
 
+    def attr_by_structure(scores):
+        """Held-out attribute accuracy per number of named objects; every memorized caption names two, so the
+        two-object held-out prompts are the like-for-like reference for SAIL's attribute accuracy."""
+        out = {}
+        for k in sorted({phrases(p) for p in scores}):
+            vals = [c for p, s in scores.items() if phrases(p) == k for c in s["attr"]]
+            out[f"attr_acc_{k}_objects"] = float(np.mean(vals)) if vals else None
+            out[f"n_prompts_{k}_objects"] = sum(phrases(p) == k for p in scores)
+        return out
+
     held_orig_scores = {p: score_held(p, orig_held[p].array) for p in heldout}
     results["original"] = {
         "memorized_exact": summarize_memo([(m["orig"], m) for m in memo]),
         "memorized_template": summarize_memo([(m["orig"], m) for m in memo], "template"),
         "heldout": {"copy_rate": float(np.mean([c for s in held_orig_scores.values() for c in s["copy"]])),
-                    "attr_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["attr"]]))},
+                    "attr_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["attr"]])),
+                    "n_prompts": len(heldout)} | attr_by_structure(held_orig_scores),
         "step1_sharpness_memorized": float(np.mean([v for m in memo for v in m["orig"]["sharpness"]])),
         "per_image": per_image([(m["orig"], m) for m in memo]),
     }
@@ -263,7 +293,7 @@ def main(argv=None) -> int:
             if control:
                 sail_images[m["caption"]] = g.array
             rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness, "converged": r.converged,
-                                                    "sail_loss": r.loss}, m))
+                                                    "sail_loss": r.loss, "round": r.chosen_round}, m))
             if control and "control" not in skip:
                 z_rand, angles = same_angle_random(initial_noise(pipe, gs_of(m["caption"], n)), r.x_T, len(ctrl))
                 gr_ = gen(m["caption"], x_T=z_rand, n=n)
@@ -302,7 +332,7 @@ def main(argv=None) -> int:
                 "mean_dist_to_original": float(np.mean([c for s in held.values() for c in s["dist_to_original"]])),
                 "converged_rate": float(np.mean([c for s in held.values() for c in s["converged"]])),
                 "mean_steps": float(np.mean([c for s in held.values() for c in s["steps"]])),
-            }
+            } | attr_by_structure(held)
         return out
 
     default = SailSettings(**({"objective": args.objective, "candidates": args.candidates} | sail_overrides(args.sail)))
