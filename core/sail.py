@@ -76,6 +76,8 @@ STOP_RULES: tuple[str, ...] = ("first", "all")
 EpsPair = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 # (images without a converged candidate, round >= 1) -> (fresh candidates, image of each, seed of each)
 Redraw = Callable[[list[int], int], "tuple[Tensor, list[int], list[int | None]]"]
+# (images whose seed's start lies between threshold and trigger) -> (probe noises, image of each, seed of each)
+Probe = Callable[[list[int]], "tuple[Tensor, list[int], list[int | None]]"]
 
 # α defaults. reference: the authors' values (SD 1.x eps models 0.05, SD 2.x v models 0.01).
 # paper: the first term's scale differs by orders of magnitude between models (score² at t_0: ~1e-4 for
@@ -117,7 +119,10 @@ class SailSettings:
     start's norm. ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
     noises drawn from ``(seed, candidate_seed, k)``. ``rounds``: when no candidate of an image reaches the
     threshold within ``max_steps``, up to ``rounds - 1`` more rounds start from fresh, distinct noises (the
-    authors' loop re-draws its candidates the same way; the trigger never applies to a re-drawn start). ``alpha=None``: the model's calibrated α for the paper
+    authors' loop re-draws its candidates the same way; the trigger never applies to a re-drawn start).
+    ``trigger_noises``: memorization is a property of the prompt, and a flat seed of a memorized prompt can still
+    copy; so a start under the trigger (but above the threshold) is kept only if the prompt's mean loss over it
+    and ``trigger_noises - 1`` fresh noises is under the trigger too (1 = judge the seed alone). ``alpha=None``: the model's calibrated α for the paper
     objective (fallback :func:`default_alpha`), the authors' α for the reference objective;
     ``delta=None`` (paper objective's relative step) picks :func:`auto_delta` for the UNet's dtype.
     """
@@ -128,6 +133,7 @@ class SailSettings:
     max_steps: int = 6
     candidates: int = 1
     rounds: int = 2
+    trigger_noises: int = 4
     lr: float = 0.3
     sphere: bool = True
     alpha: float | None = None
@@ -157,6 +163,8 @@ class SailSettings:
             raise UserInputError(f"sail candidates must be an integer in [1, 64], got {self.candidates!r}")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= 16:
             raise UserInputError(f"sail rounds must be an integer in [1, 16], got {self.rounds!r}")
+        if isinstance(self.trigger_noises, bool) or not isinstance(self.trigger_noises, int) or not 1 <= self.trigger_noises <= 64:
+            raise UserInputError(f"sail trigger_noises must be an integer in [1, 64], got {self.trigger_noises!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"sail lr must be a finite number > 0, got {self.lr!r}")
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
@@ -359,6 +367,10 @@ class SailResult:
     trigger: float | None = None  # starts with loss <= max(trigger, threshold) were kept unchanged
     trigger_source: str = "same as the threshold"
     chosen_round: list[int] = field(default_factory=list)  # per image: 0 = its first candidates, r = r-th re-draw
+    # per image: the prompt's mean step-0 loss over its start and the probe noises (None: not needed), and
+    # whether that mean overruled the trigger (the start was under it, the prompt was not: optimized)
+    prompt_loss: list[float | None] = field(default_factory=list)
+    trigger_overruled: list[bool] = field(default_factory=list)
 
     @property
     def all_converged(self) -> bool:
@@ -371,7 +383,7 @@ class SailResult:
             "threshold_source": self.threshold_source, "trigger": self.trigger, "trigger_source": self.trigger_source,
             "settings": self.settings.to_dict(),
             "converged": self.converged, "chosen": self.chosen, "chosen_round": self.chosen_round, "steps": self.steps,
-            "loss": self.loss,
+            "loss": self.loss, "prompt_loss": self.prompt_loss, "trigger_overruled": self.trigger_overruled,
             "initial_loss": self.initial_loss, "candidate_image": self.candidate_image,
             "candidate_seeds": self.candidate_seeds, "unet_calls": self.unet_calls, "unet_rows": self.unet_rows,
             "seconds": self.seconds, "warnings": list(self.warnings), "trace": [s.to_dict() for s in self.trace],
@@ -421,6 +433,7 @@ def iter_optimize(
     trigger: float | None = None,
     trigger_source: str = "same as the threshold",
     redraw: Redraw | None = None,
+    probe: Probe | None = None,
     cancel: Callable[[], bool] | threading.Event | None = None,
 ) -> Iterator[SailStep | SailResult]:
     """Run SAIL on candidates ``z0`` (K, ...); yields a :class:`SailStep` per evaluation, then the result.
@@ -428,9 +441,12 @@ def iter_optimize(
     ``candidate_image[k]`` is the image candidate ``k`` belongs to (default: all image 0); the result has
     one row per image. ``eps_pair`` must accept any batch size (rows are independent). ``delta``: the
     paper objective's resolved relative step (default ``settings.delta_for(float32)``). ``trigger``: the
-    resolved trigger (None = the threshold); at step 0 of round 0 the acceptance level is
-    ``max(trigger, threshold)``. ``redraw(images, round)`` returns fresh candidates (and their seeds) for the
+    resolved trigger (None = the threshold): an image's own start (its first row) is kept at step 0 when its loss
+    is ``≤ max(trigger, threshold)``; every other candidate needs the threshold. ``redraw(images, round)`` returns fresh candidates (and their seeds) for the
     images no candidate of which converged; without it there is one round whatever ``settings.rounds`` says.
+    ``probe(images)`` returns ``trigger_noises - 1`` noises per image whose seed's start is under the trigger but
+    above the threshold; the start is kept only if its mean loss with theirs is under the trigger too (without
+    ``probe`` the seed's start alone decides).
     """
     start = time.perf_counter()
     delta = float(delta) if delta is not None else settings.delta_for(torch.float32)
@@ -458,6 +474,9 @@ def iter_optimize(
     image_done = [False] * n_images
     trace: list[SailStep] = []
     n_rounds = settings.rounds if redraw is not None else 1
+    prompt_loss: list[float | None] = [None] * n_images
+    overruled = [False] * n_images
+    first_row = [groups.index(i) for i in range(n_images)]  # each image's own start (the seed's x_T)
 
     for round_ in range(n_rounds):
         if round_ > 0:  # 0. a new round: fresh candidates for the images that did not converge
@@ -484,7 +503,23 @@ def iter_optimize(
             with torch.set_grad_enabled(need_grad):
                 val = evaluate_objective(counted, zi, settings, sigma=sigma, alpha=alpha, scale=scale, delta=delta)
             loss = val.loss.detach().to("cpu", torch.float64)
-            level = first_level if (step == 0 and round_ == 0) else threshold
+            # the trigger keeps only an image's own start (its first row, round 0, step 0), and judges the prompt:
+            # where the start alone would be kept, its mean loss with fresh probe noises must be under it too
+            keep_level = {r: first_level for r in active if step == 0 and round_ == 0 and r == first_row[groups[r]]}
+            if keep_level and probe is not None and settings.trigger_noises > 1 and first_level > threshold:
+                under = [groups[r] for j, r in enumerate(active)
+                         if r in keep_level and threshold < float(loss[j]) <= first_level]
+                if under:
+                    pz, pgroups, _ = probe(under)
+                    with torch.no_grad():
+                        pl = evaluate_objective(counted, pz.to(device, torch.float32), settings, sigma=sigma, alpha=alpha,
+                                                scale=scale, delta=delta).loss.detach().to("cpu", torch.float64)
+                    for i in under:
+                        vals = [float(loss[active.index(first_row[i])])] + [float(v) for v, g in zip(pl, pgroups) if g == i]
+                        prompt_loss[i] = sum(vals) / len(vals)
+                        if not prompt_loss[i] <= first_level:  # a NaN overrules too
+                            overruled[i] = True
+                            del keep_level[first_row[i]]
             newly: list[int] = []
             for j, r in enumerate(active):
                 lv = float(loss[j])
@@ -493,7 +528,7 @@ def iter_optimize(
                 if lv < best_loss[r]:  # NaN never wins
                     best_loss[r], best_steps[r] = lv, step
                     best_z[r] = z[r]
-                if lv <= level:
+                if lv <= keep_level.get(r, threshold):
                     accepted_step[r], accepted_z[r], accepted_loss[r] = step, z[r].clone(), lv
                     newly.append(r)
             if all(not math.isfinite(float(v)) for v in loss) and step == 0 and round_ == 0:
@@ -550,7 +585,8 @@ def iter_optimize(
         alpha=alpha, settings=settings, candidate_image=groups, candidate_seeds=seeds_of,
         unet_calls=counted.calls, unet_rows=counted.rows, seconds=time.perf_counter() - start, warnings=warnings,
         delta=delta if settings.objective == "paper" else None, alpha_source=alpha_source,
-        trigger=trigger, trigger_source=trigger_source, chosen_round=chosen_round,
+        trigger=trigger, trigger_source=trigger_source, chosen_round=chosen_round, prompt_loss=prompt_loss,
+        trigger_overruled=overruled,
     )
 
 
@@ -577,13 +613,17 @@ def candidate_seed(seed: int, k: int, salt: int = 0) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) % (2**63 - 1)
 
 
+PROBE_SALT = 104_729  # probe noises' seed salt: apart from every round's (candidate_seed + 7919 r, r <= 16)
+
+
 class CandidateDraws:
     """Distinct candidate noises of every image and round (no two candidates are ever equal, across images and
     rounds: a draw equal to an earlier one is redrawn with the next salt).
 
     ``stock`` is ``(N, C, H, W)`` (one row per image, seeds ``seeds``). Round 0 (:meth:`first`): row 0 of each image
     is its stock ``x_T``, then ``candidates - 1`` draws seeded by ``(seed, k, candidate_seed)``; round ``r``
-    (:meth:`redraw`): ``candidates`` draws per image seeded by ``(seed, k, candidate_seed + r·7919)``.
+    (:meth:`redraw`): ``candidates`` draws per image seeded by ``(seed, k, candidate_seed + r·7919)``; the trigger's
+    prompt check (:meth:`probe`): ``trigger_noises - 1`` draws seeded by ``(seed, k, candidate_seed + PROBE_SALT)``.
     """
 
     def __init__(self, stock: Tensor, seeds: Sequence[int], settings: SailSettings) -> None:
@@ -614,6 +654,15 @@ class CandidateDraws:
             rows.append(self.stock[i]); groups.append(i); seeds.append(None)
             for k in range(1, self.settings.candidates):
                 t, s = self._draw(i, k, self.settings.candidate_seed)
+                rows.append(t); groups.append(i); seeds.append(s)
+        return torch.stack(rows), groups, seeds
+
+    def probe(self, images: Sequence[int]) -> tuple[Tensor, list[int], list[int | None]]:
+        """``trigger_noises - 1`` noises per image for the trigger's prompt check (the :data:`Probe` contract)."""
+        rows, groups, seeds = [], [], []
+        for i in images:
+            for k in range(1, self.settings.trigger_noises):
+                t, s = self._draw(i, k, self.settings.candidate_seed + PROBE_SALT)
                 rows.append(t); groups.append(i); seeds.append(s)
         return torch.stack(rows), groups, seeds
 
@@ -720,7 +769,7 @@ def iter_sail(
         diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
         alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
         threshold_source=source, delta=delta, alpha_source=alpha_source, trigger=trigger,
-        trigger_source=trigger_source, redraw=draws.redraw, cancel=cancel,
+        trigger_source=trigger_source, redraw=draws.redraw, probe=draws.probe, cancel=cancel,
     )
 
 
@@ -852,6 +901,9 @@ def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sail-trigger", type=_trigger_arg, default=d.trigger,
                    help="keep the seed's noise when its loss is already <= this; 'auto' = calibrated q0.9 "
                         "(the threshold without a calibration); 'none' = the threshold")
+    g.add_argument("--sail-trigger-noises", type=int, default=d.trigger_noises,
+                   help="the trigger keeps a seed's noise only if the prompt's mean loss over it and N-1 fresh noises "
+                        "is under the trigger too (1 = judge the seed alone)")
     g.add_argument("--sail-no-sphere", action="store_true",
                    help="let Adam change the noise's norm (default: keep it on the sphere of the seed's noise)")
     g.add_argument("--sail-max-steps", type=int, default=d.max_steps, help="Adam steps per candidate (cap)")
@@ -876,6 +928,7 @@ def sail_settings_from_args(args: argparse.Namespace) -> SailSettings | None:
         objective=args.sail_objective, threshold=args.sail_threshold, max_steps=args.sail_max_steps,
         candidates=args.sail_candidates, lr=args.sail_lr, alpha=args.sail_alpha, delta=args.sail_delta,
         trigger=args.sail_trigger, sphere=not args.sail_no_sphere, rounds=args.sail_rounds,
+        trigger_noises=args.sail_trigger_noises,
     )
 
 
@@ -901,7 +954,8 @@ def infotext_fields(result: Any) -> dict:
                 "SAIL alpha": f"{result.alpha:g}", "SAIL max steps": result.settings.max_steps,
                 "SAIL candidates": result.settings.candidates, "SAIL rounds": result.settings.rounds,
                 "SAIL lr": result.settings.lr, "SAIL steps": result.steps[0], "SAIL converged": result.converged[0],
-                "SAIL round": (result.chosen_round or [0])[0] + 1}
+                "SAIL round": (result.chosen_round or [0])[0] + 1,
+                "SAIL trigger overruled": bool((result.trigger_overruled or [False])[0])}
     return {"RTA tokens": result.rta.tokens, "RTA prompt": result.prompt}
 
 
@@ -931,6 +985,10 @@ def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Names
         elif isinstance(item, SailResult):
             if item.trigger is not None:
                 say(f"SAIL trigger {item.trigger:.6g} ({item.trigger_source}): starts at or below it are kept")
+            for i, (over, pl) in enumerate(zip(item.trigger_overruled, item.prompt_loss)):
+                if over:
+                    say(f"SAIL image {i}: the seed's noise is under the trigger, but the prompt's mean loss over "
+                        f"{item.settings.trigger_noises} noises ({pl:.5g}) is not: optimized")
             say(f"SAIL threshold {item.threshold:.6g} ({item.threshold_source}); objective {item.objective}, "
                 f"alpha {item.alpha:.4g} ({item.alpha_source}); {item.unet_calls} UNet calls, {item.seconds:.2f}s")
             for w in item.warnings:

@@ -3,6 +3,7 @@ early stop, no convergence, candidates, settings validation. No diffusers model 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -350,6 +351,43 @@ def test_rounds_redraw_only_failed_images_and_never_apply_the_trigger_to_a_fresh
     assert one.converged == [True, False] and len(one.trace) == 1 and one.chosen_round == [0, 0]
 
 
+def test_trigger_judges_the_prompt_with_probe_noises_and_keeps_only_the_seeds_own_start():
+    cond, uncond = gaussians()
+    a, b = affine_delta(cond, uncond)
+    eps_pair = guided_from_models(cond, uncond).eps_pair
+    x_low = -torch.linalg.solve(a, b)
+    loss = lambda z: paper_objective(eps_pair, z, sigma=1.0, alpha=0.0, delta=0.1).loss
+    mild, sharp = x_low + 0.3, x_low + 3.0
+    threshold, trigger = float(loss(mild[None])) / 2, float(loss(mild[None])) * 1.5
+    assert float(loss(sharp[None])) > 4 * trigger
+    # image 0: a mild start of a "flat" prompt (probes flat); image 1: the same mild start, "sharp" prompt;
+    # image 2: a sharp start (no probe needed: optimized anyway)
+    z0 = torch.stack([mild, mild, sharp])
+    calls = []
+
+    def probe(images):
+        calls.append(list(images))
+        rows = [x_low + 0.01 if i == 0 else sharp for i in images for _ in range(3)]
+        return torch.stack(rows), [i for i in images for _ in range(3)], [None] * len(rows)
+
+    s = SailSettings(threshold=threshold, trigger=trigger, max_steps=0, alpha=0.0, trigger_noises=4)
+    kw = dict(sigma=1.0, threshold=threshold, alpha=0.0, trigger=trigger, candidate_image=[0, 1, 2])
+    res = optimize(eps_pair, z0, s, probe=probe, **kw)
+    assert calls == [[0, 1]]
+    assert res.converged == [True, False, False] and res.trigger_overruled == [False, True, False]
+    want1 = (float(loss(mild[None])) + 3 * float(loss(sharp[None]))) / 4
+    assert res.prompt_loss[1] == pytest.approx(want1, rel=1e-3) and res.prompt_loss[2] is None  # fp32, batched
+    assert res.prompt_loss[0] <= trigger and res.report()["trigger_overruled"] == [False, True, False]
+    assert res.unet_calls == 2 * 2  # one batched evaluation of the starts, one of the probes
+    # trigger_noises = 1: the seed alone decides, no probe
+    one = optimize(eps_pair, z0, replace(s, trigger_noises=1), probe=probe, **kw)
+    assert calls == [[0, 1]] and one.converged == [True, True, False]
+    # only the seed's own start is kept by the trigger: an extra candidate under it needs the threshold
+    extra = optimize(eps_pair, torch.stack([sharp, mild]), replace(s, trigger_noises=1), sigma=1.0, threshold=threshold,
+                     alpha=0.0, trigger=trigger, candidate_image=[0, 0])
+    assert extra.converged == [False] and extra.trace[0].accepted == []
+
+
 def test_when_every_round_fails_the_lowest_loss_over_all_rounds_is_returned_with_a_warning():
     cond, uncond = gaussians()
     a, b = affine_delta(cond, uncond)
@@ -393,6 +431,9 @@ def test_candidates_are_distinct_deterministic_and_start_with_the_stock_noise():
     again = CandidateDraws(stock, [10, 11], s)
     again.first()
     assert torch.equal(again.redraw([1], 1)[0], r1) and len(set(s1 + s2) | {x for x in seeds if x is not None}) == 18
+    pz, pg, ps = draws.probe([0, 1])  # the trigger's prompt check: trigger_noises - 1 (default 3) per image
+    assert pg == [0] * 3 + [1] * 3 and len({tuple(r.tolist()) for r in torch.cat([rows, pz.reshape(6, -1)])}) == 26
+    assert not set(ps) & (set(s1 + s2) | set(seeds))
 
 
 @pytest.mark.parametrize("kwargs,word", [
@@ -400,6 +441,7 @@ def test_candidates_are_distinct_deterministic_and_start_with_the_stock_noise():
     ({"threshold": math.nan}, "threshold"), ({"max_steps": -1}, "max_steps"), ({"candidates": 0}, "candidates"),
     ({"lr": 0.0}, "lr"), ({"alpha": -1.0}, "alpha"), ({"delta": 0.0}, "delta"), ({"delta": 2.0}, "delta"),
     ({"stop": "any"}, "stop"), ({"rounds": 0}, "rounds"), ({"rounds": 2.0}, "rounds"),
+    ({"trigger_noises": 0}, "trigger_noises"),
 ])
 def test_settings_validation_names_the_argument(kwargs, word):
     with pytest.raises(UserInputError, match=word):
@@ -408,8 +450,8 @@ def test_settings_validation_names_the_argument(kwargs, word):
 
 def test_settings_are_frozen_keyword_only_with_model_defaults():
     s = SailSettings()
-    assert (s.objective, s.threshold, s.trigger, s.lr, s.max_steps, s.candidates, s.sphere, s.rounds) == (
-        "paper", "auto", "auto", 0.3, 6, 1, True, 2)
+    assert (s.objective, s.threshold, s.trigger, s.lr, s.max_steps, s.candidates, s.sphere, s.rounds,
+            s.trigger_noises) == ("paper", "auto", "auto", 0.3, 6, 1, True, 2, 4)
     with pytest.raises(Exception):
         s.lr = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):

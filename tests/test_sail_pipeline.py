@@ -204,9 +204,10 @@ def test_cli_helpers_build_settings():
     assert sail_settings_from_args(p.parse_args([])) is None
     s = sail_settings_from_args(p.parse_args(
         ["--sail", "--sail-objective", "reference", "--sail-threshold", "8.2", "--sail-max-steps", "4",
-         "--sail-candidates", "8", "--sail-lr", "0.1", "--sail-alpha", "0.05", "--sail-rounds", "3"]))
+         "--sail-candidates", "8", "--sail-lr", "0.1", "--sail-alpha", "0.05", "--sail-rounds", "3",
+         "--sail-trigger-noises", "1"]))
     assert s == SailSettings(objective="reference", threshold=8.2, max_steps=4, candidates=8, lr=0.1, alpha=0.05,
-                             rounds=3)
+                             rounds=3, trigger_noises=1)
     assert sail_settings_from_args(p.parse_args(["--sail"])).threshold == "auto"
     assert mitigation_from_args(p.parse_args(["--rta", "2"])) == RtaSettings(tokens=2)
     with pytest.raises(UserInputError, match="--rta"):

@@ -510,6 +510,7 @@ class JobView:
                 r = self.sail_result
                 extra.update({"SAIL converged": r.converged[0], "SAIL loss": r.loss[0], "SAIL steps": r.steps[0],
                               "SAIL round": (r.chosen_round or [0])[0] + 1,
+                              "SAIL trigger overruled": bool((r.trigger_overruled or [False])[0]),
                               "SAIL threshold source": r.threshold_source,
                               "SAIL trigger": r.trigger, "SAIL trigger source": r.trigger_source})
         return extra

@@ -224,8 +224,8 @@ def main(argv=None) -> int:
         (SAIL rows) did SAIL reach its threshold and with what loss."""
         return [{"caption": m["caption"], "kind": m["kind"], "seed": args.seed_start + i, "dist": r["dist"][i],
                  "copy": r["copy"][i], "sharpness": r["sharpness"][i]}
-                | ({"converged": r["converged"][i], "sail_loss": r["sail_loss"][i], "round": r["round"][i]}
-                   if "converged" in r else {})
+                | ({"converged": r["converged"][i], "sail_loss": r["sail_loss"][i], "round": r["round"][i],
+                    "trigger_overruled": r["overruled"][i]} if "converged" in r else {})
                 for r, m in rows for i in range(len(r["dist"]))]
 
     def copy_auc(images):
@@ -293,7 +293,8 @@ def main(argv=None) -> int:
             if control:
                 sail_images[m["caption"]] = g.array
             rows.append((score_memo(m, g.array) | {"sharpness": g.records[0].sharpness, "converged": r.converged,
-                                                    "sail_loss": r.loss, "round": r.chosen_round}, m))
+                                                    "sail_loss": r.loss, "round": r.chosen_round,
+                                                    "overruled": r.trigger_overruled}, m))
             if control and "control" not in skip:
                 z_rand, angles = same_angle_random(initial_noise(pipe, gs_of(m["caption"], n)), r.x_T, len(ctrl))
                 gr_ = gen(m["caption"], x_T=z_rand, n=n)
@@ -304,7 +305,9 @@ def main(argv=None) -> int:
         for p in prompts_held:
             r = run_sail(pipe, gs_of(p), sail)
             g = gen(p, x_T=r.x_T)
-            held[p] = score_held(p, g.array, orig_held[p].array) | {"steps": r.steps, "converged": r.converged}
+            held[p] = score_held(p, g.array, orig_held[p].array) | {"steps": r.steps, "converged": r.converged,
+                                                                     "overruled": r.trigger_overruled,
+                                                                     "round": r.chosen_round}
         out = {"memorized_exact": summarize_memo(rows), "memorized_template": summarize_memo(rows, "template"),
                "converged_rate": float(np.mean([c for x in meta for c in x["converged"]])),
                "mean_steps": float(np.mean([c for x in meta for c in x["steps"]])),
@@ -332,6 +335,10 @@ def main(argv=None) -> int:
                 "mean_dist_to_original": float(np.mean([c for s in held.values() for c in s["dist_to_original"]])),
                 "converged_rate": float(np.mean([c for s in held.values() for c in s["converged"]])),
                 "mean_steps": float(np.mean([c for s in held.values() for c in s["steps"]])),
+                "trigger_overruled": float(np.mean([c for s in held.values() for c in s["overruled"]])),
+                # kept as drawn: the seed's own start accepted at step 0 (its image is the original's)
+                "unchanged": float(np.mean([st == 0 and c and rd == 0 for s in held.values()
+                                            for st, c, rd in zip(s["steps"], s["converged"], s["round"])])),
             } | attr_by_structure(held)
         return out
 
