@@ -113,17 +113,16 @@ class SailSettings:
     """Everything that determines SAIL's ``x_T`` besides the generation settings (seed, prompt, scheduler).
 
     ``threshold``: the loss a candidate is optimized down to, a number in the objective's units or ``"auto"``
-    (per-model calibration, see :mod:`sailscope.core.calibration`). ``trigger``: a start whose loss is
-    already ``≤ trigger`` is kept unchanged (``"auto"``: the calibrated trigger quantile, or the threshold
-    without a calibration; ``None``: the threshold). ``sphere``: keep each candidate on the sphere of its
-    start's norm. ``candidates``: 1 = only the seed's own ``x_T``; more add distinct
-    noises drawn from ``(seed, candidate_seed, k)``. ``rounds``: when no candidate of an image reaches the
-    threshold within ``max_steps``, up to ``rounds - 1`` more rounds start from fresh, distinct noises (the
-    authors' loop re-draws its candidates the same way; the trigger never applies to a re-drawn start).
-    ``trigger_noises``: memorization is a property of the prompt, and a flat seed of a memorized prompt can still
-    copy; so a start under the trigger (but above the threshold) is kept only if the prompt's mean loss over it
-    and ``trigger_noises - 1`` fresh noises is under the trigger too (1 = judge the seed alone). ``alpha=None``: the model's calibrated α for the paper
-    objective (fallback :func:`default_alpha`), the authors' α for the reference objective;
+    (per-model calibration, see :mod:`sailscope.core.calibration`). ``trigger``: the seed's own start is kept
+    unchanged when its loss is already ``≤ trigger`` (``"auto"``: the calibrated trigger quantile, or the
+    threshold without a calibration; ``None``: the threshold). ``trigger_noises``: memorization is a property of
+    the prompt, and a flatter seed of a memorized prompt can still copy, so that start is kept only if its mean
+    loss with ``trigger_noises - 1`` fresh probe noises is under the trigger too (1 = the seed alone decides).
+    ``sphere``: keep each candidate on the sphere of its start's norm. ``candidates``: 1 = only the seed's own
+    ``x_T``; more add distinct noises drawn from ``(seed, candidate_seed, k)``. ``rounds``: when no candidate of
+    an image reaches the threshold within ``max_steps``, up to ``rounds - 1`` more rounds start from fresh,
+    distinct noises (the authors' loop re-draws its candidates too). ``alpha=None``: the model's calibrated α for
+    the paper objective (fallback :func:`default_alpha`), the authors' α for the reference objective;
     ``delta=None`` (paper objective's relative step) picks :func:`auto_delta` for the UNet's dtype.
     """
 
@@ -163,7 +162,8 @@ class SailSettings:
             raise UserInputError(f"sail candidates must be an integer in [1, 64], got {self.candidates!r}")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= 16:
             raise UserInputError(f"sail rounds must be an integer in [1, 16], got {self.rounds!r}")
-        if isinstance(self.trigger_noises, bool) or not isinstance(self.trigger_noises, int) or not 1 <= self.trigger_noises <= 64:
+        tn = self.trigger_noises
+        if isinstance(tn, bool) or not isinstance(tn, int) or not 1 <= tn <= 64:
             raise UserInputError(f"sail trigger_noises must be an integer in [1, 64], got {self.trigger_noises!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"sail lr must be a finite number > 0, got {self.lr!r}")
@@ -441,9 +441,10 @@ def iter_optimize(
     ``candidate_image[k]`` is the image candidate ``k`` belongs to (default: all image 0); the result has
     one row per image. ``eps_pair`` must accept any batch size (rows are independent). ``delta``: the
     paper objective's resolved relative step (default ``settings.delta_for(float32)``). ``trigger``: the
-    resolved trigger (None = the threshold): an image's own start (its first row) is kept at step 0 when its loss
-    is ``≤ max(trigger, threshold)``; every other candidate needs the threshold. ``redraw(images, round)`` returns fresh candidates (and their seeds) for the
-    images no candidate of which converged; without it there is one round whatever ``settings.rounds`` says.
+    resolved trigger (None = the threshold): an image's own start (its first row) is kept at step 0 when its
+    loss is ``≤ max(trigger, threshold)``; every other candidate needs the threshold. ``redraw(images, round)``
+    returns fresh candidates (and their seeds) for the images no candidate of which converged; without it there
+    is one round whatever ``settings.rounds`` says.
     ``probe(images)`` returns ``trigger_noises - 1`` noises per image whose seed's start is under the trigger but
     above the threshold; the start is kept only if its mean loss with theirs is under the trigger too (without
     ``probe`` the seed's start alone decides).
@@ -512,10 +513,12 @@ def iter_optimize(
                 if under:
                     pz, pgroups, _ = probe(under)
                     with torch.no_grad():
-                        pl = evaluate_objective(counted, pz.to(device, torch.float32), settings, sigma=sigma, alpha=alpha,
-                                                scale=scale, delta=delta).loss.detach().to("cpu", torch.float64)
+                        pl = evaluate_objective(counted, pz.to(device, torch.float32), settings, sigma=sigma,
+                                                alpha=alpha, scale=scale, delta=delta).loss
+                    pl = pl.detach().to("cpu", torch.float64)
                     for i in under:
-                        vals = [float(loss[active.index(first_row[i])])] + [float(v) for v, g in zip(pl, pgroups) if g == i]
+                        vals = [float(loss[active.index(first_row[i])])]
+                        vals += [float(v) for v, g in zip(pl, pgroups) if g == i]
                         prompt_loss[i] = sum(vals) / len(vals)
                         if not prompt_loss[i] <= first_level:  # a NaN overrules too
                             overruled[i] = True
@@ -532,7 +535,8 @@ def iter_optimize(
                     accepted_step[r], accepted_z[r], accepted_loss[r] = step, z[r].clone(), lv
                     newly.append(r)
             if all(not math.isfinite(float(v)) for v in loss) and step == 0 and round_ == 0:
-                raise NonFiniteError("SAIL objective is not finite at the initial noise (NaN/inf from the model)", step=0)
+                raise NonFiniteError("SAIL objective is not finite at the initial noise (NaN/inf from the model)",
+                                     step=0)
             for r in newly:
                 image_done[groups[r]] = True
             trace.append(SailStep(
@@ -676,7 +680,8 @@ class CandidateDraws:
         return torch.stack(rows), groups, seeds
 
 
-def draw_candidates(stock: Tensor, seeds: Sequence[int], settings: SailSettings) -> tuple[Tensor, list[int], list[int | None]]:
+def draw_candidates(stock: Tensor, seeds: Sequence[int],
+                    settings: SailSettings) -> tuple[Tensor, list[int], list[int | None]]:
     """Round 0's candidates for every image (:meth:`CandidateDraws.first`): ``(z0, image_of_row, seed_of_row)``."""
     return CandidateDraws(stock, seeds, settings).first()
 

@@ -126,3 +126,24 @@ def test_heldout_truth_renders_follow_their_prompts(ds):
     train = ds.images[:50].astype(np.float32) / 255.0
     direct = np.sqrt(((a[:3, None] - train[None]) ** 2).mean(axis=(2, 3, 4))).min(axis=1)
     assert np.allclose(nearest_train_rmse(a[:3], train), direct, atol=1e-5)
+
+
+def test_attribute_failure_names_the_first_failed_check():
+    rng = np.random.default_rng(3)
+    spec = D.parse_caption("a large red square on the left")
+    caption = "a large red square on the left"
+    im = next(x for x in (D.render(rng, spec, "v2") for _ in range(20)) if D.check_attributes(x, caption))
+    assert D.attribute_failure(im, "a large red square on the left") is None
+    assert D.attribute_failure(im, "a large blue square on the left") == "colour"
+    assert D.attribute_failure(im, "a large red square on the right") == "colour"  # nothing red in that region
+    assert D.attribute_failure(im, "two red squares on the left") == "count"
+    assert D.attribute_failure(im, "a large red circle on the left") == "shape"
+    # a square whose corners are rounded off (what a blurring decoder does) reads as a circle
+    red = D.color_labels(im) == D._NAMES.index("red")
+    ys, xs = np.nonzero(red)
+    cy, cx, r = ys.mean(), xs.mean(), (ys.max() - ys.min() + 1) / 2
+    yy, xx = np.mgrid[:64, :64]
+    corners = red & ((yy - cy) ** 2 + (xx - cx) ** 2 > (0.95 * r) ** 2)
+    rounded = im.copy()
+    rounded[corners] = im[~red][0]  # paint the corners with a background pixel
+    assert D.attribute_failure(rounded, "a large red square on the left") == "shape"

@@ -475,9 +475,10 @@ def _blobs(mask: np.ndarray) -> list[np.ndarray]:
     return [lab == i for i in range(1, n + 1) if (lab == i).sum() >= MIN_BLOB]
 
 
-def check_attributes(img: np.ndarray, caption: str) -> bool:
-    """True when every phrase of ``caption`` is visible in its region: enough blobs of the named colour,
-    the largest of which has the named shape. Works on uint8 or [0,1] float HxWx3 images."""
+def attribute_failure(img: np.ndarray, caption: str) -> str | None:
+    """The first check of :func:`check_attributes` that ``img`` fails for ``caption`` (``"colour"``: no blob of the
+    named colour in its region; ``"count"``: fewer blobs than named; ``"shape"``: the largest blob has another
+    shape), or None when every phrase is visible. Works on uint8 or [0,1] float HxWx3 images."""
     img = np.asarray(img)
     if img.dtype != np.uint8:
         img = np.clip(np.round(img * 255), 0, 255)
@@ -488,9 +489,17 @@ def check_attributes(img: np.ndarray, caption: str) -> bool:
         sub = np.zeros(lab.shape, bool)
         sub[y0:y1, x0:x1] = lab[y0:y1, x0:x1] == _NAMES.index(phrase.color)
         blobs = _blobs(sub)
+        if not blobs:
+            return "colour"
         if len(blobs) < phrase.count:
-            return False
+            return "count"
         blobs.sort(key=lambda b: -b.sum())
         if classify_shape(blobs[0]) != phrase.shape:
-            return False
-    return True
+            return "shape"
+    return None
+
+
+def check_attributes(img: np.ndarray, caption: str) -> bool:
+    """True when every phrase of ``caption`` is visible in its region: enough blobs of the named colour,
+    the largest of which has the named shape. Works on uint8 or [0,1] float HxWx3 images."""
+    return attribute_failure(img, caption) is None

@@ -9,7 +9,10 @@ One pass per prompt generates seeds ``0..n-1`` as one batch (50 DDIM steps, guid
 - ``tau_copy``: the largest VAE reconstruction RMSE over every training image, rounded up to 0.01, so that
   every VAE reconstruction of a training image counts as a copy (a generation cannot be closer to the
   data than the decoder allows); the report lists the held-out nearest-neighbour distances next to it;
-- *attribute accuracy*: :func:`sailscope.core.demo.data.check_attributes` on held-out generations;
+- *attribute accuracy*: :func:`sailscope.core.demo.data.check_attributes` on held-out generations, with the
+  first check each failure fails (colour / count / shape); next to it the checker on the ground-truth renders
+  and on their VAE round trips (decode(encode(render))): the latter is the most a UNet can reach through this
+  VAE, since every generation is a decoded latent;
 - *held-out copies*, two ways: within ``tau_copy`` of *any* training image (the issue's wording) and of a
   *memorized* image; next to them the same rate for the generator's own ground-truth renders of the held-out
   prompts, the value a model that draws exactly what each novel prompt asks would get (small shapes on smooth
@@ -81,15 +84,29 @@ def heldout_truth_renders(prompts: list[str], design: str, per_prompt: int, seed
                      for _ in range(per_prompt)]).astype(np.float32) / 255.0
 
 
-def vae_reconstruction_rmse(pipe, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """RMSE of decode(encode(x).mean) per training image, in [0,1] pixels."""
+def vae_roundtrip(pipe, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """decode(encode(x).mean) of float [0,1] HxWx3 images, back in [0,1]."""
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2) * 2 - 1
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).permute(0, 3, 1, 2) * 2 - 1
             rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-            out.append(rmse(((rec + 1) / 2).permute(0, 2, 3, 1).numpy(), images[i:i + batch]))
+            out.append(((rec + 1) / 2).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
+
+
+def vae_reconstruction_rmse(pipe, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """RMSE of decode(encode(x).mean) per training image, in [0,1] pixels."""
+    return np.concatenate([rmse(vae_roundtrip(pipe, images[i:i + batch], batch), images[i:i + batch])
+                           for i in range(0, len(images), batch)])
+
+
+def attribute_failures(images: np.ndarray, captions: list[str]) -> dict[str, int]:
+    """How many images pass the attribute checker (``ok``) and, for the others, the first check they fail."""
+    out = {"ok": 0, "colour": 0, "count": 0, "shape": 0}
+    for a, c in zip(images, captions):
+        out[demo_data.attribute_failure(a, c) or "ok"] += 1
+    return out
 
 
 def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance: float = 7.5,
@@ -134,9 +151,10 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
         g = one(p)
         nn = nearest_train_rmse(g["array"], train)
         nn_memo = nearest_train_rmse(g["array"], memo_train)
-        attr = [bool(demo_data.check_attributes(a, p)) for a in g["array"]]
+        fail = [demo_data.attribute_failure(a, p) for a in g["array"]]
+        attr = [f is None for f in fail]
         rows.append({"caption": p, "kind": "heldout", "nn_rmse": nn.tolist(), "nn_memorized_rmse": nn_memo.tolist(),
-                     "attr_ok": attr, "label": 0,
+                     "attr_ok": attr, "attr_fail": fail, "label": 0,
                      **{k: g[k] for k in ("sharp1", "wen1", "wen_all", "seconds")}})
         if i % 10 == 0:
             log(f"[held {i}] nn {np.round(nn, 3).tolist()} attr {attr} sharp1 {g['sharp1']:.3g} wen1 {g['wen1']:.3g} {p}")
@@ -153,6 +171,9 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
     truth = heldout_truth_renders(held_caps, info["config"].get("data_design", "v1"), seeds)  # prompt-major
     truth_nn = nearest_train_rmse(truth, train)
     truth_attr = np.array([demo_data.check_attributes(a, c) for a, c in zip(truth, np.repeat(held_caps, seeds))])
+    truth_decoded = attribute_failures(vae_roundtrip(pipe, truth), list(np.repeat(held_caps, seeds)))
+    gen_failures = {k: sum(1 for r in hrows for a in r["attr_fail"] if (a or "ok") == k)
+                    for k in ("ok", "colour", "count", "shape")}
     attr_all = np.array([a for r in hrows for a in r["attr_ok"]])
     labels = [r["label"] for r in rows]
     det = {}
@@ -178,7 +199,11 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
         "heldout_truth_within_tau": float((truth_nn < tau).mean()),
         "heldout_truth_nn_rmse_median": float(np.median(truth_nn)),
         "heldout_truth_attribute_accuracy": float(truth_attr.mean()),
+        # the checker on decode(encode(ground truth)): what a UNet that hit each render's latent exactly would score
+        "heldout_truth_decoded_attribute_accuracy": truth_decoded["ok"] / max(1, sum(truth_decoded.values())),
+        "heldout_truth_decoded_failures": truth_decoded,
         "attribute_accuracy_heldout": float(attr_all.mean()),
+        "attribute_failures_heldout": gen_failures,
         "detection": det,
         "seconds_per_prompt_median": float(np.median(secs)),
         "eval_wall_s": time.time() - t0,
@@ -213,7 +238,11 @@ def format_table(t: dict) -> str:
         f"| copy rate, held-out vs memorized images only | {t['copy_rate_heldout_memorized']:.2f} |",
         f"| ground-truth renders of the held-out prompts within tau of some training image (what a perfect model gets) | {t['heldout_truth_within_tau']:.2f} |",
         f"| attribute accuracy of those renders (the checker on ground truth) | {t['heldout_truth_attribute_accuracy']:.2f} |",
+        f"| attribute accuracy of their VAE round trips, decode(encode(render)) (the most a UNet can reach through this VAE) | {t['heldout_truth_decoded_attribute_accuracy']:.2f} |",
         f"| attribute accuracy, held-out | {t['attribute_accuracy_heldout']:.2f} |",
+        "| failed checks, round trips / generations (colour, count, shape) | "
+        + " / ".join(", ".join(str(f[k]) for k in ("colour", "count", "shape"))
+                     for f in (t["heldout_truth_decoded_failures"], t["attribute_failures_heldout"])) + " |",
         f"| step-1 sharpness, n={t['seeds']}: AUC / TPR@1%FPR | {d['sharp1']['auc']:.3f} / {d['sharp1']['tpr_at_1fpr']:.3f} |",
         f"| Wen, 1 step, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen1']['auc']:.3f} / {d['wen1']['tpr_at_1fpr']:.3f} |",
         f"| Wen, {t['steps']} steps, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen_all']['auc']:.3f} / {d['wen_all']['tpr_at_1fpr']:.3f} |",
