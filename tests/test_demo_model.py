@@ -48,3 +48,24 @@ def test_reproduces_a_memorized_image_as_a_copy():
     d = float(np.sqrt(((res.array[0] - train) ** 2).mean()))
     assert d < tau, (row["caption"], seed, d, tau)
     assert abs(d - row["copy_rmse"][seed]) < 0.01
+
+
+def test_card_records_the_attribute_ceiling_of_the_shipped_vae():
+    """The card's "most a UNet can reach through this VAE": the attribute checker on VAE round trips of
+    ground-truth renders, recomputed here for the card's first 8 held-out prompts (1 render each) with the
+    shipped VAE; ``attribute_failures`` splits them exactly as the checker decides."""
+    from sailscope.core.demo import data as D
+    from sailscope.core.demo import evaluate as E
+
+    card = _card()
+    pipe = E.load_pipeline(MODEL)
+    held = [r["caption"] for r in card["rows"] if r["kind"] == "heldout"][:8]
+    truth = E.heldout_truth_renders(held, "v2", 1)
+    rt = E.vae_roundtrip(pipe, truth)
+    assert rt.shape == truth.shape and float(E.rmse(rt, truth).max()) < card["tau_copy"]  # a round trip is a copy
+    fails = E.attribute_failures(rt, held)
+    assert sum(fails.values()) == 8 and fails["ok"] == sum(D.check_attributes(a, c) for a, c in zip(rt, held))
+    assert fails == E.attribute_failures(rt, held)  # deterministic
+    ceiling = card["heldout_truth_decoded_attribute_accuracy"]
+    assert card["heldout_truth_attribute_accuracy"] >= 0.95 and ceiling < card["heldout_truth_attribute_accuracy"]
+    assert card["attribute_accuracy_heldout"] <= ceiling + 0.05

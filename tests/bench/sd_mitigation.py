@@ -180,7 +180,7 @@ def main(argv=None) -> int:
                 return 2
             print(f"sd_mitigation: {name} metric skipped: {exc}", file=sys.stderr)
     threshold = args.threshold if args.threshold == "auto" else float(args.threshold)
-    base = (dict(lr=0.05, sphere=False, trigger=None, max_steps=10) if args.sail_defaults == "authors"
+    base = (dict(lr=0.05, sphere=False, trigger=None, max_steps=10, rounds=1) if args.sail_defaults == "authors"
             else dict(max_steps=SailSettings().max_steps))
     if args.max_steps is not None:
         base["max_steps"] = args.max_steps
