@@ -40,14 +40,16 @@ Objectives (per candidate, both cost two batched cond+uncond UNet calls forward,
 A candidate is *accepted* when its loss is ``≤ threshold``, checked before each Adam step and once more
 after the last one; an accepted candidate leaves the batch (it costs no further UNet evaluations), and with
 ``stop="first"`` an image stops searching at its first accepted candidate. When no candidate of an image
-reaches the threshold within ``max_steps`` the result says so (``converged=False``) and returns the
-lowest-loss iterate seen.
+reaches the threshold within ``max_steps``, up to ``rounds - 1`` more rounds start from fresh noises; when
+they fail too the result says so (``converged=False``) and returns the lowest-loss iterate of any round.
 
 Two thresholds (``trigger`` and ``threshold``): at step 0 a start is also accepted, unchanged, when its loss
 is ``≤ trigger`` (default: the calibrated q0.9 of non-memorized prompts, so typical prompts are left alone);
 a start that is sharper than that is optimized down to ``threshold`` (default: the calibrated median, the
 flatness of a typical non-memorized start). With one calibrated level for both, the search stopped as soon
-as a copying start looked "not unusual" and most demo-model copies survived (docs/mitigation.md).
+as a copying start looked "not unusual" and most demo-model copies survived (docs/mitigation.md). The trigger
+judges the prompt: a start under it is kept only if its mean loss with ``trigger_noises - 1`` probe noises is
+under it too.
 
 ``sphere=True`` (default) makes every step a Riemannian one on the sphere ``‖z‖ = ‖z_0‖`` of the candidate's
 own start: the gradient's tangent component goes to Adam and the update is retracted onto the sphere. A unit

@@ -97,16 +97,20 @@ def vae_roundtrip(pipe, images: np.ndarray, batch: int = 256) -> np.ndarray:
 
 def vae_reconstruction_rmse(pipe, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """RMSE of decode(encode(x).mean) per training image, in [0,1] pixels."""
-    return np.concatenate([rmse(vae_roundtrip(pipe, images[i:i + batch], batch), images[i:i + batch])
-                           for i in range(0, len(images), batch)])
+    return rmse(vae_roundtrip(pipe, images, batch), images)
+
+
+def failure_counts(failures) -> dict[str, int]:
+    """``{"ok", "colour", "count", "shape"}`` counts of :func:`~sailscope.core.demo.data.attribute_failure` results."""
+    out = {"ok": 0, "colour": 0, "count": 0, "shape": 0}
+    for f in failures:
+        out[f or "ok"] += 1
+    return out
 
 
 def attribute_failures(images: np.ndarray, captions: list[str]) -> dict[str, int]:
     """How many images pass the attribute checker (``ok``) and, for the others, the first check they fail."""
-    out = {"ok": 0, "colour": 0, "count": 0, "shape": 0}
-    for a, c in zip(images, captions):
-        out[demo_data.attribute_failure(a, c) or "ok"] += 1
-    return out
+    return failure_counts(demo_data.attribute_failure(a, c) for a, c in zip(images, captions))
 
 
 def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance: float = 7.5,
@@ -172,8 +176,7 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
     truth_nn = nearest_train_rmse(truth, train)
     truth_attr = np.array([demo_data.check_attributes(a, c) for a, c in zip(truth, np.repeat(held_caps, seeds))])
     truth_decoded = attribute_failures(vae_roundtrip(pipe, truth), list(np.repeat(held_caps, seeds)))
-    gen_failures = {k: sum(1 for r in hrows for a in r["attr_fail"] if (a or "ok") == k)
-                    for k in ("ok", "colour", "count", "shape")}
+    gen_failures = failure_counts(f for r in hrows for f in r["attr_fail"])
     attr_all = np.array([a for r in hrows for a in r["attr_ok"]])
     labels = [r["label"] for r in rows]
     det = {}
