@@ -84,9 +84,14 @@ def model_folder(pipe: Any) -> Path | None:
 
 
 def model_fingerprint(pipe: Any) -> str:
-    """Short hash of the UNet config, prediction type and a few weight values (changes when weights do)."""
+    """Short hash of the UNet config, prediction type and a few weight values (changes when weights do).
+
+    The config's private entries (``_name_or_path``, ``_diffusers_version``, ...) are left out: a model folder
+    moved or cloned elsewhere, or loaded by another diffusers release, is still the same model.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps(dict(pipe.unet.config), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in dict(pipe.unet.config).items() if not str(k).startswith("_")}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(str(pipe.scheduler.config.get("prediction_type", "epsilon")).encode())
     params = list(pipe.unet.parameters())
     with torch.no_grad():

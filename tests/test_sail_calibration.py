@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -84,6 +85,32 @@ def test_identity_follows_the_weights(tiny_pipe):
     with torch.no_grad():
         next(other.unet.parameters()).add_(1e-3)
     assert cal.model_key(other) != key
+
+
+def test_identity_does_not_depend_on_where_the_folder_lies(tiny_model_dir, tmp_path, monkeypatch):
+    """A cloned or moved model folder is the same model: its key (and so its shipped calibration) follows."""
+    import shutil
+
+    from sailscope.core.models import load_pipeline
+
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))  # no user calibration: only the shipped one
+    a, b = tmp_path / "a" / "m", tmp_path / "b" / "elsewhere" / "m"
+    shutil.copytree(tiny_model_dir, a)
+    shutil.copytree(tiny_model_dir, b)
+    pa, pb = (load_pipeline(str(x), device="cpu", dtype="fp32") for x in (a, b))
+    assert pa.unet.config._name_or_path != pb.unet.config._name_or_path
+    assert cal.model_key(pa) == cal.model_key(pb)
+    # the demo model's shipped calibration is found from a copy of its folder at another path
+    demo = Path(__file__).resolve().parents[1] / "assets" / "models" / "demo"
+    moved = tmp_path / "clone" / "demo"
+    shutil.copytree(demo, moved)
+    pipe = load_pipeline(str(moved), device="cpu", dtype="fp32")
+    found = cal.find_calibration(pipe)
+    assert found is not None and found[1] == moved / cal.MODEL_FOLDER_FILE
+    alpha, _ = cal.resolve_alpha(pipe, SailSettings())
+    value, source = cal.resolve_threshold(pipe, SailSettings(), alpha=alpha)
+    assert str(moved) in source and value == pytest.approx(found[0].sail_threshold(
+        "paper", alpha, delta=SailSettings().delta_for(torch.float32), quantile=cal.DEFAULT_QUANTILE))
 
 
 def test_published_defaults_only_for_their_models():
