@@ -482,8 +482,11 @@ class SailScopeScript(scripts.Script):
                 self._store_probe(state, pr, "original")
             if not opts.sail:
                 return
-            outcome = common.run_sail(hs.image, start_noise, hs.sigma_k, hs.scaling, opts, seeds=seeds,
-                                      prediction_type=prediction_type(p), model_dtype=unet_dtype(p))
+            try:
+                outcome = common.run_sail(hs.image, start_noise, hs.sigma_k, hs.scaling, opts, seeds=seeds,
+                                          prediction_type=prediction_type(p), model_dtype=unet_dtype(p))
+            except common.HostError as exc:
+                raise common.HostError(f"SAIL did not run, so the image uses the seed's noise: {exc}") from exc
             for w in outcome.warnings:
                 state.message(w, p)
             for i, s in enumerate(outcome.summary):

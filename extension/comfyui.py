@@ -235,7 +235,13 @@ class SailScopeNoise:
             after = common.probe(gs, common.noise_to_vp(outcome.noise, sigma_k, "max_denoise"))
             return outcome, before, after
 
-        outcome, before, after = run_with_model(model, positive, negative, cfg, samples, sigma_k, noise_seed, evaluate)
+        try:
+            outcome, before, after = run_with_model(model, positive, negative, cfg, samples, sigma_k, noise_seed, evaluate)
+        except common.HostError as exc:
+            raise common.HostError(
+                f"SAIL Scope stopped this prompt because SAIL could not run: {exc} Images of earlier prompts are "
+                "kept; set 'sail' to false on this node to sample from the seed's noise (RandomNoise's noise)."
+            ) from exc
         lines = [
             f"SAIL ({options.objective}, threshold {options.threshold:g}, ≤{options.max_steps} steps) on {batch} image(s)",
             "accepted: " + ", ".join(str(s["accepted"]) for s in outcome.summary),
@@ -303,7 +309,7 @@ class SailScopeSharpness:
             if spectrum_k > 0:
                 from sailscope.core.spectra import spectrum_at
 
-                with common.autograd_enabled():
+                with common.gradients_through_host_model():
                     spec = spectrum_at(gs, common.grad_ready(x_vp[:1]), which="delta", k=int(spectrum_k),
                                        method="arnoldi", hvp=method)
             return pr, spec

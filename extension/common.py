@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from sailscope.core.autograd import gradients_through_host_model
 from sailscope.core.errors import SailScopeError, UserInputError
 from sailscope.core.metrics import sharpness as core_sharpness
 from sailscope.core.metrics import wen_metric
@@ -206,24 +207,8 @@ def probe(gs: GuidedScore, x_vp: Tensor, *, method: str = "fd", fd_step: float |
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd inside hosts that sample under no_grad / inference_mode
+# Autograd inside hosts (the model as the host loaded it: core/autograd.py)
 # ----------------------------------------------------------------------------------------------
-class autograd_enabled:
-    """``inference_mode(False)`` + ``enable_grad()`` (A1111 samples under no_grad, Forge/ComfyUI under
-    inference_mode). Tensors made inside inference mode must be cloned before use: :func:`grad_ready`."""
-
-    def __enter__(self):
-        self._modes = [torch.inference_mode(False), torch.enable_grad()]
-        for m in self._modes:
-            m.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for m in reversed(self._modes):
-            m.__exit__(*exc)
-        return False
-
-
 def grad_ready(t: Tensor) -> Tensor:
     """A normal (non-inference) fp32 copy, detached: safe to use under autograd."""
     with torch.inference_mode(False):
@@ -231,17 +216,21 @@ def grad_ready(t: Tensor) -> Tensor:
 
 
 def explain_autograd_error(exc: BaseException) -> HostError:
-    """Turn the host's autograd failures into one actionable line."""
+    """The host's autograd failure as cause + fix in one line; each adapter adds what happens to the image."""
     text = str(exc)
     if "Inference tensors" in text:
-        return HostError(
-            "SAIL needs gradients through the UNet, but this host loaded the model weights as inference "
-            "tensors; SAIL could not run (the image was generated from the seed's noise). "
-            "Metrics still work (finite-difference sharpness needs no gradients)."
-        )
-    if "does not require grad" in text or "element 0 of tensors" in text:
-        return HostError("SAIL could not get a gradient from the host model (is it wrapped in no_grad?): " + text)
-    return HostError(f"SAIL failed inside the host: {type(exc).__name__}: {text}")
+        cause = ("some of the model's tensors are inference tensors of a kind SAIL cannot read without copying "
+                 "them (quantized or offloaded weight types such as GGUF or NF4)")
+        fix = "load the checkpoint unquantized (fp16/bf16/fp32) to use SAIL"
+    elif "inplace operation" in text:
+        cause = "a model patch or extension overwrote a tensor in place inside the UNet"
+        fix = "disable that patch for SAIL and report it to SAIL Scope with the patch's name"
+    elif "does not require grad" in text or "element 0 of tensors" in text:
+        cause = "the host's model call switched gradients off inside the UNet (a patch or extension uses no_grad)"
+        fix = "disable that patch for SAIL and report it to SAIL Scope with the patch's name"
+    else:
+        return HostError(f"SAIL failed inside the host: {type(exc).__name__}: {text}")
+    return HostError(f"SAIL needs gradients through the UNet, but {cause}. Fix: {fix} (or turn SAIL off).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,7 +357,7 @@ def run_sail(
                 dtype = getattr(gs.eps_pair, "seen", {}).get("dtype")
             delta = settings.delta_for(dtype)
         try:
-            with autograd_enabled():
+            with gradients_through_host_model():
                 result = core_sail.optimize(
                     gs.eps_pair, z0.to(noise.device), settings, sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]),
                     threshold=float(options.threshold), alpha=alpha, scale=scale, candidate_image=groups,
@@ -509,7 +498,7 @@ def parse_infotext_line(line: str) -> dict[str, str]:
 __all__ = [
     "HostError", "sigma_vp_from_k", "vp_from_k", "k_from_vp", "first_step_scale", "noise_to_vp", "vp_to_noise",
     "cat_conds", "batched_x0_pair", "guided_from_x0_pair", "guided_from_denoiser", "wen_from_denoised",
-    "Probe", "probe", "autograd_enabled", "grad_ready", "run_sail", "sail_available", "SailOutcome", "HostOptions",
+    "Probe", "probe", "gradients_through_host_model", "grad_ready", "run_sail", "sail_available", "SailOutcome", "HostOptions",
     "repeat_cond", "select_cond",
     "INFOTEXT_KEYS", "infotext_settings", "infotext_image", "parse_infotext", "parse_infotext_line", "risk_label",
 ]

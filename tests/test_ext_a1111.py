@@ -61,15 +61,19 @@ def host(tmp_path_factory):
     for path in added:
         sys.path.insert(0, path)
     try:
-        from denoisers import ComfyBaseModel
+        from denoisers import ComfyBaseModel, a1111_lora_networks, host_loaded_unet, mark_lora_change
         from fixtures import tiny
 
         from modules import processing, script_callbacks, scripts, sd_samplers, shared
 
         pipe, dsm = tiny()
-        base = ComfyBaseModel(pipe.unet, pipe.scheduler.alphas_cumprod)
+        # Forge's UNet as Forge holds it: inference-tensor weights, in-place residuals (tests/hosts/denoisers.py)
+        base = ComfyBaseModel(host_loaded_unet(pipe.unet, forge_blocks=True), pipe.scheduler.alphas_cumprod)
         lora = ForgeObjects(ForgePatcher(base))
-        sd_model = SimpleNamespace(pipe=pipe, unet=pipe.unet, alphas_cumprod=pipe.scheduler.alphas_cumprod,
+        # A1111's UNet as A1111 holds it: loaded under no_grad (weights requires_grad=True), Lora's weight restore
+        a1111_unet = host_loaded_unet(pipe.unet, inference=False)
+        a1111_lora_networks(a1111_unet)
+        sd_model = SimpleNamespace(pipe=pipe, unet=a1111_unet, alphas_cumprod=pipe.scheduler.alphas_cumprod,
                                    forge_objects=lora.shallow_copy(), forge_objects_after_applying_lora=lora)
         # load the shim as A1111's script_loading does: extension root first on sys.path, module named by file
         script_callbacks.clear_callbacks()
@@ -88,6 +92,7 @@ def host(tmp_path_factory):
         classes = [d.script_class for d in scripts.scripts_data]
         yield SimpleNamespace(processing=processing, scripts=scripts, callbacks=script_callbacks, samplers=sd_samplers, shared=shared,
                               shim=shim, classes=classes, sd_model=sd_model, pipe=pipe,
+                              lora_change=lambda: mark_lora_change(a1111_unet),
                               dsm=dsm, out=str(tmp_path_factory.mktemp("outputs")))
     finally:
         for path in added:
@@ -109,6 +114,7 @@ def make_runner(h, is_img2img=False):
 def run_job(h, args, *, forge=False, img2img=False, cfg_scale=7.0, batch_size=2, n_iter=2, enable_hr=True, skip_early_cond=0.0):
     h.processing.FORGE = forge
     h.shared.opts.skip_early_cond = skip_early_cond
+    h.lora_change()  # each job as if the prompt's LoRAs changed: the first forward restores weights
     h.samplers.created.clear()
     runner = make_runner(h, img2img)
     script = runner.alwayson_scripts[0]
@@ -308,6 +314,27 @@ def test_api_args_and_bad_args(host):
     p, processed, _ = run_job(h, [True, "bogus"], n_iter=1, enable_hr=False)
     assert "settings rejected" in processed.comments and len(processed.images) == 2
     assert "SAIL" not in parse(processed.infotexts[0])
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_sail_runs_through_the_model_as_the_host_holds_it(host, forge):
+    """SAIL's gradient pass is the first UNet call of the job (sharpness off): A1111's Lora restore then runs
+    under autograd on trainable weights; Forge's weights are inference tensors with in-place residuals. SAIL
+    must still lower its loss and change the noise, and the host's weights stay as they were."""
+    h = host
+    unet = h.sd_model.forge_objects_after_applying_lora.unet.model.diffusion_model if forge else h.sd_model.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    p, processed, _ = run_job(h, ui_args(sharpness="off", show_original=False, max_steps=3), forge=forge, n_iter=1,
+                              enable_hr=False)
+    assert "did not run" not in (processed.comments or ""), processed.comments
+    for r in processed.sailscope:
+        assert r["sail"]["steps"] == 3 and r["sail"]["loss"] < r["sail"]["initial_loss"]
+    _, plain, _ = run_job(h, ui_args(sail=False, sharpness="off", show_original=False), forge=forge, n_iter=1, enable_hr=False)
+    for a, b in zip(processed.images[:2], plain.images[:2]):
+        assert list(a.getdata()) != list(b.getdata())
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+    assert all(w.grad is None for w in unet.parameters())
+    assert all(w.is_inference() for w in unet.parameters()) == forge
 
 
 def test_sail_off_leaves_the_noise_alone(host):

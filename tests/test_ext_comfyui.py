@@ -30,13 +30,14 @@ def comfy():
         import comfy.samplers
         from comfy.model_patcher import ModelPatcher
         from comfy_extras import nodes_custom_sampler
-        from denoisers import ComfyBaseModel
+        from denoisers import ComfyBaseModel, host_loaded_unet
         from fixtures import tiny
 
         pipe, dsm = tiny()
         with torch.no_grad():
             cond, uncond = pipe.encode_prompt("a red square", "cpu", 1, True, None)
-        base = ComfyBaseModel(pipe.unet, pipe.scheduler.alphas_cumprod)
+        # the UNet as ComfyUI holds it: weights loaded inside the prompt's torch.inference_mode()
+        base = ComfyBaseModel(host_loaded_unet(pipe.unet), pipe.scheduler.alphas_cumprod)
         ms = base.model_sampling
         yield dict(
             samplers=comfy.samplers, ncs=nodes_custom_sampler, pipe=pipe, base=base,
@@ -132,8 +133,11 @@ def test_sail_noise_node_end_to_end(comfy):
         for i in range(2)
     ])
     close(got, ref, 1e-4)
-    # the model patcher given to the node was not modified (the node works on a clone)
+    losses = next(line for line in report.splitlines() if line.startswith("SAIL loss:")).split(":", 1)[1].split("->")
+    assert all(b < a for a, b in zip(*(map(float, side.strip(" []").split(",")) for side in losses)))
+    # the model patcher given to the node was not modified (the node works on a clone), nor its weights
     assert "sampler_post_cfg_function" not in c["model"].model_options
+    assert all(w.is_inference() and w.grad is None for w in c["base"].diffusion_model.parameters())
 
 
 def test_sail_off_is_random_noise_and_img2img_is_refused(comfy):

@@ -124,7 +124,7 @@ def test_sail_gradient_matches_diffusers(setup):
     x0 = common.noise_to_vp(setup["noise"], setup["sigma_k"], "sigma")
 
     def grad(gs):
-        with common.autograd_enabled():
+        with common.gradients_through_host_model():
             x = common.grad_ready(x0).requires_grad_(True)
             ec, eu = gs.eps_pair(x)
             d = ec - eu
@@ -235,7 +235,7 @@ def test_works_under_inference_mode_and_no_grad(setup):
         noise = torch.randn(2, 4, 8, 8)
         pr = common.probe(gs_host, common.noise_to_vp(noise, setup["sigma_k"], "max_denoise"), method="fd")
         assert all(math.isfinite(v) and v > 0 for v in pr.sharpness)
-        with common.autograd_enabled():
+        with common.gradients_through_host_model():
             x = common.grad_ready(noise).requires_grad_(True)
             assert not x.is_inference()
             ec, eu = gs_host.eps_pair(x)
@@ -244,17 +244,6 @@ def test_works_under_inference_mode_and_no_grad(setup):
     with torch.no_grad():
         pr2 = common.probe(gs_host, common.noise_to_vp(noise.clone(), setup["sigma_k"], "max_denoise"))
     close(pr2.sharpness, pr.sharpness, 1e-6)
-
-
-def test_inference_weight_error_is_explained():
-    with torch.inference_mode():
-        lin = torch.nn.Linear(3, 3)
-    with common.autograd_enabled():
-        x = torch.randn(2, 3, requires_grad=True)
-        with pytest.raises(RuntimeError) as info:
-            lin(x).sum().backward()
-    msg = str(common.explain_autograd_error(info.value))
-    assert "inference tensors" in msg and "SAIL could not run" in msg
 
 
 def test_dict_conditioning_and_mismatched_batch():

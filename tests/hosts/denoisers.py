@@ -135,3 +135,74 @@ class ComfyBaseModel(torch.nn.Module):
 
     def process_latent_out(self, latent):
         return latent
+
+
+# ----------------------------------------------------------------------------------------------
+# The UNet as the hosts hold it
+# ----------------------------------------------------------------------------------------------
+def host_loaded_unet(unet, *, forge_blocks: bool = False, inference: bool = True):
+    """A copy of ``unet`` loaded the way ComfyUI and Forge load weights: under ``torch.inference_mode()``
+    (ComfyUI's ``execution.py`` runs whole prompts, loaders included, in it; Forge decorates
+    ``forge_loader``/``forge_model_reload`` with it), so every weight is an inference tensor.
+
+    ``forge_blocks``: the transformer blocks run Forge's ``backend/nn/unet.py`` ``BasicTransformerBlock``
+    flow, whose residuals are in-place (``n = norm1(x); ...; x += n``), on the same weights.
+    ``inference=False`` loads under ``no_grad`` instead (A1111: weights stay ``requires_grad=True``).
+    """
+    import types
+
+    from diffusers.models.attention import BasicTransformerBlock
+
+    with torch.inference_mode() if inference else torch.no_grad():
+        copy = type(unet).from_config(unet.config)
+        copy.load_state_dict(unet.state_dict())
+    copy.to(unet.dtype).eval()
+    if forge_blocks:
+        for block in copy.modules():
+            if isinstance(block, BasicTransformerBlock):
+                block.forward = types.MethodType(forge_transformer_forward, block)
+    return copy
+
+
+def forge_transformer_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
+                              encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None,
+                              class_labels=None, added_cond_kwargs=None):
+    """Forge's ``BasicTransformerBlock.forward`` (no patches): pre-norm self-attention, cross-attention and
+    feed-forward, each residual added in place as Forge does."""
+    x = hidden_states
+    n = self.attn1(self.norm1(x), attention_mask=attention_mask)
+    x += n
+    n = self.attn2(self.norm2(x), encoder_hidden_states=encoder_hidden_states, attention_mask=encoder_attention_mask)
+    x += n
+    x_skip = x
+    x = self.ff(self.norm3(x))
+    x += x_skip
+    return x
+
+
+def a1111_lora_networks(unet) -> None:
+    """A1111's built-in Lora extension as it touches the weights (``extensions-builtin/Lora/networks.py``):
+    on the first forward after the active LoRAs change, each layer restores its backed-up weight with
+    ``weight.copy_(backup)`` *outside* ``no_grad`` (``network_restore_weights_from_backup``), then merges the
+    LoRA delta under ``no_grad``. The delta here is zero, so the values never change.
+    :func:`mark_lora_change` flags the change (A1111 activates extra networks before sampling).
+    """
+
+    def restore_then_merge(module, args):
+        if module.lora_pending:
+            module.weight.copy_(module.lora_backup)  # A1111 does this with whatever grad mode is on
+            with torch.no_grad():
+                module.weight.copy_(module.lora_backup + 0.0)
+            module.lora_pending = False
+
+    for module in unet.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            module.lora_backup = module.weight.detach().clone()
+            module.lora_pending = False
+            module.register_forward_pre_hook(restore_then_merge)
+
+
+def mark_lora_change(unet) -> None:
+    for module in unet.modules():
+        if hasattr(module, "lora_pending"):
+            module.lora_pending = True
