@@ -21,6 +21,11 @@ and without copying the weights:
 2. saved-tensor hooks keep every tensor autograd saves in a box, and the mode, just before an op writes into
    a storage in place, replaces the boxed tensors on that storage by clones (copy-on-write). The host's
    in-place code keeps its exact semantics; only tensors that are saved *and* then overwritten are copied.
+
+``offload=True`` (hosts' "SAIL low memory") moves each saved activation to CPU memory when it is saved and
+back when backward needs it: the GPU then holds about one forward's working set instead of every activation
+of the objective's UNet calls (measured in docs/extension.md), at the price of the transfers. Weights are
+never moved. An offloaded activation is a copy, so the host's later in-place writes cannot reach it.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map_only
 
 _PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+_CONSTANT = "_sailscope_constant"  # set on the constants as_constant makes: never offloaded
+_OFFLOAD_MIN_BYTES = 1 << 16  # smaller saved tensors stay where they are
 _PRUNE_EVERY = 4096  # saved tensors between sweeps of the registry's dead entries
 
 
@@ -51,11 +58,18 @@ def as_constant(t: Tensor) -> Tensor:
     if type(t) not in _PLAIN_TENSOR_TYPES or t.layout != torch.strided:
         return t
     if t.is_inference():
-        alias = torch.empty(0, dtype=t.dtype, device=t.device)
-        return alias.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
-    if isinstance(t, torch.nn.Parameter) and t.requires_grad:
-        return t.detach()
-    return t
+        constant = torch.empty(0, dtype=t.dtype, device=t.device)
+        constant.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    elif isinstance(t, torch.nn.Parameter) and t.requires_grad:
+        constant = t.detach()
+    else:
+        return t
+    setattr(constant, _CONSTANT, True)
+    return constant
+
+
+def _is_weight(t: Tensor) -> bool:
+    return isinstance(t, torch.nn.Parameter) or getattr(t, _CONSTANT, False)
 
 
 def written_in_place(func, args: tuple, kwargs: dict) -> list[Tensor]:
@@ -79,6 +93,24 @@ class _Saved:
     def __init__(self, tensor: Tensor) -> None:
         self.tensor = tensor
 
+    def get(self) -> Tensor:
+        return self.tensor
+
+
+class _Offloaded:
+    """A saved activation copied to (pinned) CPU memory; back on its device when backward asks."""
+
+    __slots__ = ("cpu", "device")
+
+    def __init__(self, t: Tensor) -> None:
+        pin = t.device.type == "cuda"
+        self.cpu = torch.empty(t.size(), dtype=t.dtype, pin_memory=pin)
+        self.cpu.copy_(t, non_blocking=pin)
+        self.device = t.device
+
+    def get(self) -> Tensor:
+        return self.cpu.to(self.device, non_blocking=self.device.type == "cuda")
+
 
 def _storage_key(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
@@ -87,12 +119,16 @@ def _storage_key(t: Tensor) -> int:
 class _HostModelBridge(TorchFunctionMode):
     """Weights as zero-copy constants; copy-on-write for saved tensors that the host overwrites in place."""
 
-    def __init__(self) -> None:
+    def __init__(self, offload: bool = False) -> None:
         super().__init__()
+        self.offload = offload
         self._saved: dict[int, list[weakref.ref]] = {}
         self._packed = 0
 
-    def pack(self, t: Tensor) -> _Saved:
+    def pack(self, t: Tensor) -> _Saved | _Offloaded:
+        if self.offload and t.layout == torch.strided and not _is_weight(t) \
+                and t.numel() * t.element_size() >= _OFFLOAD_MIN_BYTES:
+            return _Offloaded(t)
         box = _Saved(t)
         self._saved.setdefault(_storage_key(t), []).append(weakref.ref(box))
         self._packed += 1
@@ -101,8 +137,8 @@ class _HostModelBridge(TorchFunctionMode):
         return box
 
     @staticmethod
-    def unpack(box: _Saved) -> Tensor:
-        return box.tensor
+    def unpack(box: _Saved | _Offloaded) -> Tensor:
+        return box.get()
 
     def _copy_before_write(self, t: Tensor) -> None:
         for ref in self._saved.pop(_storage_key(t), ()):
@@ -120,13 +156,14 @@ class _HostModelBridge(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def gradients_through_host_model() -> Iterator[None]:
-    """Autograd on, inference mode off, and the bridge above for every op run inside.
+def gradients_through_host_model(*, offload: bool = False) -> Iterator[None]:
+    """Autograd on, inference mode off, and the bridge above for every op run inside (``offload``: saved
+    activations in CPU memory, see the module docstring).
 
     Inputs made by the host inside inference mode (latents, conditionings) are aliased like the weights. The
     host's weights never receive ``.grad`` and are never written by SAIL Scope.
     """
-    bridge = _HostModelBridge()
+    bridge = _HostModelBridge(offload=offload)
     with torch.inference_mode(False), torch.enable_grad(), bridge, \
             torch.autograd.graph.saved_tensors_hooks(bridge.pack, bridge.unpack):
         yield

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sailscope.core.cli import add_model_arguments, load_model_from_args, parse_size
 from sailscope.core.generate import SCHEDULERS, check_settings, GenerationResult, GenerationSettings, StepRecord, generate
+from sailscope.core import infotext
 from sailscope.core.outputs import format_infotext, json_safe, save_png_atomic, write_json_atomic
 
 
@@ -59,9 +60,7 @@ def save_result(result: GenerationResult, out: Path, model: str, extra: dict | N
     s.update(model=model, width=w, height=h)
     for i, image in enumerate(result.images):
         rec = result.records[0] if result.records else None
-        info = {"SAIL Scope step-1 Wen": rec and round(rec.wen[i], 5)}
-        if rec and rec.sharpness:
-            info["SAIL Scope step-1 sharpness"] = f"{rec.sharpness[i]:.6g}"
+        info = infotext.fields(wen=rec.wen[i] if rec else None, sharpness=rec.sharpness[i] if rec and rec.sharpness else None)
         info.update(extra or {})
         text = format_infotext({**s, "seed": result.settings.seed + i}, info)
         path = out / f"{tag}{result.settings.seed + i:08d}-{i}.png"

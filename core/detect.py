@@ -5,6 +5,7 @@ as in the paper's Table 1 (sharpness: step 1, n = 4; Wen: 1 or 50 steps).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator, Literal, Sequence
@@ -15,6 +16,17 @@ from sailscope.core.errors import UserInputError
 from sailscope.core.generate import GenerationResult, GenerationSettings, generate
 
 Metric = Literal["sharpness", "wen"]
+
+
+def risk_level(sharpness: float | None, threshold: float | None) -> str:
+    """The one memorization-risk rule: ``high`` when step-1 sharpness >= the detection threshold, ``low`` below
+    it, ``unknown`` when either is missing or not finite. App, CLI, reports and infotext all use it."""
+    if sharpness is None or threshold is None:
+        return "unknown"
+    sharpness, threshold = float(sharpness), float(threshold)
+    if not (math.isfinite(sharpness) and math.isfinite(threshold)):
+        return "unknown"
+    return "high" if sharpness >= threshold else "low"
 
 
 @dataclass

@@ -70,6 +70,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sailscope.core import infotext
 from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError
 
 Objective = Literal["paper", "reference"]
@@ -953,17 +954,19 @@ def mitigation_from_args(args: argparse.Namespace) -> Any:
 
 
 def infotext_fields(result: Any) -> dict:
-    """A1111-style infotext entries for a mitigated image (image 0 of the result)."""
+    """Infotext of a mitigated image (image 0 of the result): its settings and result, core/infotext.py's keys."""
     if isinstance(result, SailResult):
-        return {"SAIL": "on", "SAIL objective": result.objective, "SAIL threshold": f"{result.threshold:.6g}",
-                "SAIL trigger": "-" if result.trigger is None else f"{result.trigger:.6g}",
-                "SAIL sphere": result.settings.sphere,
-                "SAIL alpha": f"{result.alpha:g}", "SAIL max steps": result.settings.max_steps,
-                "SAIL candidates": result.settings.candidates, "SAIL rounds": result.settings.rounds,
-                "SAIL lr": result.settings.lr, "SAIL steps": result.steps[0], "SAIL converged": result.converged[0],
-                "SAIL round": (result.chosen_round or [0])[0] + 1,
-                "SAIL trigger overruled": bool((result.trigger_overruled or [False])[0])}
-    return {"RTA tokens": result.rta.tokens, "RTA prompt": result.prompt}
+        s = result.settings
+        return infotext.fields(
+            sail="on", objective=result.objective, threshold=result.threshold,
+            trigger="none" if result.trigger is None else result.trigger, alpha=result.alpha, lr=s.lr,
+            max_steps=s.max_steps, candidates=s.candidates, rounds=s.rounds, sphere=s.sphere,
+            steps=result.steps[0], converged=result.converged[0], start_loss=result.initial_loss[0],
+            loss=result.loss[0], round=(result.chosen_round or [0])[0] + 1,
+            trigger_overruled=bool((result.trigger_overruled or [False])[0]),
+            threshold_source=result.threshold_source, trigger_source=result.trigger_source,
+        )
+    return infotext.fields(rta_tokens=result.rta.tokens, rta_prompt=result.prompt)
 
 
 def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Namespace, out: Any) -> int:

@@ -34,11 +34,13 @@ import torch
 
 from modules import script_callbacks, scripts
 
+from sailscope.core import infotext
 from sailscope.core.errors import SailScopeError
 from sailscope.extension import common, plots
 
 TITLE = "SAIL Scope"
-ARG_NAMES = ("sail", "objective", "threshold", "max_steps", "candidates", "lr", "sharpness", "show_original", "save_plots")
+ARG_NAMES = ("sail", "objective", "threshold", "max_steps", "candidates", "lr", "sharpness", "show_original", "save_plots",
+             "low_memory")
 LOG_PREFIX = "[SAIL Scope]"
 
 
@@ -50,9 +52,10 @@ def log(message: str) -> None:
 # Options from the script args (UI or API ``alwayson_scripts``)
 # ----------------------------------------------------------------------------------------------
 def options_from_args(args: tuple | list) -> common.HostOptions:
-    """``HostOptions`` from positional script args in :data:`ARG_NAMES` order; a single dict also works
-    (API convenience). Missing trailing args take the defaults; bad values raise ``UserInputError``."""
-    if len(args) == 1 and isinstance(args[0], dict):
+    """``HostOptions`` from positional script args in :data:`ARG_NAMES` order; a dict as the first arg also
+    works (API convenience: the WebUI fills the script's other slots with the UI's defaults, which are then
+    ignored). Missing trailing args take the defaults; bad values raise ``UserInputError``."""
+    if args and isinstance(args[0], dict):
         values = dict(args[0])
     else:
         values = dict(zip(ARG_NAMES, args))
@@ -60,7 +63,7 @@ def options_from_args(args: tuple | list) -> common.HostOptions:
     if unknown:
         raise common.UserInputError(f"unknown SAIL Scope argument(s) {sorted(unknown)}; expected {list(ARG_NAMES)}")
     casts = {"sail": bool, "objective": str, "threshold": float, "max_steps": int, "candidates": int, "lr": float,
-             "sharpness": str, "show_original": bool, "save_plots": bool}
+             "sharpness": str, "show_original": bool, "save_plots": bool, "low_memory": bool}
     kwargs = {}
     for name, value in values.items():
         if value is None:
@@ -70,6 +73,16 @@ def options_from_args(args: tuple | list) -> common.HostOptions:
         except (TypeError, ValueError):
             raise common.UserInputError(f"SAIL Scope argument {name!r} must be {casts[name].__name__}, got {value!r}") from None
     return common.HostOptions(**kwargs)
+
+
+def _pasted(name: str):
+    """``infotext_fields`` entry: the setting ``name`` from a pasted PNG's parsed infotext; ``None`` (A1111:
+    leave the control as it is) when the PNG does not record it."""
+
+    def value(params: dict):
+        return common.parse_infotext(params).get(name)
+
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,17 +400,14 @@ class SailScopeScript(scripts.Script):
                                        elem_id=self.elem_id("candidates"))
                 lr = gr.Number(label="Learning rate", value=d.lr, elem_id=self.elem_id("lr"))
                 save_plots = gr.Checkbox(label="Save diagnostics files", value=d.save_plots, elem_id=self.elem_id("save_plots"))
-        controls = [sail, objective, threshold, max_steps, candidates, lr, sharpness, show_original, save_plots]
-        keys = common.INFOTEXT_KEYS
-        self.infotext_fields = [
-            (sail, lambda params: common.parse_infotext(params).get("sail", False)),
-            (objective, keys["objective"]),
-            (threshold, keys["threshold"]),
-            (max_steps, keys["max_steps"]),
-            (candidates, keys["candidates"]),
-            (lr, keys["lr"]),
-        ]
-        self.paste_field_names = [keys[k] for k in ("sail", "objective", "threshold", "max_steps", "candidates", "lr")]
+                low_memory = gr.Checkbox(label="SAIL low memory (activations in CPU RAM: same result, less VRAM, slower)",
+                                         value=d.low_memory, elem_id=self.elem_id("low_memory"))
+        controls = [sail, objective, threshold, max_steps, candidates, lr, sharpness, show_original, save_plots, low_memory]
+        pasted = {"sail": sail, "objective": objective, "threshold": threshold, "max_steps": max_steps,
+                  "candidates": candidates, "lr": lr}
+        # A1111 calls each function with the parsed infotext; a value the PNG lacks keeps the UI's own
+        self.infotext_fields = [(component, _pasted(name)) for name, component in pasted.items()]
+        self.paste_field_names = [infotext.text(name) for name in pasted]
         return controls
 
     # -- process ---------------------------------------------------------------------------------
@@ -415,9 +425,8 @@ class SailScopeScript(scripts.Script):
         _ACTIVE = state
         if options.sail:
             p.extra_generation_params.update(common.infotext_settings(options))
-        keys = common.INFOTEXT_KEYS
-        for name in ("wen", "sharpness", "original_wen", "original_sharpness", "risk", "result", "status"):
-            p.extra_generation_params[keys[name]] = _infotext_value(state, name)
+        for name in common.IMAGE_FIELDS:
+            p.extra_generation_params[infotext.text(name)] = _infotext_value(state, name)
         if float(getattr(p, "cfg_scale", 7.0)) <= 1.0:
             state.message("not available at CFG scale 1: SAIL and the metrics compare the conditional and "
                           "unconditional predictions, and the sampler runs no unconditional pass", p)
@@ -550,7 +559,6 @@ class SailScopeScript(scripts.Script):
             _ACTIVE = None
 
     def _publish(self, p, processed, state: RunState) -> None:
-        keys = common.INFOTEXT_KEYS
         outdir = os.path.join(getattr(p, "outpath_samples", "") or "outputs", "sailscope")
         report = []
         for index in sorted(state.images):
@@ -564,7 +572,7 @@ class SailScopeScript(scripts.Script):
             for im in extra:
                 processed.images.append(im)
                 processed.infotexts.append(processed.infotexts[0] if processed.infotexts else "")
-            if state.options.save_plots:
+            if state.options.save_plots and not getattr(p, "do_not_save_samples", False):  # API save_images=false
                 from sailscope.core.outputs import save_png_atomic, write_json_atomic
 
                 stem = f"{rec.seed if rec.seed is not None else index}-{int(time.time())}-{index}"
@@ -572,11 +580,12 @@ class SailScopeScript(scripts.Script):
                 write_json_atomic(os.path.join(outdir, f"{stem}-report.json"), report[-1])
         # API info (json of p.extra_generation_params): concrete values of the first image, not callables
         first = common.infotext_image(image_summary(state, min(state.images))) if state.images else {}
-        for name in ("wen", "sharpness", "original_wen", "original_sharpness", "risk", "result", "status"):
-            if keys[name] in first:
-                p.extra_generation_params[keys[name]] = first[keys[name]]
+        for name in common.IMAGE_FIELDS:
+            key = infotext.text(name)
+            if key in first:
+                p.extra_generation_params[key] = first[key]
             else:
-                p.extra_generation_params.pop(keys[name], None)
+                p.extra_generation_params.pop(key, None)
         processed.sailscope = report
         if hasattr(processed, "comments"):  # shown under the gallery; p.comment() already added most of them
             comments = processed.comments or ""
@@ -601,7 +610,8 @@ def image_summary(state: RunState, index: int) -> dict:
         out["original_wen"], out["original_sharpness"] = rec.original.wen[0], rec.original.sharpness[0]
     if rec.sail is not None:
         out["sail"] = rec.sail
-        out["risk"] = common.risk_label(rec.sail.get("initial_loss"), opts.threshold if opts else None)
+        out.update(steps=rec.sail.get("steps"), converged=rec.sail.get("accepted"), start_loss=rec.sail.get("initial_loss"),
+                   loss=rec.sail.get("loss"))
     if state.messages:
         out["status"] = "; ".join(state.messages)[:300]
     return out
@@ -612,7 +622,7 @@ def _infotext_value(state: RunState, name: str):
     process_images (``all_prompts`` is the batch's ``p.prompts``) ``index`` is the position in the batch
     ``p.iteration``; from ``Processed.infotext`` / the hires "before" image (``all_prompts`` = the job's) and for
     the grid (``use_main_prompt``, index 0) it is already the job-wide index."""
-    key = common.INFOTEXT_KEYS[name]
+    key = infotext.text(name)
 
     def value(**kw):
         p = kw.get("p")
@@ -640,8 +650,6 @@ def diagnostics_image(state: RunState, index: int):
         lines.append(f"SAIL: {'accepted' if rec.sail.get('accepted') else 'not accepted'}, {rec.sail.get('steps')} steps, "
                      f"loss {rec.sail.get('initial_loss', float('nan')):.4g} -> {rec.sail.get('loss', float('nan')):.4g} "
                      f"(threshold {rec.sail.get('threshold')})")
-    if s.get("risk"):
-        lines.append(f"memorization risk at the seed's noise: {s['risk']}")
     if not rec.wen:
         lines.append("per-step metrics: not available")
     lines += [f"note: {m}" for m in state.messages]

@@ -192,7 +192,11 @@ class SailScopeNoise:
                 "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
                 **_sail_inputs(),
             },
-            "optional": {"sigmas": ("SIGMAS",)},
+            "optional": {
+                "sigmas": ("SIGMAS",),
+                "low_memory": ("BOOLEAN", {"default": False, "tooltip": "Keep SAIL's saved activations in CPU RAM: "
+                                           "the same noise with far less VRAM (SDXL at 1024²), slower"}),
+            },
         }
 
     RETURN_TYPES = ("NOISE", "STRING", "IMAGE")
@@ -202,12 +206,13 @@ class SailScopeNoise:
     DESCRIPTION = "SAIL (sharpness-aware initialization): a memorization-mitigating initial noise for SamplerCustomAdvanced."
 
     def build(self, model, positive, negative, latent_image, noise_seed, cfg, sail, objective, threshold, max_steps,
-              candidates, lr, sigmas=None):
+              candidates, lr, sigmas=None, low_memory=False):
         from sailscope.extension import plots
 
         common = _common()
         options = common.HostOptions(sail=bool(sail), objective=objective, threshold=float(threshold),
-                                     max_steps=int(max_steps), candidates=int(candidates), lr=float(lr))
+                                     max_steps=int(max_steps), candidates=int(candidates), lr=float(lr),
+                                     low_memory=bool(low_memory))
         stock = _stock_noise(latent_image, noise_seed)
         if not options.sail:
             report = "SAIL off: the seed's noise (same as RandomNoise)"

@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from sailscope.core import infotext
 from sailscope.core.autograd import gradients_through_host_model
 from sailscope.core.errors import SailScopeError, UserInputError
 from sailscope.core.metrics import sharpness as core_sharpness
@@ -262,6 +263,7 @@ class HostOptions:
     sharpness: str = "fd"
     show_original: bool = False
     save_plots: bool = True
+    low_memory: bool = False  # SAIL's saved activations in CPU memory (core/autograd.py); same result, less VRAM
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVE_CHOICES:
@@ -357,7 +359,7 @@ def run_sail(
                 dtype = getattr(gs.eps_pair, "seen", {}).get("dtype")
             delta = settings.delta_for(dtype)
         try:
-            with gradients_through_host_model():
+            with gradients_through_host_model(offload=options.low_memory):
                 result = core_sail.optimize(
                     gs.eps_pair, z0.to(noise.device), settings, sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]),
                     threshold=float(options.threshold), alpha=alpha, scale=scale, candidate_image=groups,
@@ -378,41 +380,13 @@ def run_sail(
 
 
 # ----------------------------------------------------------------------------------------------
-# Infotext (A1111 ``extra_generation_params``; read back by "send to txt2img")
+# Infotext (A1111 ``extra_generation_params``; read back by "send to txt2img"): core/infotext.py's keys
 # ----------------------------------------------------------------------------------------------
-INFOTEXT_KEYS = {
-    "sail": "SAIL",
-    "objective": "SAIL objective",
-    "threshold": "SAIL threshold",
-    "alpha": "SAIL alpha",
-    "lr": "SAIL lr",
-    "max_steps": "SAIL steps",
-    "candidates": "SAIL candidates",
-    "result": "SAIL result",
-    "wen": "SAIL Scope Wen",
-    "sharpness": "SAIL Scope sharpness",
-    "risk": "SAIL Scope risk",
-    "original_wen": "SAIL Scope original Wen",
-    "original_sharpness": "SAIL Scope original sharpness",
-    "status": "SAIL Scope status",
-}
-_SETTING_CASTS = {"objective": str, "threshold": float, "alpha": float, "lr": float, "max_steps": int, "candidates": int}
-
-
-def _num(value: Any, digits: int = 4) -> str | None:
-    if value is None:
-        return None
-    value = float(value)
-    if not math.isfinite(value):
-        return "nan"
-    return f"{value:.{digits}g}"
-
-
-def risk_label(sharpness_value: float | None, threshold: float | None) -> str | None:
-    """``high``/``low`` against a calibrated threshold; None when either is unknown."""
-    if sharpness_value is None or threshold is None or not math.isfinite(float(sharpness_value)):
-        return None
-    return "high" if float(sharpness_value) > float(threshold) else "low"
+IMAGE_FIELDS = ("wen", "sharpness", "original_wen", "original_sharpness", "steps", "converged", "start_loss", "loss",
+                "status")
+"""Per-image infotext entries the WebUI script writes (registry names of :mod:`sailscope.core.infotext`)."""
+PASTED_SETTINGS = ("sail", "objective", "threshold", "alpha", "lr", "max_steps", "candidates", "sphere")
+"""The :class:`HostOptions` fields a pasted infotext restores (hosts run one round and no trigger)."""
 
 
 def infotext_settings(options: HostOptions | Mapping[str, Any]) -> dict[str, str]:
@@ -420,79 +394,24 @@ def infotext_settings(options: HostOptions | Mapping[str, Any]) -> dict[str, str
     d = options.to_dict() if isinstance(options, HostOptions) else dict(options)
     if not d.get("sail"):
         return {}
-    out = {INFOTEXT_KEYS["sail"]: "True"}
-    for name, cast in _SETTING_CASTS.items():
-        value = d.get(name)
-        if value is None:
-            continue
-        out[INFOTEXT_KEYS[name]] = _num(value, 6) if cast is float else str(value)
-    return out
+    return infotext.fields(sail="on", **{k: d.get(k) for k in PASTED_SETTINGS if k != "sail"}, rounds=1, trigger="none")
 
 
 def infotext_image(image: Mapping[str, Any]) -> dict[str, str]:
-    """One image's metrics/result -> ``{infotext key: text}``; keys with no value are left out."""
-    out: dict[str, str] = {}
-    for name in ("wen", "sharpness", "original_wen", "original_sharpness"):
-        text = _num(image.get(name))
-        if text is not None:
-            out[INFOTEXT_KEYS[name]] = text
-    if image.get("risk"):
-        out[INFOTEXT_KEYS["risk"]] = str(image["risk"])
-    sail = image.get("sail")
-    if sail:
-        loss = _num(sail.get("loss"))
-        state = "accepted" if sail.get("accepted") else ("not accepted" if sail.get("accepted") is False else "done")
-        parts = [state]
-        if sail.get("steps") is not None:
-            parts.append(f"{int(sail['steps'])} steps")
-        if loss is not None:
-            parts.append(f"loss {loss}")
-        out[INFOTEXT_KEYS["result"]] = " ".join(parts)
-    if image.get("status"):
-        out[INFOTEXT_KEYS["status"]] = str(image["status"])
-    return out
-
-
-def _parse_bool(text: Any) -> bool:
-    return str(text).strip().lower() in ("true", "1", "yes", "on")
+    """One image's metrics and SAIL result (keys of :data:`IMAGE_FIELDS`) -> ``{infotext key: text}``."""
+    return infotext.fields(**{k: image.get(k) for k in IMAGE_FIELDS})
 
 
 def parse_infotext(params: Mapping[str, Any]) -> dict[str, Any]:
-    """A1111's parsed infotext dict -> :class:`HostOptions` fields (only the keys present); the inverse of
-    :func:`infotext_settings`. Unparseable values are skipped, never raised."""
-    out: dict[str, Any] = {}
-    key = INFOTEXT_KEYS["sail"]
-    if key in params:
-        out["sail"] = _parse_bool(params[key])
-    for name, cast in _SETTING_CASTS.items():
-        key = INFOTEXT_KEYS[name]
-        if key not in params:
-            continue
-        try:
-            value = cast(float(params[key])) if cast is int else cast(params[key])
-        except (TypeError, ValueError):
-            continue
-        if name == "objective" and value not in OBJECTIVE_CHOICES:
-            continue
-        out[name] = value
-    return out
+    """A parsed infotext -> the :class:`HostOptions` fields it restores (:data:`PASTED_SETTINGS` present in
+    it); the inverse of :func:`infotext_settings`, also for PNGs from the app and the CLI."""
+    settings = infotext.parse_settings(params)
+    if settings.get("objective") not in (None, *OBJECTIVE_CHOICES):
+        settings.pop("objective")
+    return {k: v for k, v in settings.items() if k in PASTED_SETTINGS}
 
 
-def parse_infotext_line(line: str) -> dict[str, str]:
-    """Parse A1111's ``Key: value, Key: "quoted, value"`` parameter line (for tests and the ComfyUI compare node)."""
-    import json
-    import re
-
-    out = {}
-    for m in re.finditer(r'\s*([\w ][\w \-/+]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', line):
-        k, v = m.group(1).strip(), m.group(2).strip()
-        if v.startswith('"') and v.endswith('"'):
-            try:
-                v = json.loads(v)
-            except ValueError:
-                v = v[1:-1]
-        out[k] = v
-    return out
+parse_infotext_line = infotext.parse_line
 
 
 __all__ = [
@@ -500,5 +419,5 @@ __all__ = [
     "cat_conds", "batched_x0_pair", "guided_from_x0_pair", "guided_from_denoiser", "wen_from_denoised",
     "Probe", "probe", "gradients_through_host_model", "grad_ready", "run_sail", "sail_available", "SailOutcome", "HostOptions",
     "repeat_cond", "select_cond",
-    "INFOTEXT_KEYS", "infotext_settings", "infotext_image", "parse_infotext", "parse_infotext_line", "risk_label",
+    "IMAGE_FIELDS", "PASTED_SETTINGS", "infotext_settings", "infotext_image", "parse_infotext", "parse_infotext_line",
 ]

@@ -28,7 +28,8 @@ import torch
 
 HOSTS = os.path.join(os.path.dirname(__file__), "hosts")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = ("sail", "objective", "threshold", "max_steps", "candidates", "lr", "sharpness", "show_original", "save_plots")
+FIELDS = ("sail", "objective", "threshold", "max_steps", "candidates", "lr", "sharpness", "show_original", "save_plots",
+          "low_memory")
 
 
 class ForgePatcher:
@@ -167,7 +168,9 @@ def test_shim_registers_one_always_visible_script(host):
     from sailscope.extension.a1111 import ARG_NAMES
 
     assert ARG_NAMES == FIELDS
-    assert {k for _, k in runner.infotext_fields if isinstance(k, str)} >= {"SAIL threshold", "SAIL steps"}
+    assert len(runner.infotext_fields) == 6 and all(callable(k) for _, k in runner.infotext_fields)
+    assert set(runner.paste_field_names) == {"SAIL", "SAIL objective", "SAIL threshold", "SAIL max steps",
+                                             "SAIL candidates", "SAIL lr"}
     names = {c.name for c in h.callbacks.callback_map["callbacks_cfg_denoised"]}
     assert "sailscope_cfg_denoised" in names
     assert not any(k in sys.modules for k in ("core", "ui", "extension"))
@@ -192,11 +195,12 @@ def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
     assert len(processed.images) == 4 + 4 * 2 and len(processed.infotexts) == len(processed.images)
     infos = [parse(t) for t in processed.infotexts[:4]]
     for info in infos:
-        assert info["SAIL"] == "True" and float(info["SAIL threshold"]) == 0.0
-        assert "not accepted 2 steps" in info["SAIL result"]
-        assert float(info["SAIL Scope sharpness"]) > 0 and float(info["SAIL Scope original sharpness"]) > 0
+        assert info["SAIL"] == "on" and float(info["SAIL threshold"]) == 0.0
+        assert info["SAIL converged"] == "False" and info["SAIL steps"] == "2"
+        assert float(info["SAIL loss"]) < float(info["SAIL start loss"])
+        assert float(info["SAIL Scope step-1 sharpness"]) > 0 and float(info["SAIL Scope original step-1 sharpness"]) > 0
         assert common.HostOptions(**common.parse_infotext(info)).threshold == 0.0
-    assert len({i["SAIL Scope original sharpness"] for i in infos}) == 4  # per image, not copied
+    assert len({i["SAIL Scope original step-1 sharpness"] for i in infos}) == 4  # per image, not copied
     # SAIL's x_T equals core.sail on the diffusers path: A1111 starts at noise * sigma_max -> scale sigma_vp
     state_report = processed.sailscope
     assert [r["index"] for r in state_report] == [0, 1, 2, 3]
@@ -218,8 +222,8 @@ def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
     assert sum(f.endswith("-diagnostics.png") for f in files) >= 4 and sum(f.endswith(".json") for f in files) >= 4
     # API info: JSON with concrete values (callables replaced), infotexts carry per-image metrics
     info = json.loads(processed.js())
-    assert info["extra_generation_params"]["SAIL Scope sharpness"] is not None
-    assert all("SAIL Scope sharpness" in t for t in info["infotexts"][:4])
+    assert info["extra_generation_params"]["SAIL Scope step-1 sharpness"] is not None
+    assert all("SAIL Scope step-1 sharpness" in t for t in info["infotexts"][:4])
     # the sampler really started from SAIL's x_T (step-1 Wen of the run = probe at SAIL's noise), and the
     # comparison render from the seed's noise (= probe at the original noise)
     for r in state_report:
@@ -267,7 +271,7 @@ def test_infotext_callables_for_batch_and_job_indices(host):
     runner_postprocess = h.scripts.ScriptRunner.postprocess
 
     def spy(self, p, processed):
-        key = "SAIL Scope sharpness"
+        key = "SAIL Scope step-1 sharpness"
         seen["job"] = [parse(h.processing.Processed(p, []).infotext(p, i)).get(key) for i in range(4)]
         seen["batch"] = [parse(h.processing.create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
                                                             all_negative_prompts=p.negative_prompts)).get(key) for i in range(2)]
@@ -279,7 +283,7 @@ def test_infotext_callables_for_batch_and_job_indices(host):
         _, processed, _ = run_job(h, ui_args(sail=False, show_original=False, save_plots=False), n_iter=2, enable_hr=False)
     finally:
         h.scripts.ScriptRunner.postprocess = runner_postprocess
-    final = [parse(t)["SAIL Scope sharpness"] for t in processed.infotexts[:4]]
+    final = [parse(t)["SAIL Scope step-1 sharpness"] for t in processed.infotexts[:4]]
     assert seen["job"] == final and seen["batch"] == final[2:] and seen["main"] == final[0]
     assert len(set(final)) == 4
 
@@ -291,7 +295,7 @@ def test_cfg_one_is_not_available(host, forge):
     assert len(processed.images) >= 2 and "not available" in processed.comments
     text = processed.infotexts[0]
     assert "not available" in parse(text)["SAIL Scope status"]
-    assert "SAIL result" not in text
+    assert "SAIL steps" not in text and "SAIL loss" not in text
 
 
 def test_img2img_skips_sail_with_a_message(host):
@@ -308,6 +312,10 @@ def test_api_args_and_bad_args(host):
     h = host
     opts = options_from_args([{"sail": True, "threshold": 7.5}])
     assert opts.sail and opts.threshold == 7.5 and opts.max_steps == 10
+    # the API (modules/api/api.py init_script_args) fills the script's other slots with the UI's defaults
+    ui_defaults = list(ui_args(sail=True))[1:]
+    opts = options_from_args([{"sail": False, "max_steps": 1}, *ui_defaults])
+    assert not opts.sail and opts.max_steps == 1 and opts.threshold == 8.2
     assert options_from_args([True, "paper", 3.0]).objective == "paper"
     with pytest.raises(ValueError, match="objective"):
         options_from_args([True, "Paper"])
@@ -343,7 +351,7 @@ def test_sail_off_leaves_the_noise_alone(host):
     _, plain, _ = run_job(h, [False, "reference", 8.2, 10, 1, 0.05, "off", False, False], n_iter=1, enable_hr=False)
     for a, b in zip(on.images[:2], plain.images[:2]):
         assert list(a.getdata()) == list(b.getdata())
-    assert "SAIL Scope sharpness" in on.infotexts[0] and "SAIL Scope" not in plain.infotexts[0]
+    assert "SAIL Scope step-1 sharpness" in on.infotexts[0] and "SAIL Scope" not in plain.infotexts[0]
 
 
 def test_timestep_samplers_are_reported_not_available(host):
@@ -361,3 +369,53 @@ def test_timestep_samplers_are_reported_not_available(host):
     assert any("DDIM" in c and "not available" in c for c in p.comments)
     script.postprocess(p, h.processing.Processed(p, []), *ui_args())
     assert a1111.active_state() is None
+
+
+def pasted_settings(h, png) -> dict:
+    """A PNG's infotext through A1111's *PNG Info → Send to txt2img* into the script's controls (stand-in
+    ``modules.infotext_utils``): ``{control name: value}`` for the controls the paste changes."""
+    from modules.infotext_utils import UNCHANGED, paste
+
+    from sailscope.ui.outputs import read_infotext
+
+    runner = make_runner(h)
+    values = paste(runner.infotext_fields, read_infotext(png))
+    prefix = "script_txt2img_sail_scope_"
+    return {c.elem_id.removeprefix(prefix): v for (c, _), v in zip(runner.infotext_fields, values) if v is not UNCHANGED}
+
+
+def test_pngs_from_the_cli_and_the_app_paste_their_sail_settings_into_a1111(host, tmp_path, monkeypatch):
+    """One infotext registry: what the CLI and the app write, A1111's paste reads back into the same settings;
+    the steps SAIL took never land in the max-steps slider."""
+    import glob
+
+    from sailscope.core.cli import main
+    from sailscope.ui import app as ui_app
+    from sailscope.ui.jobs import AppConfig
+
+    h = host
+    model = tmp_path / "tiny"
+    h.pipe.save_pretrained(model)
+    rc = main(["generate", "--model", str(model), "--prompt", "a red square", "--seed", "3", "--steps", "2", "--sail",
+               "--sail-objective", "reference", "--sail-threshold", "1e-3", "--sail-max-steps", "3",
+               "--sail-candidates", "1", "--sail-lr", "0.2", "--sail-trigger", "none", "--sail-rounds", "1",
+               "--out", str(tmp_path / "cli")])
+    assert rc == 0
+    [cli_png] = glob.glob(str(tmp_path / "cli" / "sail-*.png"))
+    assert pasted_settings(h, cli_png) == dict(sail=True, objective="reference", threshold=1e-3, max_steps=3,
+                                               candidates=1, lr=0.2)
+
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
+    ctx = ui_app.AppContext(AppConfig(outputs=str(tmp_path / "app"), live_interval=0.0))
+    ctx.models.pipe = h.pipe
+    args = dict(prompt="a red square", negative="", seed=0, steps=2, guidance=7.5, width=0, height=0, scheduler="ddim",
+                sharpness_at="every step", sail_on=True, sail_objective="paper", sail_threshold="1e12",
+                sail_max_steps=4, sail_candidates=2, compare=True, spectrum_steps="", spectrum_method="arnoldi",
+                spectrum_k=3, sail_trigger="none", sail_lr=0.25, sail_rounds=1)
+    final = None
+    for final in ui_app.generate_handler(ctx, *[args[k] for k in ui_app.GEN_INPUTS], request=SimpleNamespace(session_hash="s")):
+        pass
+    outputs = {name: final[i] for i, name in enumerate(ui_app.GEN_OUTPUTS)}
+    assert pasted_settings(h, outputs["image_sail"]) == dict(sail=True, objective="paper", threshold=1e12, max_steps=4,
+                                                            candidates=2, lr=0.25)
+    assert pasted_settings(h, outputs["image_original"])["sail"] is False  # the comparison run had SAIL off

@@ -268,19 +268,21 @@ def a1111_quote(text):
 
 def test_infotext_round_trip():
     opts = common.HostOptions(sail=True, threshold=8.2, alpha=0.05, lr=0.05, max_steps=10, candidates=2)
-    settings = {k: getattr(opts, k) for k in ("sail", "objective", "threshold", "alpha", "lr", "max_steps", "candidates")}
-    image = {"wen": 12.3456789, "sharpness": 1234.5678, "original_sharpness": 9.87e5, "risk": "high",
-             "sail": {"accepted": True, "steps": 3, "loss": 7.91}, "status": "SAIL: ok, metrics: ok"}
+    settings = {k: getattr(opts, k) for k in common.PASTED_SETTINGS}
+    image = {"wen": 12.3456789, "sharpness": 1234.5678, "original_sharpness": 9.87e5, "converged": True, "steps": 3,
+             "start_loss": 9.5, "loss": 7.91, "status": "SAIL: ok, metrics: ok"}
     pairs = {**common.infotext_settings(opts), **common.infotext_image(image)}
     # A1111 joins with ", " and quotes values that contain ',', ':' or '"' (infotext_utils.quote)
     line = ", ".join(f"{k}: {a1111_quote(v)}" for k, v in pairs.items())
     parsed = common.parse_infotext_line("Steps: 20, Sampler: Euler a, " + line)
     assert parsed["Sampler"] == "Euler a"
     assert common.parse_infotext(parsed) == settings
-    assert parsed["SAIL result"] == "accepted 3 steps loss 7.91"
+    # one meaning per key: the cap is "SAIL max steps", the steps taken "SAIL steps"
+    assert parsed["SAIL max steps"] == "10" and parsed["SAIL steps"] == "3"
+    assert parsed["SAIL converged"] == "True" and float(parsed["SAIL start loss"]) == 9.5 and float(parsed["SAIL loss"]) == 7.91
     assert parsed["SAIL Scope status"] == "SAIL: ok, metrics: ok"
-    assert float(parsed["SAIL Scope sharpness"]) == pytest.approx(1234.5678, rel=1e-3)
+    assert float(parsed["SAIL Scope step-1 sharpness"]) == pytest.approx(1234.5678, rel=1e-5)
     assert common.infotext_settings({"sail": False}) == {}
     assert common.HostOptions(**common.parse_infotext(parsed)) == opts
     assert common.parse_infotext({"SAIL threshold": "abc"}) == {}
-    assert common.risk_label(10.0, 8.2) == "high" and common.risk_label(None, 8.2) is None
+    assert common.parse_infotext({"SAIL objective": "bogus", "SAIL lr": "0.1"}) == {"lr": 0.1}

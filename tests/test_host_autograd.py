@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from sailscope.core import autograd
 from sailscope.core.autograd import as_constant, gradients_through_host_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "hosts"))
@@ -70,17 +71,21 @@ def test_each_host_trap_breaks_plain_autograd(name):
             grad_of_sq_norm(unet, x, t, ctx)
 
 
+@pytest.mark.parametrize("offload", [False, True])
 @pytest.mark.parametrize("name", list(HOSTS))
-def test_gradient_and_jvp_equal_the_stock_unet(name):
+def test_gradient_and_jvp_equal_the_stock_unet(name, offload, monkeypatch):
+    offloaded = count_offloads(monkeypatch)
     pipe, _ = tiny()
     unet = host_unet(name)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     x, t, ctx = inputs()
     with torch.inference_mode():  # the host's context around its nodes / scripts
-        with gradients_through_host_model():
+        with gradients_through_host_model(offload=offload):  # offload: activations copied out and back
             got = grad_of_sq_norm(unet, x, t, ctx)
     want = grad_of_sq_norm(pipe.unet, x, t, ctx)
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), float((got - want).abs().max())
+    # offloaded activations come back contiguous, so some kernels sum in another order: float32 rounding only
+    assert float((got - want).norm() / want.norm()) <= 1e-6
+    assert (offloaded[0] > 50) == offload  # every activation of the tiny UNet went out and came back
     v = torch.randn_like(x)
     with sdpa_kernel(SDPBackend.MATH):
         with gradients_through_host_model():
@@ -130,7 +135,25 @@ def in_place_reference(x):
     return (torch.cos(d) * (3.0 * d)).sum()
 
 
-def test_in_place_writes_on_saved_tensors_keep_their_semantics():
+def count_offloads(monkeypatch) -> list[int]:
+    """Offload every saved activation, however small, and count them."""
+    count = [0]
+    real = autograd._Offloaded
+
+    class Counted(real):
+        __slots__ = ()
+
+        def __init__(self, t):
+            count[0] += 1
+            super().__init__(t)
+
+    monkeypatch.setattr(autograd, "_OFFLOAD_MIN_BYTES", 0)
+    monkeypatch.setattr(autograd, "_Offloaded", Counted)
+    return count
+
+
+def test_in_place_writes_on_saved_tensors_keep_their_semantics(monkeypatch):
+    offloaded = count_offloads(monkeypatch)
     x = torch.randn(4, 6, dtype=torch.float64)
     xr = x.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(in_place_reference(xr), xr)
@@ -138,12 +161,14 @@ def test_in_place_writes_on_saved_tensors_keep_their_semantics():
         with pytest.raises(RuntimeError, match="inplace operation"):
             xs = x.clone().requires_grad_(True)
             torch.autograd.grad(in_place_forms(xs), xs)
-    with gradients_through_host_model():
-        xg = x.clone().requires_grad_(True)
-        value = in_place_forms(xg)
-        (got,) = torch.autograd.grad(value, xg)
-    assert float(value) == pytest.approx(float(in_place_reference(x)), rel=1e-12)
-    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    for offload in (False, True):
+        with gradients_through_host_model(offload=offload):
+            xg = x.clone().requires_grad_(True)
+            value = in_place_forms(xg)
+            (got,) = torch.autograd.grad(value, xg)
+        assert float(value) == pytest.approx(float(in_place_reference(x)), rel=1e-12)
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+        assert (offloaded[0] > 0) == offload
 
 
 def test_unaliasable_inference_weights_get_cause_and_fix():

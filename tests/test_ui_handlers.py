@@ -17,6 +17,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
+from sailscope.core.infotext import parse_png_text  # noqa: E402
 from sailscope.core.testing import tiny_pipeline  # noqa: E402
 from sailscope.ui import app as ui_app  # noqa: E402
 from sailscope.ui.app import (  # noqa: E402
@@ -79,7 +80,8 @@ def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
     assert png.suffix == ".png" and png.is_file() and report.is_file()
     text = read_infotext(png)
     assert text.startswith("a red square\n") and "Steps: 3" in text and "Sampler: DDIM" in text and "Seed: 0" in text
-    assert "Step-1 sharpness" in text
+    assert float(parse_png_text(text)["SAIL Scope step-1 sharpness"]) == pytest.approx(
+        json.loads(Path(final[S["report_file"]]).read_text())["detection"]["runs"]["original"]["step1_sharpness"], rel=1e-5)
     data = json.loads(report.read_text())
     assert len(data["runs"]["original"]["steps"]) == 3
     assert data["detection"]["runs"]["original"]["step1_sharpness"] == pytest.approx(

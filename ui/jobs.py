@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from sailscope.core import infotext
+from sailscope.core.detect import risk_level
 from sailscope.core.errors import SailScopeError, UserInputError
+from sailscope.core.sail import infotext_fields
 from sailscope.core.generate import GenerationResult, GenerationSettings, StepRecord, generate
 
 log = logging.getLogger("sailscope.ui")
@@ -159,17 +162,6 @@ def detection_threshold(pipe: Any) -> tuple[float | None, str]:
     return float(value), str(source)
 
 
-def risk_level(sharpness: float | None, threshold: float | None) -> str:
-    """``high`` / ``low`` / ``unknown``: core's rule when it has one, else ``sharpness >= threshold``."""
-    try:
-        from sailscope.core.detect import risk_level as core_risk  # type: ignore[attr-defined]
-
-        return core_risk(sharpness, threshold)
-    except ImportError:
-        pass
-    if sharpness is None or threshold is None:
-        return "unknown"
-    return "high" if sharpness >= threshold else "low"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,27 +484,23 @@ class JobView:
         return out
 
     def infotext_extra(self, run: str, model_info: Any, threshold: tuple[float | None, str]) -> dict:
+        """The run's infotext entries (core/infotext.py's keys) besides the generation settings."""
         s1, w1 = self.step1(run)
         thr, src = threshold
-        extra: dict[str, Any] = {
-            "Model": getattr(model_info, "name", None),
-            "SAIL Scope run": run,
-            "Step-1 sharpness": s1,
-            "Step-1 Wen": w1,
-            "Memorization risk": risk_level(s1, thr) if s1 is not None else None,
-            "Detection threshold": f"{thr:.4g} ({src})" if thr is not None else None,
-        }
+        extra: dict[str, Any] = {"Model": getattr(model_info, "name", None), **infotext.fields(
+            run=run, sharpness=s1, wen=w1, risk=risk_level(s1, thr) if s1 is not None else None,
+            detection_threshold=f"{thr:.4g} ({src})" if thr is not None else None,
+        )}
         if self.sail is not None:
-            extra.update({"SAIL": "on" if run == "sail" else "off (comparison)", "SAIL objective": self.sail.objective,
-                          "SAIL threshold": self.sail_threshold(), "SAIL max steps": self.sail.max_steps,
-                          "SAIL candidates": self.sail.candidates, "SAIL rounds": self.sail.rounds})
             if run == "sail" and self.sail_result is not None:
-                r = self.sail_result
-                extra.update({"SAIL converged": r.converged[0], "SAIL loss": r.loss[0], "SAIL steps": r.steps[0],
-                              "SAIL round": (r.chosen_round or [0])[0] + 1,
-                              "SAIL trigger overruled": bool((r.trigger_overruled or [False])[0]),
-                              "SAIL threshold source": r.threshold_source,
-                              "SAIL trigger": r.trigger, "SAIL trigger source": r.trigger_source})
+                extra.update(infotext_fields(self.sail_result))
+            else:
+                sail = self.sail
+                extra.update(infotext.fields(
+                    sail="on" if run == "sail" else "off", objective=sail.objective, threshold=self.sail_threshold(),
+                    lr=sail.lr, max_steps=sail.max_steps, candidates=sail.candidates, rounds=sail.rounds,
+                    sphere=sail.sphere,
+                ))
         return extra
 
 
