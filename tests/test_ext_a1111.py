@@ -419,3 +419,20 @@ def test_pngs_from_the_cli_and_the_app_paste_their_sail_settings_into_a1111(host
     assert pasted_settings(h, outputs["image_sail"]) == dict(sail=True, objective="paper", threshold=1e12, max_steps=4,
                                                             candidates=2, lr=0.25)
     assert pasted_settings(h, outputs["image_original"])["sail"] is False  # the comparison run had SAIL off
+
+
+def test_sail_failure_keeps_the_image_and_says_why(host, monkeypatch):
+    """A1111/Forge never lose the image: SAIL's failure is reported (cause, fix) and the seed's noise is used."""
+    from sailscope.core import sail as core_sail
+
+    def unreadable_weights(*args, **kwargs):
+        raise RuntimeError("Inference tensors cannot be saved for backward. To work around you can make a clone")
+
+    monkeypatch.setattr(core_sail, "optimize", unreadable_weights)
+    h = host
+    _, failed, _ = run_job(h, ui_args(sharpness="off", show_original=False), n_iter=1, enable_hr=False)
+    _, plain, _ = run_job(h, ui_args(sail=False, sharpness="off", show_original=False), n_iter=1, enable_hr=False)
+    status = parse(failed.infotexts[0])["SAIL Scope status"]
+    assert "the image uses the seed's noise" in status and "Fix: load the checkpoint unquantized" in status
+    for a, b in zip(failed.images[:2], plain.images[:2]):
+        assert list(a.getdata()) == list(b.getdata())

@@ -198,3 +198,21 @@ def test_compare_node():
     assert "[original]" in report and "[SAIL]" in report
     with pytest.raises(ValueError, match="batches"):
         SailScopeCompare().compare(a, b[:1])
+
+
+def test_sail_failure_stops_the_prompt_with_cause_and_fix(comfy, monkeypatch):
+    """ComfyUI aborts a prompt whose node raises: the message says so, names the cause and the fix."""
+    from sailscope.core import sail as core_sail
+    from sailscope.extension.comfyui import SailScopeNoise
+
+    def unreadable_weights(*args, **kwargs):
+        raise RuntimeError("Inference tensors cannot be saved for backward. To work around you can make a clone")
+
+    monkeypatch.setattr(core_sail, "optimize", unreadable_weights)
+    c = comfy
+    with torch.inference_mode(), pytest.raises(Exception) as info:
+        SailScopeNoise().build(c["model"], c["positive"], c["negative"], c["latent"], 1, 7.5, True, "reference", 8.2,
+                               2, 1, 0.05)
+    msg = str(info.value)
+    assert "stopped this prompt" in msg and "quantized" in msg and "Fix: load the checkpoint unquantized" in msg
+    assert "set 'sail' to false" in msg
