@@ -1,6 +1,6 @@
 """Per-model thresholds: SAIL's acceptance threshold and the step-1 sharpness detection threshold.
 
-A threshold is model-specific (DIGEST §4): the SAIL objective and the step-1 sharpness have different
+A threshold is model-specific (docs/math.md §4): the SAIL objective and the step-1 sharpness have different
 scales for different models, resolutions and schedules. Calibration measures, at each seed's own ``x_T``
 (no optimization), the two terms of both SAIL objectives and the step-1 sharpness ``‖HΔ sΔ‖²`` over
 non-memorized prompts × seeds, and stores the raw values. Thresholds are quantiles of those values:

@@ -127,7 +127,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 
 def tpr_at_fpr(scores: Sequence[float], labels: Sequence[int], max_fpr: float = 0.01) -> float:
-    """TPR at the last ROC point whose FPR < ``max_fpr`` (the convention of the prior code, DIGEST §2)."""
+    """TPR at the last ROC point whose FPR < ``max_fpr`` (the convention of the prior code, docs/math.md §2)."""
     fpr, tpr, _ = roc_curve(scores, labels)
     ok = np.where(fpr < max_fpr)[0]
     return float(tpr[ok[-1]]) if ok.size else 0.0

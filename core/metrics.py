@@ -1,6 +1,6 @@
-"""Per-step memorization metrics on a :class:`~sailscope.core.score.GuidedScore` (DIGEST §2).
+"""Per-step memorization metrics on a :class:`~sailscope.core.score.GuidedScore` (docs/math.md §2).
 
-All values are per sample (shape ``(B,)``), fp32, in the score space of DIGEST §1
+All values are per sample (shape ``(B,)``), fp32, in the score space of docs/math.md §1
 (``s = -eps / sigma_t``). The authors' code reports eps-space numbers: ``eps_Δ = -sigma_t sΔ``, and
 because ``HΔ`` is a Jacobian w.r.t. ``x`` in both, ``‖HΔ^eps eps_Δ‖ = sigma_t^2 ‖HΔ sΔ‖`` —
 see :func:`to_eps_space`. Wen's metric is reported as the authors do, in eps space.

@@ -1,4 +1,4 @@
-"""Closed-form score models with exact Hessians: the test oracles of DIGEST §3.
+"""Closed-form score models with exact Hessians: the test oracles of docs/math.md §3.
 
 They plug into the same :class:`~sailscope.core.score.GuidedScore` contract as a real UNet
 (``sigma = 1``, so ``eps = -s``), so every estimator (JVP, finite difference, Hutchinson, Arnoldi,
@@ -102,7 +102,7 @@ class DiffusedPoints:
     """The exact noised density of a finite data set: ``p_t(x) = Σ_i w_i N(x; √ᾱ x_i, (1-ᾱ) I)``.
 
     Its score is what a perfectly trained denoiser of those points predicts at noise level ``ᾱ``, so the
-    metrics evaluated on it are the *data-level* values a model can at best learn (DIGEST §3.2 for one
+    metrics evaluated on it are the *data-level* values a model can at best learn (docs/math.md §3.2 for one
     point: ``H = -I/(1-ᾱ)``, the sharpest conditional). ``O(B·N·d)`` per call, no ``(d, d)`` matrices.
     """
 

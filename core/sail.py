@@ -1,11 +1,11 @@
-"""SAIL: Sharpness-Aware Initialization for Latent diffusion (paper §5.1, DIGEST §4).
+"""SAIL: Sharpness-Aware Initialization for Latent diffusion (paper §5.1, docs/math.md §4).
 
 Optimize the initial noise ``x_T`` so that the first sampling step sits in a smooth region of the
 conditional density; the prompt and the model stay untouched. Adam runs on the *unit-variance* noise
 (the tensor stock diffusers draws for the seed, before ``init_noise_sigma``) and is always fp32, even when
 the UNet runs in fp16/bf16 (the UNet sees a cast copy; gradients flow back through the cast).
 
-Notation (DIGEST §1):
+Notation (docs/math.md §1):
 
 ==============  ================================================================================
 ``z``           the unit-variance initial noise, the optimized variable (``x_T`` in the paper)

@@ -1,6 +1,6 @@
 """The one model contract: a guided eps/score pair at a fixed timestep, adapted once at the edge.
 
-Notation (DIGEST §1, DDPM/"VP" variables, what every metric in SAIL Scope is reported in):
+Notation (docs/math.md §1, DDPM/"VP" variables, what every metric in SAIL Scope is reported in):
 
 ==========  =====================================================================
 ``x``       the VP latent ``x_t = sqrt(abar_t) x_0 + sigma_t eps`` (the UNet's input after

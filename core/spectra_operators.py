@@ -2,7 +2,7 @@
 
 An operator acts on *flattened* vectors: ``matmat(V)`` maps ``V`` of shape ``(n, d)`` to ``(H V^T)^T``,
 i.e. each row ``v`` to ``H v``. ``H`` is the Jacobian of one of ``s(x,c)``, ``s(x,∅)``, ``sΔ(x)``
-(``which``) at a single latent ``x`` (DIGEST §1). Several vectors are stacked along the model's batch
+(``which``) at a single latent ``x`` (docs/math.md §1). Several vectors are stacked along the model's batch
 dimension and pushed through one call (chunks of ``chunk`` vectors), which needs a
 :class:`~sailscope.core.score.GuidedScore` whose batch matches: pass either a batch-agnostic
 ``GuidedScore`` (closed-form oracles) or a factory ``n -> GuidedScore`` (diffusers: the embeddings repeated

@@ -56,7 +56,7 @@ def count_positive(eigenvalues: Tensor, *, rtol: float = 1e-5, atol: float = 0.0
     """Count eigenvalues by sign of the real part; ``tol = max(atol, rtol · max|λ|)``.
 
     The default ``rtol = 1e-5`` sits above the rounding noise of an fp32 Jacobian (relative ``~1e-6``):
-    eigenvalues within ``±tol`` are counted as zero, not positive (DIGEST §2).
+    eigenvalues within ``±tol`` are counted as zero, not positive (docs/math.md §2).
     """
     lam = torch.as_tensor(eigenvalues)
     re = lam.real.double() if lam.is_complex() else lam.double()

@@ -1,7 +1,7 @@
 """Host conventions -> SAIL Scope's one model contract (:class:`~sailscope.core.score.GuidedScore`).
 
 A1111, Forge and ComfyUI all sample in k-diffusion variables; SAIL Scope reports everything in the
-VP ("DDPM") variables of DIGEST §1. This module converts between the two, once, and nothing else:
+VP ("DDPM") variables of docs/math.md §1. This module converts between the two, once, and nothing else:
 every number comes from ``core/``. No host module is imported here (the adapters pass callables in).
 
 ==============  ===========================================================================

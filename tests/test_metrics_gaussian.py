@@ -1,4 +1,4 @@
-"""Metrics against the closed-form Gaussian oracles of DIGEST §3.
+"""Metrics against the closed-form Gaussian oracles of docs/math.md §3.
 
 Tolerances: linear scores (Gaussian) make finite differences exact up to rounding (fp64: 1e-8);
 Monte-Carlo checks use 5 standard errors of the sample mean (false-failure odds < 1e-6).

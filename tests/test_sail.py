@@ -1,4 +1,4 @@
-"""SAIL optimizer on closed-form Gaussian scores (DIGEST §3): objective values, minimizer, gradients, Adam,
+"""SAIL optimizer on closed-form Gaussian scores (docs/math.md §3): objective values, minimizer, gradients, Adam,
 early stop, no convergence, candidates, settings validation. No diffusers model involved."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Eigen-spectra engine against exact spectra (issue 4).
 
-Oracles: closed-form Gaussian / Gaussian-mixture scores (exact Hessians, DIGEST §3), linear scores
+Oracles: closed-form Gaussian / Gaussian-mixture scores (exact Hessians, docs/math.md §3), linear scores
 ``s(x) = A x`` with a chosen (non-symmetric or low-rank) ``A``, diagonal Gaussians whose eigenvalues are known
 analytically (d = 4096), and on the tiny random SD pipeline fp64 central finite differences.
 Tolerances: 1e-6 relative for eigenvalues with exact fp64 HVPs (the issue's bar; the solver's residual
