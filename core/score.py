@@ -17,6 +17,8 @@ ComfyUI parameterizations (eps, v, x0; t vs k-diffusion sigma) are converted to 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -55,11 +57,20 @@ def eps_from_denoised(x_k: Tensor, denoised: Tensor, sigma_k: Tensor | float) ->
     return (x_k - denoised) / sigma_k
 
 
-def vp_from_k_sigma(sigma_k: Tensor | float) -> tuple[Tensor, Tensor]:
-    """k-diffusion sigma -> (abar_t, sigma_t) of the same noise level: ``abar = 1/(1+sigma_k^2)``."""
-    sigma_k = torch.as_tensor(sigma_k, dtype=torch.float64)
-    abar = 1.0 / (1.0 + sigma_k**2)
-    return abar, (1 - abar).sqrt()
+def sigma_vp_from_k(sigma_k: float | Tensor) -> float:
+    """k-diffusion noise level -> VP ``sigma_t = sigma_k / sqrt(1 + sigma_k^2)`` (docs/math.md §1)."""
+    sk = float(torch.as_tensor(sigma_k, dtype=torch.float64).reshape(-1)[0])
+    return sk / math.sqrt(1.0 + sk * sk)
+
+
+def vp_from_k(x_k: Tensor, sigma_k: float) -> Tensor:
+    """k-diffusion state -> VP latent: ``x_vp = x_k / sqrt(1 + sigma_k^2)``."""
+    return x_k / math.sqrt(1.0 + float(sigma_k) ** 2)
+
+
+def k_from_vp(x_vp: Tensor, sigma_k: float) -> Tensor:
+    """VP latent -> k-diffusion state: ``x_k = x_vp * sqrt(1 + sigma_k^2)``."""
+    return x_vp * math.sqrt(1.0 + float(sigma_k) ** 2)
 
 
 def k_sigma_from_abar(abar: Tensor | float) -> Tensor:

@@ -32,7 +32,7 @@ from sailscope.core.autograd import gradients_through_host_model
 from sailscope.core.errors import SailScopeError, UserInputError
 from sailscope.core.metrics import sharpness as core_sharpness
 from sailscope.core.metrics import wen_metric
-from sailscope.core.score import GuidedScore, eps_from_denoised
+from sailscope.core.score import GuidedScore, eps_from_denoised, k_from_vp, sigma_vp_from_k, vp_from_k
 
 NoiseScaling = Literal["sigma", "max_denoise"]
 X0PairFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor]"]
@@ -48,22 +48,6 @@ class HostError(SailScopeError):
 # ----------------------------------------------------------------------------------------------
 # Noise levels and latents (small pure functions)
 # ----------------------------------------------------------------------------------------------
-def sigma_vp_from_k(sigma_k: float | Tensor) -> float:
-    """``sigma_t = sigma_k / sqrt(1 + sigma_k^2)``."""
-    sk = float(torch.as_tensor(sigma_k, dtype=torch.float64).reshape(-1)[0])
-    return sk / math.sqrt(1.0 + sk * sk)
-
-
-def vp_from_k(x_k: Tensor, sigma_k: float) -> Tensor:
-    """``x_vp = x_k / sqrt(1 + sigma_k^2)``."""
-    return x_k / math.sqrt(1.0 + float(sigma_k) ** 2)
-
-
-def k_from_vp(x_vp: Tensor, sigma_k: float) -> Tensor:
-    """``x_k = x_vp * sqrt(1 + sigma_k^2)``."""
-    return x_vp * math.sqrt(1.0 + float(sigma_k) ** 2)
-
-
 def first_step_scale(sigma_k: float, noise_scaling: NoiseScaling) -> float:
     """``c`` with ``x_vp = c * noise`` at step 1 (see the module table)."""
     if noise_scaling == "sigma":  # A1111/Forge: x_k = noise * sigmas[0]
