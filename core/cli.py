@@ -23,26 +23,83 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(available: dict[str, tuple[str, str]] | None = None) -> argparse.ArgumentParser:
+# Commands whose parser is built without importing torch/diffusers/gradio (``sailscope CMD --help`` and argument
+# errors answer at once). train-demo/eval-demo are development commands whose options live with their trainer.
+LIGHT_COMMANDS = ("generate", "detect", "spectrum", "calibrate", "serve")
+
+# a missing optional/required library -> the one line that says what to install
+MISSING_HINTS = {
+    "gradio": 'the app needs gradio: pip install "sailscope[app]"',
+    "torch": "SAIL Scope needs torch: pip install torch (or python install.py, which picks one that fits this machine)",
+    "diffusers": "SAIL Scope needs diffusers: pip install sailscope (or python install.py)",
+    "transformers": "SAIL Scope needs transformers: pip install sailscope (or python install.py)",
+    "open_clip": 'training the demo model needs open-clip-torch: pip install "sailscope[train]"',
+}
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows ``(default: X)`` after an option's help unless the help already names its default or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                or "default" in text or not action.option_strings or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _chosen_command(argv: Sequence[str], commands: dict[str, tuple[str, str]]) -> str | None:
+    """The sub-command named in ``argv`` (the first token that is not a top-level option), if any."""
+    for token in argv:
+        if token in commands:
+            return token
+        if not token.startswith("-"):
+            return None  # an unknown command: argparse reports it
+    return None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every command has: ``--debug`` and ``--threads``."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--threads", default=None, metavar="N",
+                        help="CPU threads for torch (default: $SAILSCOPE_THREADS, else $OMP_NUM_THREADS when set, "
+                             f"else {_default_threads_text()}; 0 = torch's own default)")
+
+
+def _default_threads_text() -> str:
+    from sailscope.core.threads import default_threads
+
+    return str(default_threads())
+
+
+def build_parser(available: dict[str, tuple[str, str]] | None = None, argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``sailscope`` parser. With ``argv``, only the sub-command it names is imported (the others are listed by
+    name and help only), so parsing does not pay for modules it does not use; without it, every command is built."""
+    commands = available or COMMANDS
+    chosen = _chosen_command(argv, commands) if argv is not None else None
     parser = argparse.ArgumentParser(prog="sailscope", description="SAIL Scope: memorization lens and fix for diffusion models")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in (available or COMMANDS).items():
+    for name, (module_name, help_text) in commands.items():
+        if argv is not None and name != chosen:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
                 continue  # command not shipped in this build
             raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
+        add_common_arguments(p)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
 def quiet_libraries() -> None:
-    """Library chatter (progress bars, deprecation notes) would bury our one-line messages."""
+    """Library chatter (progress bars, deprecation notes) would bury our one-line messages. Sets environment
+    variables and warning filters only: diffusers reads them when (and if) a command imports it."""
     import os
     import warnings
 
@@ -51,27 +108,57 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
+    if "diffusers" in sys.modules:  # already imported (in-process use): tell it directly
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
         diffusers_logging.set_verbosity_error()
-    except ImportError:
-        pass
+
+
+def missing_dependency_message(exc: ModuleNotFoundError) -> str | None:
+    """One line naming what to install for a missing third-party library (None: not one we know)."""
+    top = (exc.name or "").split(".")[0]
+    return MISSING_HINTS.get(top)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
-    from sailscope.core.errors import SailScopeError
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    debug = "--debug" in argv
+    try:
+        parser = build_parser(argv=argv)
+    except ModuleNotFoundError as exc:  # a command module needs a library that is not installed
+        hint = missing_dependency_message(exc)
+        if hint is None or debug:
+            raise
+        print(f"sailscope: error: {hint}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from sailscope.core.errors import SailScopeError, UsageError
+    from sailscope.core.threads import configure_threads
+
     try:
+        configure_threads(args.threads)
+    except ValueError as exc:
+        print(f"sailscope: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_model_arguments(args)
         return int(args._run(args) or 0)
+    except UsageError as exc:  # an argument that parsed but names something this machine does not have
+        if args.debug:
+            raise
+        print(f"sailscope: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        hint = missing_dependency_message(exc)
+        if hint is None or args.debug:
+            raise
+        print(f"sailscope: error: {hint}", file=sys.stderr)
+        return 1
     except (SailScopeError, ValueError, FileNotFoundError, MemoryError, KeyboardInterrupt) as exc:
         if args.debug:
             raise
@@ -97,9 +184,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="demo", help="'demo', a diffusers folder, a .safetensors file, or a hub id")
     g.add_argument("--config", default=None, help="local diffusers folder with the config of a single-file model")
-    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    g.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16 (metrics always run in fp32)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    g.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPE_CHOICES,
+                   help="weights' dtype; auto = fp16 on CUDA, else fp32 (metrics always run in fp32)")
     g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt checkpoints (they can run code)")
+
+
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+
+
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """``--device``/``--dtype`` against this machine (imports torch), before anything is loaded or computed.
+    Raises :class:`~sailscope.core.errors.UsageError` with one line that lists what is available."""
+    if getattr(args, "device", None) is None and getattr(args, "dtype", None) in (None, "auto"):
+        return
+    from sailscope.core.models import check_device
+
+    check_device(getattr(args, "device", None), getattr(args, "dtype", None))
 
 
 def load_model_from_args(args: argparse.Namespace):

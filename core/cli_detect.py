@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sailscope.core.cli import add_model_arguments, load_model_from_args
-from sailscope.core.detect import score_prompts
+from sailscope.core.choices import SCHEDULERS
 from sailscope.core.errors import UserInputError
 from sailscope.core.outputs import append_jsonl, json_safe, read_jsonl
 
@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["sharpness", "wen"], default="sharpness")
     p.add_argument("--hvp", choices=["exact", "fd"], default="fd")
     p.add_argument("--steps", type=int, default=50, help="schedule length (timesteps as for a full run)")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--scheduler", default="ddim", help=f"one of {', '.join(SCHEDULERS)}")
     p.add_argument("--start", type=int, default=0, help="first prompt index (split a list across machines)")
     p.add_argument("--end", type=int, default=None, help="one past the last prompt index")
     p.add_argument("--out", default=None, help="JSONL output; re-running skips prompts already in it")
@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     done = [row["prompt"] for row in read_jsonl(args.out)] if args.out else []
     if done:
         print(f"sailscope: resuming: {len(done)} prompt(s) already in {args.out}", file=sys.stderr)
+    from sailscope.core.detect import score_prompts
+
     pipe = load_model_from_args(args)
     for score in score_prompts(
         pipe, prompts, skip=done, seeds=args.seeds, first_steps=args.first_steps, metric=args.metric,

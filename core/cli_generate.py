@@ -6,19 +6,24 @@ import json
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from sailscope.core.choices import SCHEDULERS
 from sailscope.core.cli import add_model_arguments, load_model_from_args, parse_size
-from sailscope.core.generate import SCHEDULERS, check_settings, GenerationResult, GenerationSettings, StepRecord, generate
 from sailscope.core import infotext
 from sailscope.core.outputs import format_infotext, json_safe, save_png_atomic, write_json_atomic
+
+if TYPE_CHECKING:  # torch-free at import: ``sailscope generate --help`` parses without loading the engine
+    from sailscope.core.generate import GenerationResult, GenerationSettings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", required=True, help="the prompt ('' samples the unconditional model)")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces the unconditional prompt)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (image i uses seed+i)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (1-1000)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (>= 0)")
     p.add_argument("--scheduler", default="ddim", help=f"one of {', '.join(SCHEDULERS)}")
     p.add_argument("--size", default=None, help="WxH in pixels (default: the model's native size)")
     p.add_argument("--num-images", type=int, default=1, help="images from seeds seed, seed+1, ...")
@@ -26,14 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharpness-at", default="first", help="none, first, all, or comma-separated steps")
     p.add_argument("--out", default=None, help="folder for PNG images (with infotext) and report.json")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    try:  # SAIL flags land with the SAIL engine
-        from sailscope.core.sail import add_sail_arguments
-    except ImportError:
-        return
+    from sailscope.core.cli_sail import add_sail_arguments  # the same options as sail.add_sail_arguments, torch-free
+
     add_sail_arguments(p)
 
 
-def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+def settings_from_args(args: argparse.Namespace, warn: bool = False) -> GenerationSettings:
+    """Settings checked before any model is loaded; ``warn``: print check_settings' warnings (e.g. an empty
+    prompt) now, before the run, and remember them on ``args`` so they are not printed twice."""
+    from sailscope.core.generate import GenerationSettings, check_settings
+
     width, height = parse_size(args.size)
     at = args.sharpness_at
     if at not in ("none", "first", "all"):
@@ -48,11 +55,15 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         guidance=args.guidance, scheduler=args.scheduler, width=width, height=height, num_images=args.num_images,
         hvp=args.hvp, sharpness_at=at,
     )
-    check_settings(settings)  # fail before loading a model
+    early = check_settings(settings)  # fail before loading a model
+    if warn:
+        for w in early:
+            print(f"sailscope: warning: {w}", file=sys.stderr)
+        args._warned = list(early)
     return settings
 
 
-def save_result(result: GenerationResult, out: Path, model: str, extra: dict | None = None, tag: str = "") -> list[str]:
+def save_result(result: "GenerationResult", out: Path, model: str, extra: dict | None = None, tag: str = "") -> list[str]:
     """PNG per image with A1111 infotext; returns the paths."""
     paths = []
     s = result.settings.to_dict()
@@ -70,7 +81,9 @@ def save_result(result: GenerationResult, out: Path, model: str, extra: dict | N
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    from sailscope.core.generate import GenerationResult, StepRecord, generate
+
+    settings = settings_from_args(args, warn=True)
     pipe = load_model_from_args(args)
     sail = None
     try:
@@ -94,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     report = result.report()
     report["model"] = pipe.sailscope_info.__dict__
     for w in result.warnings:
-        print(f"sailscope: warning: {w}", file=sys.stderr)
+        if w not in getattr(args, "_warned", ()):
+            print(f"sailscope: warning: {w}", file=sys.stderr)
     if out is not None:
         report["images"] = save_result(result, out, pipe.sailscope_info.name)
         write_json_atomic(out / "report.json", report)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from sailscope.core.errors import UserInputError
-from sailscope.core.spectra import HVP_CHOICES, METHOD_CHOICES, PRODUCT_CHOICES, TARGET_CHOICES, WHICH_CHOICES
+from sailscope.core.choices import HVP_CHOICES, METHOD_CHOICES, PRODUCT_CHOICES, TARGET_CHOICES, WHICH_CHOICES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,10 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation (as in `sailscope generate`)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     g.add_argument("--step", type=int, required=True, help="1-based sampling step (1 = first DDIM step)")
     g.add_argument("--steps", type=int, default=50, help="sampling steps of the schedule")
-    g.add_argument("--guidance", type=float, default=7.5)
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     g.add_argument("--scheduler", default="ddim")
     g.add_argument("--size", default=None, help="WxH in pixels (default: the model's native size)")
     s = p.add_argument_group("spectrum")

@@ -24,3 +24,7 @@ class NonFiniteError(SailScopeError, FloatingPointError):
 
 class Cancelled(SailScopeError):
     """The user cancelled a run; finished results were kept."""
+
+
+class UsageError(UserInputError):
+    """An argument that parsed but does not fit this machine (``--device cuda`` without CUDA): exit status 2."""

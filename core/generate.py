@@ -29,13 +29,7 @@ from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness, wen_metric
 from sailscope.core.score import DiffusersScoreModel, GuidedScore
 
-SCHEDULERS: dict[str, tuple[str, dict]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpm_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-}
+from sailscope.core.choices import SCHEDULERS  # noqa: E402  (names only; torch-free for the CLI)
 MAX_STEPS = 1000
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sailscope.core.errors import ModelLoadError, UserInputError
+from sailscope.core.errors import ModelLoadError, UsageError, UserInputError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = PACKAGE_ROOT / "assets" / "models" / "demo"
@@ -50,6 +50,51 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def available_devices() -> list[str]:
+    """Devices this torch can use here, e.g. ``["cuda", "cuda:0", "cuda:1", "cpu"]``."""
+    out = []
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out + ["cpu"]
+
+
+def check_device(device: str | torch.device | None, dtype: str | torch.dtype | None = None) -> torch.device:
+    """The ``torch.device`` for ``device`` (None: the best available), or :class:`UsageError` with one line that
+    names what is available: an unknown name (``gpu``), a device this torch was built without or cannot see
+    (``cuda`` on a CPU-only build), a CUDA index past the last GPU; and dtypes the device cannot run (fp16 on CPU)."""
+    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
+        dev = default_device()
+    else:
+        avail = ", ".join(available_devices())
+        text = str(device).strip().lower()
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {device!r} is not a device name; available here: {avail}") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                why = (f"this torch ({torch.__version__}) was built without CUDA" if torch.version.cuda is None
+                       else "no CUDA GPU is visible")
+                raise UsageError(f"--device {text}: {why}; available here: {avail}")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise UsageError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s); available here: {avail}")
+        elif dev.type == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise UsageError(f"--device mps: MPS (Apple GPU) is not available; available here: {avail}")
+        elif dev.type != "cpu":
+            raise UsageError(f"--device {text}: SAIL Scope runs on cpu, cuda or mps; available here: {avail}")
+    if dtype is not None:
+        dt = _parse_dtype(dtype, dev)
+        if dev.type == "cpu" and dt == torch.float16:
+            raise UsageError("--dtype fp16 is not supported on the CPU; use fp32 (or bf16)")
+    return dev
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
@@ -62,7 +107,7 @@ def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch
     table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
              "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
     if dtype not in table:
-        raise UserInputError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+        raise UsageError(f"--dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
     return table[dtype]
 
 
@@ -114,10 +159,8 @@ def load_pipeline(
     """
     from diffusers import StableDiffusionPipeline
 
-    dev = torch.device(device) if device is not None else default_device()
+    dev = check_device(device, dtype)
     dt = _parse_dtype(dtype, dev)
-    if dev.type == "cpu" and dt == torch.float16:
-        raise UserInputError("dtype fp16 is not supported on the CPU; use fp32 (or bf16)")
     spec = str(model).strip()
     if not spec:
         raise UserInputError("model must be 'demo', a folder, a .safetensors file or a hub id; got an empty string")

@@ -38,8 +38,8 @@ from sailscope.core.spectra_solvers import (  # noqa: F401  (re-exports)
 )
 
 Method = Literal["arnoldi", "lanczos", "dense", "slq"]
-METHOD_CHOICES = ("arnoldi", "lanczos", "dense", "slq")
-PRODUCT_CHOICES = ("forward", "reverse")
+from sailscope.core.choices import METHOD_CHOICES  # noqa: E402
+from sailscope.core.choices import PRODUCT_CHOICES  # noqa: E402
 
 
 def spectrum_operator(

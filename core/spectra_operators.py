@@ -27,8 +27,8 @@ HvpMethod = Literal["exact", "fd"]
 ScoreSource = Union[GuidedScore, Callable[[int], GuidedScore]]
 MatMat = Callable[[Tensor], Tensor]
 
-WHICH_CHOICES = ("cond", "uncond", "delta")
-HVP_CHOICES = ("exact", "fd")
+from sailscope.core.choices import WHICH_CHOICES  # noqa: E402
+from sailscope.core.choices import HVP_CHOICES  # noqa: E402
 
 
 @dataclass

@@ -35,7 +35,7 @@ from sailscope.core.errors import NonFiniteError, UserInputError
 from sailscope.core.spectra_operators import LinearOp, dense_matrix
 
 Target = Literal["magnitude", "most_negative", "most_positive"]
-TARGET_CHOICES = ("magnitude", "most_negative", "most_positive")
+from sailscope.core.choices import TARGET_CHOICES  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# Threads: the suite runs with the app's default (core/threads.py: one torch thread unless $SAILSCOPE_THREADS or
+# $OMP_NUM_THREADS says otherwise), set here before any test module imports torch, and exported so that the app
+# servers and CLI subprocesses the tests start use it too. torch's own default (a thread per core, spinning while
+# it waits) made the suite collapse on a busy 2-core machine (issue 22).
+from sailscope.core.threads import configure_threads  # noqa: E402  (imports nothing heavy)
+
+SUITE_THREADS = configure_threads()
+
 import pytest  # noqa: E402
 
 
