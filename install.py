@@ -7,8 +7,9 @@
 * Standalone (``python install.py``): installs missing runtime packages, a torch that fits the machine
   only if none is installed (``torch==2.13.0``: on these CPU machines a local wheel), gradio for the app,
   and the package itself in editable mode so ``sailscope`` / ``python -m sailscope`` work.
-* ``--dev`` adds the test tools: pytest, playwright (driving Debian's Chromium, installed with apt-get
-  when missing and possible), and open-clip-torch's BPE vocabulary for the demo-model training scripts.
+* ``--dev`` adds the test tools: pytest and playwright (driving Debian's Chromium, installed with apt-get
+  when missing and possible). Nothing is installed with ``--no-deps`` here, so ``pip check`` stays clean (the
+  demo-model trainer reads CLIP's vocabulary from the shipped demo tokenizer, not from open-clip-torch).
 
 Prints one line per action; exits 0 when everything needed is present.
 """
@@ -36,7 +37,6 @@ RUNTIME = [
 ]
 APP = [("gradio", "gradio>=4.40")]
 DEV = [("pytest", "pytest>=8"), ("playwright", "playwright>=1.44")]
-NO_DEPS = [("open-clip-torch", "open-clip-torch>=2.20")]  # only its BPE vocabulary file is used
 
 
 # inside a WebUI: what the script needs that the host may lack (installed without dependencies)
@@ -115,6 +115,18 @@ def package_is_editable_here() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return install(argv)
+    except subprocess.CalledProcessError as exc:  # pip (or apt-get) printed its reason above; say what failed, once
+        cmd = [str(c) for c in exc.cmd]
+        what = " ".join(c for c in cmd[cmd.index("install") + 1:] if not c.startswith("-")) if "install" in cmd else " ".join(cmd)
+        tool = "pip" if "pip" in cmd else os.path.basename(cmd[0])
+        print(f"[sailscope] error: {tool} could not install {what} (exit status {exc.returncode}); see its output above",
+              flush=True)
+        return 1
+
+
+def install(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dev", action="store_true", help="also install the test tools")
     parser.add_argument("--no-package", action="store_true", help="do not pip-install sailscope itself")
@@ -137,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         did += ensure(APP, args.dry_run)
     if args.dev:
         did += ensure(DEV, args.dry_run)
-        did += ensure(NO_DEPS, args.dry_run, extra=["--no-deps"])
         ensure_chromium(args.dry_run)
     if not webui and not args.no_package and not package_is_editable_here():
         pip(["--no-deps", "-e", ROOT], "sailscope (editable)", args.dry_run)

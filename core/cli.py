@@ -33,7 +33,6 @@ MISSING_HINTS = {
     "torch": "SAIL Scope needs torch: pip install torch (or python install.py, which picks one that fits this machine)",
     "diffusers": "SAIL Scope needs diffusers: pip install sailscope (or python install.py)",
     "transformers": "SAIL Scope needs transformers: pip install sailscope (or python install.py)",
-    "open_clip": 'training the demo model needs open-clip-torch: pip install "sailscope[train]"',
 }
 
 

@@ -1,6 +1,10 @@
-"""Build Stable Diffusion's CLIP tokenizer offline from the BPE file shipped in the open-clip-torch wheel.
+"""Stable Diffusion's CLIP tokenizer, offline: from the vocabulary shipped with the demo model, or rebuilt from the
+BPE file in the open-clip-torch wheel.
 
-The construction is CLIP's own (``simple_tokenizer.py``): the 256 byte-level symbols, the same with
+By default the vocabulary and merges come from ``assets/models/demo/tokenizer`` (``vocab.json``, ``merges.txt``),
+which were written by this module from open-clip-torch's BPE file; so training the demo model needs no open-clip-torch
+(which would pull in timm and torchvision). ``bpe_path`` rebuilds them from a BPE file instead; the construction
+is CLIP's own (``simple_tokenizer.py``): the 256 byte-level symbols, the same with
 ``</w>``, one token per merge (48,894 merges), then ``<|startoftext|>`` and ``<|endoftext|>``: 49,408
 tokens, identical ids to ``openai/clip-vit-large-patch14``'s ``vocab.json``.
 """
@@ -15,6 +19,7 @@ from pathlib import Path
 
 MODEL_MAX_LENGTH = 77
 N_MERGES = 49152 - 256 - 2
+SHIPPED_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "assets" / "models" / "demo" / "tokenizer"
 
 
 @lru_cache()
@@ -44,9 +49,23 @@ def default_bpe_path() -> Path:
     return path
 
 
+def shipped_vocab_and_merges(folder: str | os.PathLike = SHIPPED_TOKENIZER_DIR) -> tuple[dict[str, int], list[str]]:
+    """CLIP's vocabulary and merges as shipped with the demo model (HF ``vocab.json``/``merges.txt``)."""
+    folder = Path(folder)
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+    merges = [line for line in lines[1:] if line]  # line 0: "#version: 0.2"
+    if len(vocab) != N_MERGES + 514 or len(merges) != N_MERGES:
+        raise ValueError(f"{folder} does not hold CLIP's tokenizer ({len(vocab)} tokens, {len(merges)} merges)")
+    return vocab, merges
+
+
 def vocab_and_merges(bpe_path: str | os.PathLike | None = None) -> tuple[dict[str, int], list[str]]:
-    """CLIP's vocabulary (token -> id) and merge list, derived from the gzipped BPE file."""
-    bpe_path = Path(bpe_path) if bpe_path else default_bpe_path()
+    """CLIP's vocabulary (token -> id) and merge list: the shipped files, or derived from a gzipped BPE file
+    (``default_bpe_path()`` is open-clip-torch's)."""
+    if bpe_path is None:
+        return shipped_vocab_and_merges()
+    bpe_path = Path(bpe_path)
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = lines[1 : N_MERGES + 1]
     vocab = list(bytes_to_unicode().values())
