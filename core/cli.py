@@ -108,10 +108,17 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     if "diffusers" in sys.modules:  # already imported (in-process use): tell it directly
-        from diffusers.utils import logging as diffusers_logging
+        quiet_diffusers()
 
-        diffusers_logging.disable_progress_bar()
-        diffusers_logging.set_verbosity_error()
+
+def quiet_diffusers() -> None:
+    """diffusers' own progress bars ("Loading pipeline components") and log level; called once a command runs."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:  # the command reports a missing diffusers itself
+        return
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
 
 
 def missing_dependency_message(exc: ModuleNotFoundError) -> str | None:
@@ -146,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         check_model_arguments(args)
+        quiet_diffusers()
         return int(args._run(args) or 0)
     except UsageError as exc:  # an argument that parsed but names something this machine does not have
         if args.debug:

@@ -55,16 +55,49 @@ def run(args: argparse.Namespace) -> int:
     done = [row["prompt"] for row in read_jsonl(args.out)] if args.out else []
     if done:
         print(f"sailscope: resuming: {len(done)} prompt(s) already in {args.out}", file=sys.stderr)
-    from sailscope.core.detect import score_prompts
+    from sailscope.core.detect import risk_level, score_prompts
 
     pipe = load_model_from_args(args)
+    threshold = detection_threshold_for(pipe, args)
+    quiet = args.json and not args.out
+    n_high = n_scored = 0
     for score in score_prompts(
         pipe, prompts, skip=done, seeds=args.seeds, first_steps=args.first_steps, metric=args.metric,
         hvp=args.hvp, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
     ):
         row = score.to_dict()
+        if threshold is not None:
+            row["threshold"] = threshold
+            row["risk"] = risk_level(row["score"], threshold)
+            n_high += row["risk"] == "high"
+            n_scored += 1
+            if not quiet:
+                op = ">=" if row["risk"] == "high" else "<"
+                print(f"sailscope: {row['risk']} risk: score {row['score']:.5g} {op} threshold {threshold:.5g}: "
+                      f"{row['prompt']!r}", file=sys.stderr)
         if args.out:
             append_jsonl(args.out, row)
         if args.json or not args.out:
             print(json.dumps(json_safe(row)), flush=True)
+    if threshold is not None and n_scored and not quiet:
+        print(f"sailscope: {n_high} of {n_scored} prompt(s) at high memorization risk (step-1 sharpness >= {threshold:.5g})",
+              file=sys.stderr)
     return 0
+
+
+def detection_threshold_for(pipe, args: argparse.Namespace) -> float | None:
+    """The model's calibrated step-1 sharpness threshold when the scores are comparable to it (metric sharpness,
+    first step only), announced on stderr; None (also announced) otherwise."""
+    say = (lambda msg: None) if (args.json and not args.out) else (lambda msg: print(f"sailscope: {msg}", file=sys.stderr))
+    if args.metric != "sharpness" or args.first_steps != 1:
+        say("no verdict: the detection threshold is for step-1 sharpness (--metric sharpness --first-steps 1)")
+        return None
+    from sailscope.core.calibration import detection_threshold
+
+    found = detection_threshold(pipe)
+    if found is None:
+        say("no verdict: this model has no calibrated detection threshold (run `sailscope calibrate`); scores only")
+        return None
+    value, source = found
+    say(f"detection threshold {value:.5g} ({source}); risk is high when a prompt's score is >= it")
+    return float(value)
