@@ -22,8 +22,8 @@ and without copying the weights:
    a storage in place, replaces the boxed tensors on that storage by clones (copy-on-write). The host's
    in-place code keeps its exact semantics; only tensors that are saved *and* then overwritten are copied.
 
-``offload=True`` (hosts' "SAIL low memory") moves each saved activation to CPU memory when it is saved and
-back when backward needs it: the GPU then holds about one forward's working set instead of every activation
+``offload=True`` (hosts' "SAIL low memory") moves each saved activation of an accelerator to CPU memory when
+it is saved and back when backward needs it (on a CPU-only machine it changes nothing): the GPU then holds about one forward's working set instead of every activation
 of the objective's UNet calls (measured in docs/extension.md), at the price of the transfers. Weights are
 never moved. An offloaded activation is a copy, so the host's later in-place writes cannot reach it.
 """
@@ -100,7 +100,7 @@ class _Saved:
 class _Offloaded:
     """A saved activation copied to (pinned) CPU memory; back on its device when backward asks."""
 
-    __slots__ = ("cpu", "device")
+    __slots__ = ("cpu", "device", "__weakref__")
 
     def __init__(self, t: Tensor) -> None:
         pin = t.device.type == "cuda"
@@ -110,6 +110,11 @@ class _Offloaded:
 
     def get(self) -> Tensor:
         return self.cpu.to(self.device, non_blocking=self.device.type == "cuda")
+
+
+def _worth_offloading(t: Tensor) -> bool:
+    """An activation on an accelerator, big enough for the move to pay (on the CPU it would only be copied)."""
+    return t.device.type != "cpu" and t.layout == torch.strided and t.numel() * t.element_size() >= _OFFLOAD_MIN_BYTES
 
 
 def _storage_key(t: Tensor) -> int:
@@ -123,18 +128,28 @@ class _HostModelBridge(TorchFunctionMode):
         super().__init__()
         self.offload = offload
         self._saved: dict[int, list[weakref.ref]] = {}
+        self._offloaded: dict[int, tuple[weakref.ref, int, weakref.ref]] = {}  # id -> (tensor, version, copy)
         self._packed = 0
 
     def pack(self, t: Tensor) -> _Saved | _Offloaded:
-        if self.offload and t.layout == torch.strided and not _is_weight(t) \
-                and t.numel() * t.element_size() >= _OFFLOAD_MIN_BYTES:
-            return _Offloaded(t)
-        box = _Saved(t)
-        self._saved.setdefault(_storage_key(t), []).append(weakref.ref(box))
         self._packed += 1
         if self._packed % _PRUNE_EVERY == 0:
             self._saved = {k: alive for k, refs in self._saved.items() if (alive := [r for r in refs if r() is not None])}
+            self._offloaded = {k: e for k, e in self._offloaded.items() if e[0]() is not None and e[2]() is not None}
+        if self.offload and not _is_weight(t) and _worth_offloading(t):
+            return self._offload(t)
+        box = _Saved(t)
+        self._saved.setdefault(_storage_key(t), []).append(weakref.ref(box))
         return box
+
+    def _offload(self, t: Tensor) -> _Offloaded:
+        """One CPU copy per tensor and version, however many ops save it."""
+        entry = self._offloaded.get(id(t))
+        if entry is not None and entry[0]() is t and entry[1] == t._version and (copy := entry[2]()) is not None:
+            return copy
+        copy = _Offloaded(t)
+        self._offloaded[id(t)] = (weakref.ref(t), t._version, weakref.ref(copy))
+        return copy
 
     @staticmethod
     def unpack(box: _Saved | _Offloaded) -> Tensor:

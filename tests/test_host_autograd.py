@@ -136,7 +136,7 @@ def in_place_reference(x):
 
 
 def count_offloads(monkeypatch) -> list[int]:
-    """Offload every saved activation, however small, and count them."""
+    """Offload every saved activation, however small and wherever it lies (CPU here), and count them."""
     count = [0]
     real = autograd._Offloaded
 
@@ -147,7 +147,7 @@ def count_offloads(monkeypatch) -> list[int]:
             count[0] += 1
             super().__init__(t)
 
-    monkeypatch.setattr(autograd, "_OFFLOAD_MIN_BYTES", 0)
+    monkeypatch.setattr(autograd, "_worth_offloading", lambda t: t.layout == torch.strided)
     monkeypatch.setattr(autograd, "_Offloaded", Counted)
     return count
 
@@ -187,3 +187,13 @@ def test_unaliasable_inference_weights_get_cause_and_fix():
             torch.autograd.grad((x @ w).square().sum(), x)
     msg = str(explain_autograd_error(info.value))
     assert "quantized" in msg and "Fix:" in msg and "unquantized" in msg
+
+
+def test_an_activation_saved_by_several_ops_is_offloaded_once(monkeypatch):
+    offloaded = count_offloads(monkeypatch)
+    with gradients_through_host_model(offload=True):
+        x = torch.randn(8, dtype=torch.float64, requires_grad=True)
+        y = x.exp()  # saves its output y
+        (g,) = torch.autograd.grad((y * y).sum(), x)  # mul saves y twice more: the same copy
+    assert offloaded[0] == 1
+    assert torch.allclose(g, 2 * x.detach().exp() ** 2)

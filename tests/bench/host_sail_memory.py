@@ -126,6 +126,7 @@ def run_phases(args, phases) -> list[dict]:
         records.append(dict(
             arch=args.arch, size=args.size, device=args.device, dtype=args.dtype, forge=args.forge, low_memory=args.low_memory, phase=phase,
             peak_gib=round(peak_bytes(args.device) / 2**30, 3), before_gib=round(base / 2**30, 3),
+            host_rss_peak_gib=round(peak_bytes("cpu") / 2**30, 3),  # process lifetime (low memory's CPU copies)
             weights_gib=round(weights / 2**30, 3), params_m=round(n_params / 1e6, 1),
             seconds=round(time.perf_counter() - t0, 2), sail=check))
     return records
