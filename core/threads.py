@@ -63,6 +63,8 @@ def configure_threads(flag: str | int | None = None) -> int | None:
     once, and for child processes) and call ``torch.set_num_threads`` when torch is already imported.
     Returns the count applied, or None when torch's choice was left alone."""
     n = resolve_threads(flag)
+    if flag is not None:  # the flag wins in child processes and in code that reads the variable (the demo trainer)
+        os.environ[ENV] = str(n or 0)
     if n is None:
         return None
     os.environ["OMP_NUM_THREADS"] = str(n)

@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from sailscope.core.threads import configure_threads  # noqa: E402  (imports nothing heavy)
 
 SUITE_THREADS = configure_threads()
+# ... and pinned for code that reads the variable itself (the demo trainer would otherwise switch the whole test
+# process to its own 2 threads)
+os.environ.setdefault("SAILSCOPE_THREADS", str(SUITE_THREADS or os.environ.get("OMP_NUM_THREADS", "0")))
 
 import pytest  # noqa: E402
 

@@ -23,7 +23,8 @@ PROBE = textwrap.dedent('''
         seen = []
         t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
         t.start(); t.join()
-        print(json.dumps({"main": torch.get_num_threads(), "worker": seen[0], "omp": os.environ.get("OMP_NUM_THREADS")}))
+        print(json.dumps({"main": torch.get_num_threads(), "worker": seen[0], "omp": os.environ.get("OMP_NUM_THREADS"),
+                          "env": os.environ.get("SAILSCOPE_THREADS")}))
         return 0
 ''')
 
@@ -57,11 +58,12 @@ def _probe(tmp_path, *argv: str, env_extra: dict | None = None) -> tuple[int, di
 def test_cli_commands_apply_the_setting_in_every_thread(tmp_path):
     code, out, err = _probe(tmp_path, "probe")  # nothing set: the default, for worker threads (the app's) too
     assert code == 0, err
-    assert out == {"main": default_threads(), "worker": default_threads(), "omp": str(default_threads())}
+    assert out == {"main": default_threads(), "worker": default_threads(), "omp": str(default_threads()), "env": None}
     code, out, err = _probe(tmp_path, "probe", env_extra={"SAILSCOPE_THREADS": "2"})
     assert code == 0 and out["main"] == out["worker"] == 2, err
     code, out, err = _probe(tmp_path, "probe", "--threads", "1", env_extra={"SAILSCOPE_THREADS": "2"})
     assert code == 0 and out["main"] == out["worker"] == 1, err
+    assert out["env"] == "1"  # the flag is exported, so child processes and the demo trainer follow it too
     code, out, err = _probe(tmp_path, "probe", "--threads", "many")
     assert code == 2 and out is None and err.strip() == "sailscope: error: --threads must be a whole number (0 = torch's default), got 'many'"
 

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-paths", action="store_true",
                         help="let the browser load models from any path typed in the Model tab (off by default)")
     parser.add_argument("--outputs", default="outputs", metavar="DIR", help="where images and reports are saved (default ./outputs)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on CUDA, else fp32)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument("--dtype", default=None, type=str.lower, choices=("fp32", "fp16", "bf16", "float32", "float16", "bfloat16"),
+                        help="weights' dtype (default: fp16 on CUDA, else fp32)")
 
 
 def run(args: argparse.Namespace) -> int:

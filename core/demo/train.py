@@ -246,7 +246,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
 
     run_dir, out = Path(run_dir), Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(os.environ.get("SAILSCOPE_THREADS", cfg.threads)))
+    threads = int(os.environ.get("SAILSCOPE_THREADS") or cfg.threads)
+    if threads > 0:  # 0 = torch's own default (core/threads.py)
+        torch.set_num_threads(threads)
     t_start = time.time()
     meta = _load(run_dir / "meta.ckpt") or {"wall_s": {"vae": 0.0, "encode": 0.0, "unet": 0.0}, "config": asdict(cfg)}
 
