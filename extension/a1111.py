@@ -400,7 +400,8 @@ class SailScopeScript(scripts.Script):
                                        elem_id=self.elem_id("candidates"))
                 lr = gr.Number(label="Learning rate", value=d.lr, elem_id=self.elem_id("lr"))
                 save_plots = gr.Checkbox(label="Save diagnostics files", value=d.save_plots, elem_id=self.elem_id("save_plots"))
-                low_memory = gr.Checkbox(label="SAIL low memory (activations in CPU RAM: same result, less VRAM, slower)",
+                low_memory = gr.Checkbox(label="SAIL low memory (activations in CPU RAM: same result, GPU memory of plain sampling; "
+                                               "needs much RAM, ~42 GB for SDXL at 1024², and is slower)",
                                          value=d.low_memory, elem_id=self.elem_id("low_memory"))
         controls = [sail, objective, threshold, max_steps, candidates, lr, sharpness, show_original, save_plots, low_memory]
         pasted = {"sail": sail, "objective": objective, "threshold": threshold, "max_steps": max_steps,

@@ -194,8 +194,9 @@ class SailScopeNoise:
             },
             "optional": {
                 "sigmas": ("SIGMAS",),
-                "low_memory": ("BOOLEAN", {"default": False, "tooltip": "Keep SAIL's saved activations in CPU RAM: "
-                                           "the same noise with far less VRAM (SDXL at 1024²), slower"}),
+                "low_memory": ("BOOLEAN", {"default": False, "tooltip": "Keep SAIL's saved activations in CPU RAM: the same "
+                                           "noise with the VRAM of plain sampling, but much RAM (~42 GB for SDXL at "
+                                           "1024²) and slower"}),
             },
         }
 
