@@ -79,6 +79,39 @@ def server(tmp_path_factory):
     demo.close()
 
 
+def _app_busy(ctx) -> list[str]:
+    """What the app is still doing: sessions with a registered job (generate, compare, audit) and live job threads."""
+    import threading
+
+    jobs = list(getattr(ctx.cancels, "_events", {}))
+    workers = [t.name for t in threading.enumerate() if t.name.startswith("sailscope-job") and t.is_alive()]
+    return jobs + workers
+
+
+@pytest.fixture(autouse=True)
+def drained(server):
+    """Each test starts with an idle app and leaves one: a slow or failed test cannot hand its still-running job to
+    the next (issue 22: a 190 s run showed up as `queue: 1/1` in the following tests). After the test every job still
+    registered is cancelled through the app's own registry and the fixture waits, on the app's state, until none is
+    left."""
+    ctx = server["ctx"]
+    assert _wait_idle(ctx, 300) == [], "the app was busy before the test started"
+    yield
+    with ctx.cancels._lock:
+        events = list(ctx.cancels._events.values())
+    for event in events:
+        event.set()
+    busy = _wait_idle(ctx, 300)
+    assert busy == [], f"the app did not become idle after cancelling: {busy}"
+
+
+def _wait_idle(ctx, timeout: float) -> list[str]:
+    end = time.time() + timeout
+    while (busy := _app_busy(ctx)) and time.time() < end:
+        time.sleep(0.2)
+    return busy
+
+
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as p:
@@ -214,7 +247,7 @@ def test_bad_input_oversize_upload_and_two_sessions(server, browser, tmp_path):
     big = tmp_path / "prompts.txt"
     big.write_text("a prompt\n" * 70_000)  # ~630 KB > 512 KB
     page.locator("#ss-audit-upload input[type=file]").set_input_files(str(big))
-    page.wait_for_timeout(1500)
+    page.locator("#ss-audit-upload").get_by_text("prompts.txt").first.wait_for(timeout=60_000)  # the upload landed
     page.locator("#ss-audit-run").click()
     assert "the limit is 512 KB" in wait_status(page, ("limit",), 60, "ss-audit-status")
     page.locator("#ss-audit-upload button[aria-label*='Clear'], #ss-audit-upload button[aria-label*='clear']").first.click()
