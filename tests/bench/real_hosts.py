@@ -70,6 +70,26 @@ Checks (per arch unless marked):
   4 significant digits (ComfyUI: the node's report; Forge: the infotext).
 * ``cross_host`` (both hosts ran): same model, same seed noise -> step-1 Wen at the seed's noise and SAIL's
   final loss agree within 2 % (ComfyUI starts at c = 1, Forge at c = sigma_t ~ 0.998).
+* ``lora`` (SD 1.x only; last check of the arch): SAIL sees the model the user samples with, host patches applied.
+  The test LoRA (random, rank 4, alpha 4, up weights N(0, 0.1^2), down N(0, 1/in); fp16; kohya/sd-scripts keys
+  ``lora_unet_<diffusers module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` for all 56
+  UNet attention projections attn1/attn2 to_q/to_k/to_v/to_out.0) is built in the ComfyUI venv next to the
+  checkpoints (``<work>/ckpts/sailscope_rh_sd15_lora.safetensors``, cached; the builder maps the names with
+  ComfyUI's ``comfy.lora.model_lora_keys_unet``, which Forge's ``backend/patcher/lora.py`` also uses via
+  ``packages_3rdparty/comfyui_lora_collection``, and fails unless ``load_lora`` patches every projection).
+  ComfyUI: symlinked into ``models/loras``; one prompt with ``LoraLoaderModelOnly`` (strength 1.0) feeding
+  BasicScheduler, CFGGuider, SailScopeNoise and SailScopeSharpness. ``parts``: ``applied`` (no "lora key not
+  loaded" line for our keys in the server log during the prompt, and RandomNoise + LoRA differs from the stock
+  image without it), ``sail_off_equals_stock`` (SAIL off + LoRA = RandomNoise + LoRA, pixel-identical),
+  ``sail_on_sees_lora`` (the report's SAIL start loss differs from the no-LoRA SAIL run's at 4 significant
+  digits, and the loss went down), ``probe_wen_matches_sail`` (the probe with the LoRA model at the seed's noise
+  and the SAIL node's "Wen (step 1)" before value agree within 1e-3 relative). Forge: symlinked into
+  ``<data-dir>/models/Lora`` (sd_forge_lora's ``--lora-dir`` default is ``<models dir>/Lora``, and
+  ``modules/paths_internal.py`` puts the models dir under ``--data-dir``); the stock baseline and SAIL on again
+  with ``<lora:sailscope_rh_sd15_lora:1>`` appended to the prompt. ``parts``: ``applied`` (Forge logs "[LORA]
+  Loaded ... -UNet with N keys ... (skipped 0 keys)" and no mismatch, the stock image differs from the no-LoRA
+  baseline; ``Lora hashes`` in the infotext is reported), ``sail_on_sees_lora`` (``SAIL start loss`` differs from
+  the no-LoRA run's at 4 significant digits and ``SAIL loss`` < ``SAIL start loss``).
 
 Host checkouts (no internet; the ``fetch`` tool mirrors GitHub repositories as bare git dirs under
 /work/.mirror with some large blobs absent, so a plain ``git clone`` fails to check out ComfyUI's
@@ -123,6 +143,11 @@ runs, load average ~5, so inflated): 638 s in all, 35/35 passed. SAIL's extra pe
 ComfyUI +83 MiB (SD 1.x) / +147 MiB (SDXL), Forge +86 / +8 MiB (Forge SDXL's plain peak varies by ~200 MiB
 between runs: +251 MiB in the previous run); with ``low_memory`` +396..399 / +1057..1236 MiB (on the CPU the
 "offload" copies every saved activation within the same RAM).
+With ``lora`` (2026-11-29, same hosts, ``--arch sd15``, the 2 cores shared, load average 2..6): 21/21 passed in
+338 s; the LoRA build (once, cached) 11 s; ``lora`` adds 87 s to ComfyUI (one prompt: LoRA patching, RandomNoise,
+SAIL off, SAIL on with its probes (63 s of the SAIL-on prompt alone on this load), the sharpness probe) and 7 s to
+Forge (2 requests). Start loss with / without the LoRA: ComfyUI 2.281 / 2.056, Forge 2.2822 / 2.0574; step-1 Wen
+1.524 / 1.292 (Forge 1.5248 / 1.2925).
 """
 from __future__ import annotations
 
@@ -164,6 +189,8 @@ NEGATIVE = "blurry"
 RECORDS: list = []
 TIMINGS: dict = {}
 METRICS: dict = {}  # (host, arch) -> step-1 Wen at the seed's noise, SAIL loss after (cross-host check)
+BASELINE: dict = {}  # (host, arch) -> results without LoRA (stock image, SAIL start loss, Wen) for the lora check
+LORA_PATHS: dict = {}  # arch -> built test LoRA (set in main)
 LOG = sys.stderr
 
 
@@ -551,6 +578,104 @@ def build_checkpoints(work: str, comfy: str, comfy_py: str | None, archs: list) 
 
 
 # ----------------------------------------------------------------------------------------------
+# Random LoRA for the SD 1.x test checkpoint (``lora`` check; built in the ComfyUI venv, checked with ComfyUI's
+# own key map)
+# ----------------------------------------------------------------------------------------------
+LORA = {"sd15": "sailscope_rh_sd15_lora.safetensors"}
+LORA_RANK, LORA_UP_STD = 4, 0.1
+LORA_BUILDER = r'''
+"""Build a random kohya-style LoRA for a checkpoint's UNet attention projections; argv: ckpt out rank up_std.
+
+Keys ``lora_unet_<diffusers module path with _>.lora_down.weight / .lora_up.weight / .alpha`` (kohya's sd-scripts
+layout, which A1111/Forge and ComfyUI read), for every attn1/attn2 to_q/to_k/to_v/to_out.0 Linear. Checked here
+with ComfyUI's ``model_lora_keys_unet`` + ``load_lora``: every key must map and load (no "lora key not loaded").
+"""
+import json, logging, os, re, sys, time
+sys.path.insert(0, os.getcwd())
+import torch
+from safetensors.torch import save_file
+
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.lora
+import comfy.sd
+
+ckpt, out, rank, up_std = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+t0 = time.time()
+torch.manual_seed(7)
+model = comfy.sd.load_checkpoint_guess_config(ckpt, output_vae=False, output_clip=False)[0]
+sd = model.model.state_dict()
+pat = re.compile(r"^diffusion_model\..*\.attn[12]\.to_(q|k|v|out\.0)\.weight$")
+targets = sorted(k for k in sd if pat.match(k))
+key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+names = {}
+for name, target in key_map.items():
+    if target in targets and name.startswith("lora_unet_"):
+        ldm_style = "lora_unet_" + target[len("diffusion_model."):-len(".weight")].replace(".", "_")
+        if name != ldm_style or target not in names:  # prefer the diffusers (kohya) path
+            names[target] = name
+lora = {}
+for target in targets:
+    n_out, n_in = sd[target].shape
+    name = names[target]
+    lora[name + ".lora_down.weight"] = torch.randn(rank, n_in) / n_in ** 0.5
+    lora[name + ".lora_up.weight"] = torch.randn(n_out, rank) * up_std
+    lora[name + ".alpha"] = torch.tensor(float(rank))
+lora = {k: v.to(torch.float16).contiguous() for k, v in lora.items()}
+
+not_loaded = []
+
+
+class Grab(logging.Handler):
+    def emit(self, record):
+        if "lora key not loaded" in record.getMessage():
+            not_loaded.append(record.getMessage())
+
+
+logging.getLogger().addHandler(Grab())
+patches = comfy.lora.load_lora(lora, key_map)
+if not_loaded or sorted(patches) != targets:
+    raise SystemExit(f"ComfyUI does not load the LoRA completely: {len(patches)}/{len(targets)} patched, "
+                     f"not loaded: {not_loaded[:5]}")
+tmp = out + ".tmp"
+save_file(lora, tmp, metadata={"sailscope": "random-weight LoRA for the sd15 test checkpoint",
+                               "ss_network_dim": str(rank), "ss_network_alpha": str(rank)})
+os.replace(tmp, out)
+ldm_named = sum(n.startswith(("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks"))
+                for n in names.values())
+print(json.dumps({"modules": len(targets), "tensors": len(lora), "example": names[targets[0]],
+                  "ldm_named": ldm_named, "bytes": os.path.getsize(out), "seconds": round(time.time() - t0, 1)}))
+'''
+
+
+def build_loras(work: str, comfy: str, comfy_py: str | None, ckpts: dict) -> dict:
+    """``{arch: path}`` of the random LoRAs (SD 1.x only) under ``<work>/ckpts``; cached like the checkpoints
+    (rebuilt when the LoRA builder, its settings or the checkpoint builder changed)."""
+    paths = {}
+    for arch, name in LORA.items():
+        if arch not in ckpts:
+            continue
+        path = os.path.join(os.path.dirname(ckpts[arch]), name)
+        marker = path + ".builder"
+        key = hashlib.sha256((LORA_BUILDER + BUILDER + f"{LORA_RANK} {LORA_UP_STD}").encode()).hexdigest()[:16]
+        if os.path.isfile(path) and os.path.isfile(marker) and open(marker).read() == key:
+            paths[arch] = path
+            continue
+        if comfy_py is None:
+            raise RuntimeError("building the test LoRA needs the ComfyUI venv (--comfyui)")
+        script = os.path.join(work, "build_lora.py")
+        with open(script, "w") as f:
+            f.write(LORA_BUILDER)
+        log = os.path.join(work, f"build-{arch}-lora.log")
+        run([comfy_py, script, ckpts[arch], path, str(LORA_RANK), str(LORA_UP_STD)], log, cwd=comfy)
+        with open(log) as f:
+            say(f"built {arch} LoRA: {f.read().strip().splitlines()[-1]}")
+        with open(marker, "w") as f:
+            f.write(key)
+        paths[arch] = path
+    return paths
+
+# ----------------------------------------------------------------------------------------------
 # Servers and HTTP
 # ----------------------------------------------------------------------------------------------
 def free_port() -> int:
@@ -781,10 +906,10 @@ def comfy_base_graph(arch: str) -> dict:
     }
 
 
-def comfy_branch(graph: dict, tag: str, arch: str, noise_ref: list) -> str:
+def comfy_branch(graph: dict, tag: str, arch: str, noise_ref: list, guider: str = "guider", sched: str = "sched") -> str:
     """noise -> SamplerCustomAdvanced -> VAEDecode -> SaveImage; returns the decode node id."""
     graph[f"sca_{tag}"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": noise_ref, "guider": ["guider", 0], "sampler": ["ksel", 0], "sigmas": ["sched", 0],
+        "noise": noise_ref, "guider": [guider, 0], "sampler": ["ksel", 0], "sigmas": [sched, 0],
         "latent_image": ["latent", 0]}}
     graph[f"dec_{tag}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"sca_{tag}", 0], "vae": ["ckpt", 2]}}
     graph[f"save_{tag}"] = {"class_type": "SaveImage", "inputs": {"images": [f"dec_{tag}", 0],
@@ -792,11 +917,11 @@ def comfy_branch(graph: dict, tag: str, arch: str, noise_ref: list) -> str:
     return f"dec_{tag}"
 
 
-def comfy_sail_node(arch: str, sail: bool, low_memory: bool = False) -> dict:
+def comfy_sail_node(arch: str, sail: bool, low_memory: bool = False, model: str = "ckpt", sched: str = "sched") -> dict:
     s = SAIL_ON if sail else {"threshold": 8.2, "max_steps": 10, "lr": 0.05, "objective": "reference", "candidates": 1}
     return {"class_type": "SailScopeNoise", "inputs": {
-        "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-        "noise_seed": SEED, "cfg": GEN[arch]["cfg"], "sail": sail, **s, "sigmas": ["sched", 0],
+        "model": [model, 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+        "noise_seed": SEED, "cfg": GEN[arch]["cfg"], "sail": sail, **s, "sigmas": [sched, 0],
         "low_memory": low_memory}}
 
 
@@ -862,6 +987,28 @@ def comfy_graph_on(arch: str) -> dict:
     return g
 
 
+def comfy_graph_lora(arch: str) -> dict:
+    """The test LoRA (LoraLoaderModelOnly, strength 1) between the checkpoint loader and everything that samples:
+    stock RandomNoise, SailScopeNoise sail=false / sail=true, and the sharpness probe at the seed's noise."""
+    g = comfy_base_graph(arch)
+    g["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["ckpt", 0], "lora_name": LORA[arch],
+                                                                 "strength_model": 1.0}}
+    g["sched_l"] = dict(g["sched"], inputs=dict(g["sched"]["inputs"], model=["lora", 0]))
+    g["guider_l"] = dict(g["guider"], inputs=dict(g["guider"]["inputs"], model=["lora", 0]))
+    g["rnd"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": SEED}}
+    comfy_branch(g, "lora_stock", arch, ["rnd", 0], guider="guider_l", sched="sched_l")
+    g["sail_off_l"] = comfy_sail_node(arch, False, model="lora", sched="sched_l")
+    comfy_branch(g, "lora_off", arch, ["sail_off_l", 0], guider="guider_l", sched="sched_l")
+    g["sail_on_l"] = comfy_sail_node(arch, True, model="lora", sched="sched_l")
+    comfy_branch(g, "lora_on", arch, ["sail_on_l", 0], guider="guider_l", sched="sched_l")
+    g["show_on_l"] = {"class_type": "PreviewAny", "inputs": {"source": ["sail_on_l", 1]}}
+    g["probe_l"] = {"class_type": "SailScopeSharpness", "inputs": {
+        "model": ["lora", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+        "noise_seed": SEED, "method": "fd", "spectrum_k": 0}}
+    g["show_probe_l"] = {"class_type": "PreviewAny", "inputs": {"source": ["probe_l", 2]}}
+    return g
+
+
 class Comfy:
     def __init__(self, base: str) -> None:
         self.base = base
@@ -919,6 +1066,11 @@ def run_comfyui(comfy: str, py: str, work: str, ckpts: dict, archs: list) -> Non
     with Phase("comfyui_install_project"):
         for arch, path in ckpts.items():
             link = os.path.join(comfy, "models", "checkpoints", CKPT[arch])
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(path, link)
+        for arch, path in LORA_PATHS.items():
+            link = os.path.join(comfy, "models", "loras", LORA[arch])
             if os.path.lexists(link):
                 os.unlink(link)
             os.symlink(path, link)
@@ -1021,7 +1173,9 @@ def comfy_arch(c: Comfy, server: Server, arch: str) -> None:
         ck.detail = {"prompt_seconds": round(seconds_off, 1), "status": res["status"]}
         if err and not ("save_stock" in outs and "save_off" in outs):
             raise RuntimeError(err)
-        d = pixel_diff(c.image(outs, "save_stock"), c.image(outs, "save_off"))
+        stock_png = c.image(outs, "save_stock")
+        BASELINE.setdefault((host, arch), {})["stock_png"] = stock_png
+        d = pixel_diff(stock_png, c.image(outs, "save_off"))
         ck.detail.update(d, report=Comfy.text(outs, "show_off") if "show_off" in outs else None)
         ck.ok = d["equal"]
     with Check(host, arch, "probe") as ck:
@@ -1038,6 +1192,76 @@ def comfy_arch(c: Comfy, server: Server, arch: str) -> None:
         report = Comfy.text(outs, "show_cmp")
         ck.detail = {"size": size, "report": report}
         ck.ok = size[0] >= 2 * GEN[arch]["width"] and "[SAIL]" in report
+    if arch in LORA_PATHS:
+        comfy_lora_check(c, server, arch)
+
+
+def report_wen(report: str) -> float | None:
+    """Step-1 Wen at the start noise from a SailScopeNoise report (``Wen (step 1): before -> after``) or a
+    SailScopeSharpness report (``Wen ‖eps_c - eps_u‖ (step 1): value``); first image."""
+    for line in report.splitlines():
+        if line.startswith("Wen") and "(step 1):" in line:
+            first = line.split("(step 1):", 1)[1].split("->")[0].strip().strip("[]").split(",")[0]
+            try:
+                return float(first)
+            except ValueError:
+                return None
+    return None
+
+
+def log_since(server: Server, offset: int) -> str:
+    """The server log from byte ``offset`` on (what the server printed since then)."""
+    server.log.flush()
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def rel_diff(a, b) -> float | None:
+    return None if a is None or b is None else abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def comfy_lora_check(c: Comfy, server: Server, arch: str) -> None:
+    """``lora``: the test LoRA through LoraLoaderModelOnly; the no-LoRA results come from the earlier prompts."""
+    host = "comfyui"
+    base = BASELINE.get((host, arch), {})
+    with Check(host, arch, "lora") as ck:
+        log0 = os.path.getsize(server.log_path)
+        t0 = time.perf_counter()
+        res = c.run_prompt(comfy_graph_lora(arch))
+        outs, err = res["outputs"], res["error"]
+        not_loaded = [line.strip() for line in log_since(server, log0).splitlines() if "lora key not loaded" in line]
+        ours = [line for line in not_loaded if "lora_unet_" in line]
+        ck.detail = {"lora": LORA[arch], "prompt_seconds": round(time.perf_counter() - t0, 1), "status": res["status"],
+                     "log_lora_key_not_loaded": not_loaded[:10]}
+        want = ("save_lora_stock", "save_lora_off", "save_lora_on", "show_on_l", "show_probe_l")
+        if not all(k in outs for k in want):
+            raise RuntimeError(err or f"outputs missing: {[k for k in want if k not in outs]}")
+        stock_l = c.image(outs, "save_lora_stock")
+        parts, d = {}, ck.detail
+        # (1) ComfyUI applied it: no key left unloaded, and the stock image changed
+        d["stock_lora_vs_stock"] = pixel_diff(base["stock_png"], stock_l) if base.get("stock_png") else None
+        parts["applied"] = not ours and d["stock_lora_vs_stock"] is not None and not d["stock_lora_vs_stock"]["equal"]
+        # (2) SAIL off + LoRA = RandomNoise + LoRA
+        d["sail_off_vs_stock_with_lora"] = pixel_diff(stock_l, c.image(outs, "save_lora_off"))
+        parts["sail_off_equals_stock"] = d["sail_off_vs_stock_with_lora"]["equal"]
+        # (3) SAIL on + LoRA: the start loss is the patched model's (differs from the no-LoRA one) and went down
+        report = Comfy.text(outs, "show_on_l")
+        p = parse_comfy_report(report)
+        start0 = base.get("start_loss")
+        d.update(report_sail_on_lora=report, parsed=p, start_loss_without_lora=start0,
+                 start_loss_rel_diff=rel_diff(p.get("loss_before"), start0),
+                 image_sail_on_vs_off_with_lora=pixel_diff(c.image(outs, "save_lora_off"), c.image(outs, "save_lora_on")))
+        parts["sail_on_sees_lora"] = (p.get("steps", 0) > 0 and "loss_before" in p and start0 is not None
+                                      and sig4(p["loss_before"]) != sig4(start0) and p["loss_after"] < p["loss_before"])
+        # (4) the probe with the LoRA model at the seed's noise = the SAIL node's step-1 Wen before (both patched)
+        probe_report = Comfy.text(outs, "show_probe_l")
+        w_probe, w_sail = report_wen(probe_report), report_wen(report)
+        d.update(report_probe_with_lora=probe_report, wen_probe=w_probe, wen_sail_before=w_sail,
+                 wen_rel_diff=rel_diff(w_probe, w_sail), wen_without_lora=base.get("wen_before"))
+        parts["probe_wen_matches_sail"] = d["wen_rel_diff"] is not None and d["wen_rel_diff"] <= 1e-3
+        d["parts"] = parts
+        ck.ok = all(parts.values())
 
 
 def comfy_on_checks(c: Comfy, arch: str, sail_seconds: float) -> None:
@@ -1061,6 +1285,8 @@ def comfy_on_checks(c: Comfy, arch: str, sail_seconds: float) -> None:
         wen = [line for line in report.splitlines() if line.startswith("Wen (step 1):")]
         METRICS[("comfyui", arch)] = {"loss_after": parsed.get("loss_after"),
                                       "wen_before": float(wen[0].split(":", 1)[1].split("->")[0]) if wen else None}
+        BASELINE.setdefault(("comfyui", arch), {}).update(start_loss=parsed.get("loss_before"),
+                                                          wen_before=report_wen(report))
     with Check(host, arch, "diagnostics") as ck:
         if "save_plot_on" not in outs:
             raise RuntimeError(err or "no SAIL plot saved")
@@ -1085,9 +1311,9 @@ def forge_args(**kw) -> list:
     return [d[k] for k in ARG_ORDER]
 
 
-def forge_payload(arch: str, script_args: list | None) -> dict:
+def forge_payload(arch: str, script_args: list | None, prompt: str = PROMPT) -> dict:
     g = GEN[arch]
-    p = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEED, "steps": g["steps"], "cfg_scale": g["cfg"],
+    p = {"prompt": prompt, "negative_prompt": NEGATIVE, "seed": SEED, "steps": g["steps"], "cfg_scale": g["cfg"],
          "width": g["width"], "height": g["height"], "sampler_name": "Euler", "scheduler": "Automatic",
          "batch_size": 1, "n_iter": 1, "send_images": True, "save_images": False,
          # live previews would load the "Approx NN" VAE, which Forge downloads for SDXL (no internet here)
@@ -1098,9 +1324,9 @@ def forge_payload(arch: str, script_args: list | None) -> dict:
     return p
 
 
-def forge_txt2img(base: str, arch: str, script_args: list | None) -> dict:
+def forge_txt2img(base: str, arch: str, script_args: list | None, prompt: str = PROMPT) -> dict:
     t0 = time.perf_counter()
-    r = http("POST", f"{base}/sdapi/v1/txt2img", forge_payload(arch, script_args), timeout=1200)
+    r = http("POST", f"{base}/sdapi/v1/txt2img", forge_payload(arch, script_args, prompt), timeout=1200)
     info = json.loads(r["info"]) if isinstance(r.get("info"), str) else (r.get("info") or {})
     return {"images": [base64.b64decode(s.split(",", 1)[-1]) for s in r.get("images", [])], "info": info,
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -1169,6 +1395,15 @@ def run_forge(forge: str, py: str, work: str, ckpts: dict, archs: list, hf_guess
             elif os.path.exists(path):
                 os.unlink(path)
         install_project(os.path.join(data_dir, "extensions", "sailscope"))
+        # the test LoRA where Forge's sd_forge_lora looks: --lora-dir, default <models dir>/Lora, and the models
+        # dir is <data-dir>/models (modules/paths_internal.py)
+        lora_dir = os.path.join(data_dir, "models", "Lora")
+        os.makedirs(lora_dir, exist_ok=True)
+        for arch, path in LORA_PATHS.items():
+            link = os.path.join(lora_dir, LORA[arch])
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(path, link)
     ckdir = os.path.dirname(next(iter(ckpts.values())))
     port = free_port()
     cmd = [py, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-python-version-check",
@@ -1209,9 +1444,9 @@ def forge_arch(base: str, server: Server, arch: str) -> None:
     host = "forge"
     runs: dict = {}
 
-    def gen(tag: str, script_args):
+    def gen(tag: str, script_args, prompt: str = PROMPT):
         try:
-            runs[tag] = forge_txt2img(base, arch, script_args)
+            runs[tag] = forge_txt2img(base, arch, script_args, prompt)
         except Exception as exc:
             runs[tag] = {"error": f"{type(exc).__name__}: {exc}", "log": server.tail(3000)}
         return runs[tag]
@@ -1339,6 +1574,51 @@ def forge_arch(base: str, server: Server, arch: str) -> None:
             ck.detail = {"sent": {"sail": False, "max_steps": 1}, "sail_infotext": sk,
                          "image_vs_stock": pixel_diff(stock["images"][0], obj["images"][0]) if "error" not in stock else None}
             ck.ok = K("sail") not in sk and not sail_result(sk)  # no "SAIL" setting, no steps/loss
+    if arch in LORA_PATHS:
+        forge_lora_check(server, arch, gen, stock, on, sent)
+
+
+def forge_lora_check(server: Server, arch: str, gen, stock: dict, on: dict, sent: dict) -> None:
+    """``lora``: the test LoRA through the prompt (``<lora:NAME:1>``, Forge's builtin sd_forge_lora), compared with
+    the no-LoRA stock baseline and SAIL-on run of this arch (same settings otherwise)."""
+    host = "forge"
+    name = LORA[arch].rsplit(".", 1)[0]
+    with Check(host, arch, "lora") as ck:
+        log0 = os.path.getsize(server.log_path)
+        stock_l = gen("lora_stock", forge_args(objective="none-stock-baseline"), f"{PROMPT} <lora:{name}:1>")
+        on_l = gen("lora_on", forge_args(**sent), f"{PROMPT} <lora:{name}:1>")
+        log = log_since(server, log0)
+        lora_lines = [line.strip() for line in log.splitlines() if "[LORA]" in line or "lora" in line.lower() and
+                      ("mismatch" in line.lower() or "not found" in line.lower() or "couldn't find" in line.lower())]
+        ck.detail = d = {"lora": LORA[arch], "prompt_suffix": f"<lora:{name}:1>", "log": lora_lines[:10],
+                         "request_seconds": {"stock": stock_l.get("seconds"), "sail_on": on_l.get("seconds")}}
+        for r in (stock, on, stock_l, on_l):
+            if "error" in r:
+                raise RuntimeError(r["error"])
+        parts = {}
+        # applied: sd_forge_lora loaded every UNet key (its own log line) and the stock image changed
+        loaded = [line for line in lora_lines if line.startswith("[LORA] Loaded") and name in line and "-UNet" in line]
+        bad = [line for line in lora_lines if "mismatch" in line.lower() or "unmatched" in line.lower()]
+        p_stock = infotext_params(stock_l["info"])
+        d.update(stock_lora_vs_stock=pixel_diff(stock["images"][0], stock_l["images"][0]),
+                 infotext_lora_hashes=p_stock.get("Lora hashes"), stock_lora_sail_keys=sail_keys(p_stock))
+        parts["applied"] = (bool(loaded) and all("skipped 0 keys" in line for line in loaded) and not bad
+                            and not d["stock_lora_vs_stock"]["equal"] and not sail_keys(p_stock))
+        # SAIL on with the LoRA: the start loss is the patched model's (differs from the no-LoRA one), loss went down
+        r0 = sail_result(sail_keys(infotext_params(on["info"])))
+        sk = sail_keys(infotext_params(on_l["info"]))
+        r1 = sail_result(sk)
+        d.update(sail_result_with_lora=r1, sail_result_without_lora=r0,
+                 start_loss_rel_diff=rel_diff(r1.get("start_loss"), r0.get("start_loss")),
+                 original_wen_with_lora=sk.get(K("original_wen")),
+                 original_wen_without_lora=sail_keys(infotext_params(on["info"])).get(K("original_wen")),
+                 status=sk.get(K("status")))
+        s0, s1, l1 = r0.get("start_loss"), r1.get("start_loss"), r1.get("loss")
+        parts["sail_on_sees_lora"] = (r1.get("steps", 0) > 0 and isinstance(s0, float) and isinstance(s1, float)
+                                      and isinstance(l1, float) and sig4(s1) != sig4(s0) and l1 < s1
+                                      and "failed" not in (sk.get(K("status")) or ""))
+        d["parts"] = parts
+        ck.ok = all(parts.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1386,6 +1666,8 @@ def main(argv: list | None = None) -> int:
                 VERSIONS[name] = package_versions(py)
         with Phase("checkpoints"):
             ckpts = build_checkpoints(work, comfy, comfy_py, archs)
+        with Phase("lora"):
+            LORA_PATHS.update(build_loras(work, comfy, comfy_py, ckpts))
         if "comfyui" in hosts:
             try:
                 run_comfyui(comfy, comfy_py, work, ckpts, archs)
