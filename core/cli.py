@@ -112,13 +112,28 @@ def quiet_libraries() -> None:
 
 
 def quiet_diffusers() -> None:
-    """diffusers' own progress bars ("Loading pipeline components") and log level; called once a command runs."""
+    """The model libraries' own progress bars ("Loading pipeline components", "Loading weights") and log levels, for
+    diffusers, transformers and huggingface_hub; called once a command runs (each may have been left chatty by
+    whoever imported it first in this process)."""
     try:
         from diffusers.utils import logging as diffusers_logging
     except ImportError:  # the command reports a missing diffusers itself
         return
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
 
 
 def missing_dependency_message(exc: ModuleNotFoundError) -> str | None:

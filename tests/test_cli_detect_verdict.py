@@ -3,9 +3,24 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sailscope.core.cli import main
 
 MEMORIZED = "a blue square above a green triangle, album cover 9925"  # assets/models/demo/memorized.jsonl, exact copy
+
+
+@pytest.fixture(autouse=True)
+def chatty_libraries():
+    """Progress bars switched on, as an earlier import in the process may leave them: the CLI must silence them."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.enable_progress_bar()
+    transformers_logging.enable_progress_bar()
+    enable_progress_bars()
+    yield
 
 
 def test_detect_prints_threshold_and_verdict_for_a_calibrated_model(capsys, tmp_path, monkeypatch):
