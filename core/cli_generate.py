@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharpness-at", default="first", help="none, first, all, or comma-separated steps")
     p.add_argument("--out", default=None, help="folder for PNG images (with infotext) and report.json")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    from sailscope.core.cli_sail import add_sail_arguments  # the same options as sail.add_sail_arguments, torch-free
+    from sailscope.core.cli_sail import add_sail_arguments
 
     add_sail_arguments(p)
 
@@ -87,14 +87,14 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_model_from_args(args)
     sail = None
     try:
-        from sailscope.core.sail import mitigation_from_args
+        from sailscope.core.cli_sail import mitigation_from_args
 
         sail = mitigation_from_args(args)
     except ImportError:
         pass
     out = Path(args.out) if args.out else None
     if sail is not None:
-        from sailscope.core.sail import run_cli_pair
+        from sailscope.core.cli_sail import run_cli_pair
 
         return run_cli_pair(pipe, settings, sail, args, out)
     result = None

@@ -12,9 +12,9 @@ import torch
 from sailscope.core.errors import UserInputError
 from sailscope.core.generate import GenerationResult, GenerationSettings, StepRecord, generate, initial_noise
 from sailscope.core.rta import RtaResult, RtaSettings
-from sailscope.core.sail import (PairResult, SailResult, SailSettings, SailStep, add_sail_arguments, first_step,
-                                 mitigation_from_args, reference_objective, run_pair, run_sail, generate_pair,
-                                 sail_settings_from_args)
+from sailscope.core.cli_sail import add_sail_arguments, mitigation_from_args, sail_settings_from_args
+from sailscope.core.sail import (PairResult, SailResult, SailSettings, SailStep, first_step, reference_objective,
+                                 run_pair, run_sail, generate_pair)
 
 PROMPT = "a red circle on the left"
 
