@@ -602,7 +602,6 @@ class SailScopeScript(scripts.Script):
 def image_summary(state: RunState, index: int) -> dict:
     """The per-image dict :func:`common.infotext_image` formats."""
     rec = state.images.get(index, ImageRecord())
-    opts = state.options
     out: dict = {}
     current = rec.sailed or rec.original
     if current is not None:
@@ -641,7 +640,6 @@ def diagnostics_image(state: RunState, index: int):
     series = {run: [vals.get(s) for s in range(1, n + 1)] for run, vals in rec.wen.items()}
     chart = plots.line_plot(series, title=f"Wen's metric per step (image {index + 1}, seed {rec.seed})",
                             ylabel="‖eps_c - eps_u‖")
-    s = image_summary(state, index)
     lines = []
     if rec.original is not None:
         lines.append(f"step-1 sharpness ‖HΔsΔ‖² ({rec.original.method}): original {rec.original.sharpness[0]:.4g}"

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Sequence
 from sailscope.core import infotext
 from sailscope.core.detect import risk_level
 from sailscope.core.errors import SailScopeError, UserInputError
-from sailscope.core.sail import infotext_fields
 from sailscope.core.generate import GenerationResult, GenerationSettings, StepRecord, generate
+from sailscope.core.sail import infotext_fields
 
 log = logging.getLogger("sailscope.ui")
 
@@ -160,8 +160,6 @@ def detection_threshold(pipe: Any) -> tuple[float | None, str]:
         return None, "model not calibrated: run `sailscope calibrate`"
     value, source = found
     return float(value), str(source)
-
-
 
 
 # ----------------------------------------------------------------------------------------------

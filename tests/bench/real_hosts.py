@@ -550,6 +550,26 @@ print(json.dumps({"arch": arch, "detected": name, "unet_params": n_unet,
 '''
 
 
+
+def built_once(work: str, comfy: str, comfy_py: str | None, path: str, key: str, builder: str, args: list,
+               label: str) -> None:
+    """Run ``builder`` (a script for the ComfyUI venv) to make ``path`` unless ``path.builder`` holds ``key``."""
+    marker = path + ".builder"
+    if os.path.isfile(path) and os.path.isfile(marker) and open(marker).read() == key:
+        return
+    if comfy_py is None:
+        raise RuntimeError(f"building the test {label} needs the ComfyUI venv (--comfyui)")
+    script = os.path.join(work, f"build_{hashlib.sha256(builder.encode()).hexdigest()[:8]}.py")
+    with open(script, "w") as f:
+        f.write(builder)
+    log = os.path.join(work, f"build-{label.replace(' ', '-')}.log")
+    run([comfy_py, script, *args], log, cwd=comfy)
+    with open(log) as f:
+        say(f"built {label}: {f.read().strip().splitlines()[-1]}")
+    with open(marker, "w") as f:
+        f.write(key)
+
+
 def build_checkpoints(work: str, comfy: str, comfy_py: str | None, archs: list) -> dict:
     """``{arch: path}`` under ``<work>/ckpts`` (cached: rebuilt only when the builder changed)."""
     ckdir = os.path.join(work, "ckpts")
@@ -558,21 +578,7 @@ def build_checkpoints(work: str, comfy: str, comfy_py: str | None, archs: list) 
     paths = {}
     for arch in archs:
         path = os.path.join(ckdir, CKPT[arch])
-        marker = path + ".builder"
-        if os.path.isfile(path) and os.path.isfile(marker) and open(marker).read() == key:
-            paths[arch] = path
-            continue
-        if comfy_py is None:
-            raise RuntimeError("building the test checkpoints needs the ComfyUI venv (--comfyui)")
-        script = os.path.join(work, "build_ckpt.py")
-        with open(script, "w") as f:
-            f.write(BUILDER)
-        log = os.path.join(work, f"build-{arch}.log")
-        run([comfy_py, script, arch, path], log, cwd=comfy)
-        with open(log) as f:
-            say(f"built {arch}: {f.read().strip().splitlines()[-1]}")
-        with open(marker, "w") as f:
-            f.write(key)
+        built_once(work, comfy, comfy_py, path, key, BUILDER, [arch, path], f"{arch} checkpoint")
         paths[arch] = path
     return paths
 
@@ -656,22 +662,9 @@ def build_loras(work: str, comfy: str, comfy_py: str | None, ckpts: dict) -> dic
         if arch not in ckpts:
             continue
         path = os.path.join(os.path.dirname(ckpts[arch]), name)
-        marker = path + ".builder"
         key = hashlib.sha256((LORA_BUILDER + BUILDER + f"{LORA_RANK} {LORA_UP_STD}").encode()).hexdigest()[:16]
-        if os.path.isfile(path) and os.path.isfile(marker) and open(marker).read() == key:
-            paths[arch] = path
-            continue
-        if comfy_py is None:
-            raise RuntimeError("building the test LoRA needs the ComfyUI venv (--comfyui)")
-        script = os.path.join(work, "build_lora.py")
-        with open(script, "w") as f:
-            f.write(LORA_BUILDER)
-        log = os.path.join(work, f"build-{arch}-lora.log")
-        run([comfy_py, script, ckpts[arch], path, str(LORA_RANK), str(LORA_UP_STD)], log, cwd=comfy)
-        with open(log) as f:
-            say(f"built {arch} LoRA: {f.read().strip().splitlines()[-1]}")
-        with open(marker, "w") as f:
-            f.write(key)
+        built_once(work, comfy, comfy_py, path, key, LORA_BUILDER,
+                   [ckpts[arch], path, str(LORA_RANK), str(LORA_UP_STD)], f"{arch} LoRA")
         paths[arch] = path
     return paths
 
