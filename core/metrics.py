@@ -216,3 +216,87 @@ def hutchinson_trace(
     s = torch.stack(samples)
     stderr = s.std(dim=0, unbiased=True) / probes**0.5 if probes > 1 else torch.full_like(s[0], float("inf"))
     return TraceEstimate(mean=s.mean(dim=0), stderr=stderr, samples=s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Anisotropy detector: guidance norm at high noise + guidance/unconditional angle at low noise (docs/math.md §6)
+# ----------------------------------------------------------------------------------------------
+# Asthana & Belagiannis, "Detecting and Mitigating Memorization in Diffusion Models through Anisotropy of the
+# Log-Probability", ICLR 2026. Written from the paper's abstract and the released evaluation code
+# (rohanasthana/memorization-anisotropy: detect_mem.py, local_model/pipe.py, detect_eval.py); the paper's method
+# section itself could not be read here, so §6 says which details come from the code.
+AlignmentOver = Literal["sample", "channel"]
+
+# The authors' combination weights (norm, angle) from their evaluation script, per model family; the norm's scale
+# depends on the model, so another model needs its own weights (calibrate them like any threshold).
+ANISOTROPY_AUTHOR_WEIGHTS: dict[str, tuple[float, float]] = {"sd1": (1.0, 2.0), "sd2": (1.0, 0.1)}
+
+
+def guidance_alignment(eps_c: Tensor, eps_u: Tensor, *, over: AlignmentOver = "sample") -> Tensor:
+    """``cos∠(eps_u, eps_c - eps_u)`` per sample: the angle between the unconditional score and the guidance
+    direction (§6). It equals ``cos∠(s_u, sΔ)`` because both are ``-1/sigma_t`` times their eps forms.
+
+    ``over="sample"`` is the angle between the two flattened vectors; ``over="channel"`` is the cosine over the
+    channel axis (dim 1) at each spatial position, averaged over positions, as the authors' released code does.
+    A zero vector gives 0.
+    """
+    if over not in ("sample", "channel"):
+        raise ValueError(f"over must be 'sample' or 'channel', got {over!r}")
+    u = at_least_fp32(eps_u)
+    g = at_least_fp32(eps_c) - u
+    if over == "sample" or u.dim() <= 2:
+        u, g = u.reshape(u.shape[0], -1), g.reshape(g.shape[0], -1)
+    tiny = torch.finfo(u.dtype).tiny
+    cos = (u * g).sum(dim=1) / (u.norm(dim=1) * g.norm(dim=1)).clamp_min(tiny)
+    return cos.reshape(cos.shape[0], -1).mean(dim=1)
+
+
+def anisotropy_score(
+    guidance_norm: Tensor, alignment: Tensor, *, norm_weight: float = 1.0, alignment_weight: float = 2.0
+) -> Tensor:
+    """The detector's score ``γ_n ‖eps_c - eps_u‖(t_hi) + γ_a cos∠(eps_u, eps_c - eps_u)(t_lo)`` (§6);
+    higher = more likely memorized. Defaults: the authors' SD 1.x weights."""
+    return norm_weight * torch.as_tensor(guidance_norm) + alignment_weight * torch.as_tensor(alignment)
+
+
+def low_noise_timestep(timesteps, from_end: int = 3) -> int:
+    """The low-noise evaluation timestep: the ``from_end``-th last timestep of the sampling schedule (the
+    authors use the third from the end: ``t = 41`` for SD's 50-step DDIM schedule)."""
+    ts = [int(t) for t in (timesteps.tolist() if hasattr(timesteps, "tolist") else timesteps)]
+    if not 1 <= from_end <= len(ts):
+        raise ValueError(f"from_end must be in 1..{len(ts)}, got {from_end}")
+    return ts[-from_end]
+
+
+@dataclass(frozen=True)
+class Anisotropy:
+    """The anisotropy detector's two terms and their weighted sum, per sample (§6)."""
+
+    guidance_norm: Tensor  # (B,) ‖eps_c - eps_u‖ at the high-noise (first) step, eps space = Wen's metric there
+    alignment: Tensor  # (B,) cos∠(eps_u, eps_c - eps_u) at the low-noise timestep, same latent
+    score: Tensor  # (B,) norm_weight * guidance_norm + alignment_weight * alignment
+
+
+def anisotropy(
+    gs_high: GuidedScore,
+    gs_low: GuidedScore,
+    x: Tensor,
+    *,
+    eps_high: tuple[Tensor, Tensor] | None = None,
+    over: AlignmentOver = "sample",
+    norm_weight: float = 1.0,
+    alignment_weight: float = 2.0,
+) -> Anisotropy:
+    """Score the pure-noise latent ``x`` with two guided evaluations (§6): ``gs_high`` at the first sampling
+    step gives the guidance norm, ``gs_low`` at a low-noise timestep (:func:`low_noise_timestep`), evaluated at
+    the *same* ``x``, gives the angle. Pass ``eps_high = (eps_c, eps_u)`` when the first CFG step already computed
+    it: then the detector costs one extra guided evaluation.
+    """
+    x = at_least_fp32(x)
+    with torch.no_grad():
+        eps_c_hi, eps_u_hi = gs_high.eps_pair(x) if eps_high is None else eps_high
+        eps_c_lo, eps_u_lo = gs_low.eps_pair(x)
+    norm = wen_metric(eps_c_hi, eps_u_hi)
+    align = guidance_alignment(eps_c_lo, eps_u_lo, over=over)
+    score = anisotropy_score(norm, align, norm_weight=norm_weight, alignment_weight=alignment_weight)
+    return Anisotropy(guidance_norm=norm, alignment=align, score=score)
