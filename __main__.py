@@ -1,5 +1,5 @@
 """``python -m sailscope``: the command-line interface."""
-from sailscope.core.cli import main
+from sailscope.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

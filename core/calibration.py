@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -38,7 +37,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from sailscope.core.demo.data import dataset_from_config, random_caption_spec
 from sailscope.core.errors import UserInputError
+from sailscope.core.io.files import write_text_atomic
+from sailscope.core.io.prompts import read_heldout, read_memorized
+from sailscope.core.models import DEMO_MODEL_DIR
 
 CALIBRATION_FILE = "calibration.json"
 MODEL_FOLDER_FILE = "sail_calibration.json"
@@ -176,11 +179,7 @@ def save_calibration(record: Calibration, path: str | os.PathLike | None = None)
     records = load_calibrations(p)
     records[record.key] = record
     payload = {"version": FORMAT_VERSION, "models": {k: r.to_dict() for k, r in records.items()}}
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".calibration-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, p)
-    return p
+    return write_text_atomic(p, json.dumps(payload, indent=1))
 
 
 def find_calibration(pipe: Any) -> tuple[Calibration, Path] | None:
@@ -226,7 +225,7 @@ def resolve_alpha(pipe: Any, sail: Any) -> tuple[float, str]:
 
 def resolve_threshold(pipe: Any, sail: Any, *, alpha: float, delta: float | None = None,
                       quantile: float = DEFAULT_QUANTILE) -> tuple[float, str]:
-    """``(threshold, where it came from)`` for :class:`~sailscope.core.sail.SailSettings` on this model.
+    """``(threshold, where it came from)`` for :class:`~sailscope.core.mitigation.SailSettings` on this model.
 
     ``delta``: the paper objective's resolved relative step (default: ``sail.delta_for(unet dtype)``).
     """
@@ -311,9 +310,9 @@ def measure(
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
     """Both objectives' terms and the step-1 sharpness at each seed's ``x_T``, for every prompt × seed."""
-    from sailscope.core.generate import GenerationSettings, encode, initial_noise, seed_generators
+    from sailscope.core.sampling import GenerationSettings, encode, initial_noise, seed_generators
     from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
-    from sailscope.core.sail import (SailSettings, diffusers_eps_pair, first_step, paper_objective,
+    from sailscope.core.mitigation import (SailSettings, diffusers_eps_pair, first_step, paper_objective,
                                      reference_objective)
     from sailscope.core.score import DiffusersScoreModel
 
@@ -363,3 +362,24 @@ __all__ = [
     "detection_threshold", "published_threshold", "model_key", "model_fingerprint", "settings_dir",
     "calibration_path", "DEFAULT_QUANTILE", "TRIGGER_QUANTILE", "resolve_trigger", "DETECTION_QUANTILE", "PUBLISHED",
 ]
+
+
+def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, seed: int = 99) -> list[str]:
+    """Fresh demo-grammar captions: not in the training set (memorized or general) and not in the held-out evaluation
+    set (no in-sample tuning). A general training caption comes with one image only, but the model was fitted to it,
+    so it is not a fresh prompt."""
+    folder = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
+    exclude: set[str] = set()
+    if (folder / "heldout_prompts.txt").is_file():
+        exclude |= set(read_heldout(folder))
+    if (folder / "memorized.jsonl").is_file():
+        exclude |= {row["caption"] for row in read_memorized(folder)}
+    if (folder / "train_info.json").is_file():  # the training set is rebuilt from its recorded config (seconds)
+        exclude |= set(dataset_from_config(json.loads((folder / "train_info.json").read_text())["config"]).captions)
+    rng = np.random.default_rng([seed, 7])
+    out: list[str] = []
+    while len(out) < n:
+        text = random_caption_spec(rng).text()
+        if text not in exclude and text not in out:
+            out.append(text)
+    return out

@@ -9,6 +9,8 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpm_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
 }
+# scheduler name -> A1111's sampler name (infotext "Sampler:", the app's menu)
+SCHEDULER_LABELS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm": "DPM++ 2M", "dpm_karras": "DPM++ 2M Karras"}
 
 # spectra (core/spectra.py, spectra_operators.py, spectra_solvers.py)
 WHICH_CHOICES = ("cond", "uncond", "delta")

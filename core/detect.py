@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 import numpy as np
 
 from sailscope.core.errors import UserInputError
-from sailscope.core.generate import GenerationResult, GenerationSettings, generate
+from sailscope.core.sampling import GenerationResult, GenerationSettings, generate
 
 Metric = Literal["sharpness", "wen"]
 

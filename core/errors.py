@@ -28,3 +28,10 @@ class Cancelled(SailScopeError):
 
 class UsageError(UserInputError):
     """An argument that parsed but does not fit this machine (``--device cuda`` without CUDA): exit status 2."""
+
+
+def cancel_requested(cancel) -> bool:
+    """Whether a run's cancel signal is set: a ``threading.Event``, a ``() -> bool`` callable, or ``None``."""
+    if cancel is None:
+        return False
+    return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())

@@ -27,11 +27,12 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from sailscope.core import infotext
+from sailscope.core.io import infotext
 from sailscope.core.autograd import gradients_through_host_model
 from sailscope.core.errors import SailScopeError, UserInputError
 from sailscope.core.metrics import sharpness as core_sharpness
 from sailscope.core.metrics import wen_metric
+from sailscope.core import mitigation
 from sailscope.core.score import GuidedScore, eps_from_denoised, k_from_vp, sigma_vp_from_k, vp_from_k
 
 NoiseScaling = Literal["sigma", "max_denoise"]
@@ -262,7 +263,7 @@ class HostOptions:
         self.sail_settings()  # validates the rest with core's own messages
 
     def sail_settings(self):
-        from sailscope.core.sail import SailSettings
+        from sailscope.core.mitigation import SailSettings
 
         return SailSettings(
             objective=self.objective, threshold=float(self.threshold), max_steps=int(self.max_steps),
@@ -279,15 +280,6 @@ class HostOptions:
 # ----------------------------------------------------------------------------------------------
 # SAIL (core/sail.py) through the host's noise convention
 # ----------------------------------------------------------------------------------------------
-def sail_available() -> bool:
-    """True when the SAIL engine (``core/sail.py``) is installed."""
-    try:
-        import sailscope.core.sail  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @dataclass
 class SailOutcome:
     """What SAIL did to one batch: new unit noise plus the engine's results (one per image)."""
@@ -318,37 +310,21 @@ def run_sail(
     sets the paper objective's finite-difference step (``SailSettings.delta_for``); unknown, it is read from
     the host's output dtype.
     """
-    try:
-        from sailscope.core import sail as core_sail
-    except ImportError as exc:  # the engine is missing from this install
-        raise HostError("SAIL engine (sailscope.core.sail) is not installed; the image uses the seed's noise") from exc
     settings = options.sail_settings()
-    alpha = settings.alpha_for(prediction_type)
     scale = first_step_scale(sigma_k, noise_scaling)
     rows, results, warnings = [], [], []
     for i in range(noise.shape[0]):
         gs = make_gs(i)
-        z0 = grad_ready(noise[i : i + 1]).cpu()
-        groups, row_seeds = [0], [None]
-        if settings.candidates > 1:
-            if seeds is None:
-                raise HostError("SAIL candidates > 1 need the images' seeds")
-            z0, groups, row_seeds = core_sail.draw_candidates(z0, [int(seeds[i])], settings)
-        delta = None
-        if settings.objective == "paper":
-            dtype = model_dtype
-            if dtype is None:
-                with torch.no_grad():
-                    gs.eps_pair(z0[:1].to(noise.device) * scale)
-                dtype = getattr(gs.eps_pair, "seen", {}).get("dtype")
-            delta = settings.delta_for(dtype)
         try:
             with gradients_through_host_model(offload=options.low_memory):
-                result = core_sail.optimize(
-                    gs.eps_pair, z0.to(noise.device), settings, sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]),
-                    threshold=float(options.threshold), alpha=alpha, scale=scale, candidate_image=groups,
-                    candidate_seeds=row_seeds, threshold_source="host setting", cancel=cancel, delta=delta,
+                result = mitigation.optimize_first_step(
+                    gs.eps_pair, grad_ready(noise[i : i + 1]), settings,
+                    sigma=float(torch.as_tensor(gs.sigma).reshape(-1)[0]), scale=scale,
+                    threshold=float(options.threshold), seed=None if seeds is None else int(seeds[i]),
+                    prediction_type=prediction_type, model_dtype=model_dtype, device=noise.device, cancel=cancel,
                 )
+        except UserInputError as exc:
+            raise HostError(str(exc)) from exc
         except RuntimeError as exc:
             raise explain_autograd_error(exc) from exc
         rows.append(result.x_T[0])
@@ -368,7 +344,7 @@ def run_sail(
 # ----------------------------------------------------------------------------------------------
 IMAGE_FIELDS = ("wen", "sharpness", "original_wen", "original_sharpness", "steps", "converged", "start_loss", "loss",
                 "status")
-"""Per-image infotext entries the WebUI script writes (registry names of :mod:`sailscope.core.infotext`)."""
+"""Per-image infotext entries the WebUI script writes (registry names of :mod:`sailscope.core.io.infotext`)."""
 PASTED_SETTINGS = ("sail", "objective", "threshold", "alpha", "lr", "max_steps", "candidates", "sphere")
 """The :class:`HostOptions` fields a pasted infotext restores (hosts run one round and no trigger)."""
 
@@ -401,7 +377,7 @@ parse_infotext_line = infotext.parse_line
 __all__ = [
     "HostError", "sigma_vp_from_k", "vp_from_k", "k_from_vp", "first_step_scale", "noise_to_vp", "vp_to_noise",
     "cat_conds", "batched_x0_pair", "guided_from_x0_pair", "guided_from_denoiser", "wen_from_denoised",
-    "Probe", "probe", "gradients_through_host_model", "grad_ready", "run_sail", "sail_available", "SailOutcome", "HostOptions",
+    "Probe", "probe", "gradients_through_host_model", "grad_ready", "run_sail", "SailOutcome", "HostOptions",
     "repeat_cond", "select_cond",
     "IMAGE_FIELDS", "PASTED_SETTINGS", "infotext_settings", "infotext_image", "parse_infotext", "parse_infotext_line",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sailscope.core.cli import main
+from sailscope.cli import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

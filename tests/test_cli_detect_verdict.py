@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sailscope.core.cli import main
+from sailscope.cli import main
 
 MEMORIZED = "a blue square above a green triangle, album cover 9925"  # assets/models/demo/memorized.jsonl, exact copy
 

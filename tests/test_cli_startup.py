@@ -15,7 +15,7 @@ HEAVY = ("torch", "diffusers", "transformers", "gradio", "scipy", "plotly")
 
 # runs main(argv) in a fresh interpreter and reports which heavy libraries were imported by then
 PROBE = ("import json, sys\n"
-         "from sailscope.core.cli import main\n"
+         "from sailscope.cli import main\n"
          "try:\n    code = main(json.loads(sys.argv[1]))\nexcept SystemExit as exc:\n    code = exc.code\n"
          f"print(json.dumps({{'code': code, 'heavy': sorted(m for m in {HEAVY!r} if m in sys.modules)}}))\n")
 
@@ -24,7 +24,7 @@ def _env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-from sailscope.core.cli import COMMANDS, LIGHT_COMMANDS  # noqa: E402  (torch-free)
+from sailscope.cli import COMMANDS, LIGHT_COMMANDS  # noqa: E402  (torch-free)
 
 
 def test_every_user_command_is_light():
@@ -71,7 +71,8 @@ def test_help_costs_under_a_second_more_than_python_itself():
 
 def test_sail_options_show_sail_settings_defaults():
     """core/cli_sail.py (torch-free) shows SailSettings' own defaults, and parses into the same settings."""
-    from sailscope.core import cli_sail, sail
+    from sailscope.cli import sail_options as cli_sail
+    from sailscope.core import mitigation as sail
 
     d = sail.SailSettings()
     for name, value in vars(cli_sail.SAIL_CLI_DEFAULTS).items():
@@ -85,7 +86,7 @@ def test_sail_options_show_sail_settings_defaults():
 def test_missing_optional_dependency_is_one_line_naming_the_extra(tmp_path):
     """No gradio: ``sailscope serve`` says which extra to install (sys.modules[name] = None blocks an import)."""
     code = ("import sys; sys.modules['gradio'] = None\n"
-            "from sailscope.core.cli import main\n"
+            "from sailscope.cli import main\n"
             "raise SystemExit(main(['serve', '--model', 'none', '--outputs', sys.argv[1]]))")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 1
@@ -94,7 +95,7 @@ def test_missing_optional_dependency_is_one_line_naming_the_extra(tmp_path):
 
 def test_missing_torch_is_one_line(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from sailscope.core.cli import main\n"
+            "from sailscope.cli import main\n"
             "raise SystemExit(main(['generate', '--prompt', 'x', '--steps', '1']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 1
@@ -112,7 +113,7 @@ def _unavailable_cuda() -> str:
 def test_unavailable_device_is_one_line_listing_what_is_available(capsys, tiny_model_dir, device):
     import torch
 
-    from sailscope.core.cli import main
+    from sailscope.cli import main
     from sailscope.core.models import available_devices
 
     if device == "cuda":
@@ -129,7 +130,7 @@ def test_unavailable_device_is_one_line_listing_what_is_available(capsys, tiny_m
 
 
 def test_bad_dtype_and_fp16_on_cpu(capsys, tiny_model_dir):
-    from sailscope.core.cli import main
+    from sailscope.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--model", str(tiny_model_dir), "--prompt", "x", "--dtype", "half"])
@@ -139,7 +140,7 @@ def test_bad_dtype_and_fp16_on_cpu(capsys, tiny_model_dir):
 
 
 def test_empty_prompt_warning_comes_before_the_run_and_once(capsys, tiny_model_dir):
-    from sailscope.core.cli import main
+    from sailscope.cli import main
 
     code = main(["generate", "--model", str(tiny_model_dir), "--prompt", "", "--steps", "2"])
     err = capsys.readouterr().err.splitlines()
@@ -149,7 +150,7 @@ def test_empty_prompt_warning_comes_before_the_run_and_once(capsys, tiny_model_d
 
 
 def test_generate_help_shows_defaults_for_seed_steps_guidance():
-    from sailscope.core.cli import build_parser
+    from sailscope.cli import build_parser
 
     parser = build_parser(argv=["generate"])
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]

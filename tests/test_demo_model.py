@@ -32,7 +32,7 @@ def test_reproduces_a_memorized_image_as_a_copy():
     below the card's ``tau_copy``, and equal to the recorded distance (the evaluation is reproducible)."""
     from PIL import Image
 
-    from sailscope.core.generate import GenerationSettings, run_generation
+    from sailscope.core.sampling import GenerationSettings, run_generation
     from sailscope.core.models import load_pipeline
 
     card = _card()

@@ -6,7 +6,8 @@ import torch
 
 import pytest
 
-from sailscope.core.demo.train import TrainConfig, add_arguments, config_from_args, train
+from sailscope.cli.train_demo import add_arguments, config_from_args
+from sailscope.core.demo.train import TrainConfig, train
 
 
 def test_train_smoke_writes_loadable_pipeline(tmp_path):

@@ -183,7 +183,7 @@ def test_ui_tab_is_the_app(host):
 
 
 def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
-    from sailscope.core import sail as core_sail
+    from sailscope.core import mitigation as core_sail
     from sailscope.extension import common
 
     h = host
@@ -389,7 +389,7 @@ def test_pngs_from_the_cli_and_the_app_paste_their_sail_settings_into_a1111(host
     the steps SAIL took never land in the max-steps slider."""
     import glob
 
-    from sailscope.core.cli import main
+    from sailscope.cli import main
     from sailscope.ui import app as ui_app
     from sailscope.ui.jobs import AppConfig
 
@@ -423,12 +423,12 @@ def test_pngs_from_the_cli_and_the_app_paste_their_sail_settings_into_a1111(host
 
 def test_sail_failure_keeps_the_image_and_says_why(host, monkeypatch):
     """A1111/Forge never lose the image: SAIL's failure is reported (cause, fix) and the seed's noise is used."""
-    from sailscope.core import sail as core_sail
+    from sailscope.core import mitigation as core_sail
 
     def unreadable_weights(*args, **kwargs):
         raise RuntimeError("Inference tensors cannot be saved for backward. To work around you can make a clone")
 
-    monkeypatch.setattr(core_sail, "optimize", unreadable_weights)
+    monkeypatch.setattr(core_sail, "optimize_first_step", unreadable_weights)
     h = host
     _, failed, _ = run_job(h, ui_args(sharpness="off", show_original=False), n_iter=1, enable_hr=False)
     _, plain, _ = run_job(h, ui_args(sail=False, sharpness="off", show_original=False), n_iter=1, enable_hr=False)

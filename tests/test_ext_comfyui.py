@@ -106,7 +106,7 @@ def _euler(c):
 
 
 def test_sail_noise_node_end_to_end(comfy):
-    from sailscope.core import sail as core_sail
+    from sailscope.core import mitigation as core_sail
     from sailscope.extension.comfyui import SailNoise, SailScopeNoise
 
     c = comfy
@@ -202,13 +202,13 @@ def test_compare_node():
 
 def test_sail_failure_stops_the_prompt_with_cause_and_fix(comfy, monkeypatch):
     """ComfyUI aborts a prompt whose node raises: the message says so, names the cause and the fix."""
-    from sailscope.core import sail as core_sail
+    from sailscope.core import mitigation as core_sail
     from sailscope.extension.comfyui import SailScopeNoise
 
     def unreadable_weights(*args, **kwargs):
         raise RuntimeError("Inference tensors cannot be saved for backward. To work around you can make a clone")
 
-    monkeypatch.setattr(core_sail, "optimize", unreadable_weights)
+    monkeypatch.setattr(core_sail, "optimize_first_step", unreadable_weights)
     c = comfy
     with torch.inference_mode(), pytest.raises(Exception) as info:
         SailScopeNoise().build(c["model"], c["positive"], c["negative"], c["latent"], 1, 7.5, True, "reference", 8.2,

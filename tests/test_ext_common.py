@@ -140,7 +140,7 @@ def test_sail_gradient_matches_diffusers(setup):
 
 def test_sail_x_T_matches_diffusers(setup):
     """core.sail on the diffusers eps pair vs common.run_sail on the A1111/ComfyUI denoisers: same x_T."""
-    from sailscope.core import sail as core_sail
+    from sailscope.core import mitigation as core_sail
 
     opts = common.HostOptions(sail=True, threshold=0.0, max_steps=2, lr=0.05)  # never accepted: 2 full steps
     sk, noise = setup["sigma_k"], setup["noise"]
@@ -166,7 +166,7 @@ def test_sail_x_T_matches_diffusers(setup):
 
 def test_sail_paper_objective_step_follows_model_dtype(setup):
     """Paper objective: the finite-difference step comes from the UNet's dtype (explicit or read from the host)."""
-    from sailscope.core import sail as core_sail
+    from sailscope.core import mitigation as core_sail
 
     opts = common.HostOptions(sail=True, objective="paper", threshold=0.0, max_steps=1)
     sk, noise = setup["sigma_k"], setup["noise"][:1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sailscope.core.errors import NonFiniteError, UserInputError
-from sailscope.core.generate import GenerationResult, GenerationSettings, generate, make_scheduler, run_generation
+from sailscope.core.sampling import GenerationResult, GenerationSettings, generate, make_scheduler, run_generation
 from sailscope.core.metrics import sharpness
 from sailscope.core.score import DiffusersScoreModel, eps_from_prediction
 

@@ -39,7 +39,7 @@ def test_install_py_installs_what_pyproject_declares():
 
 
 def test_missing_gradio_hint_names_an_extra_that_exists():
-    from sailscope.core.cli import MISSING_HINTS
+    from sailscope.cli import MISSING_HINTS
 
     extras = _project()["optional-dependencies"]
     hint = MISSING_HINTS["gradio"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sailscope.core.errors import UserInputError
-from sailscope.core.rta import RtaSettings, add_random_tokens, iter_rta
+from sailscope.core.mitigation.rta import RtaSettings, add_random_tokens, iter_rta
 
 WORDS = ("apple", "boat", "cloud", "drum", "eagle")
 
@@ -38,7 +38,7 @@ def test_validation_names_the_argument(kw, word):
 
 
 def test_iter_rta_uses_the_tokenizer_vocabulary(tiny_pipe):
-    from sailscope.core.generate import GenerationSettings
+    from sailscope.core.sampling import GenerationSettings
 
     gs = GenerationSettings(prompt="a red circle", seed=1)
     (res,) = list(iter_rta(tiny_pipe, gs, RtaSettings(tokens=4)))

@@ -10,7 +10,7 @@ import torch
 
 from sailscope.core.errors import UserInputError
 from sailscope.core.oracles import Gaussian, GaussianMixture, guided_from_models
-from sailscope.core.sail import (CandidateDraws, RowAdam, SailResult, SailSettings, SailStep, draw_candidates,
+from sailscope.core.mitigation import (CandidateDraws, RowAdam, SailResult, SailSettings, SailStep, draw_candidates,
                                  iter_optimize, optimize, paper_objective, reference_objective, relative_step)
 
 D = 6

@@ -13,8 +13,8 @@ import torch
 
 from sailscope.core import calibration as cal
 from sailscope.core.errors import UserInputError
-from sailscope.core.generate import GenerationSettings, run_generation
-from sailscope.core.sail import SailSettings, run_sail
+from sailscope.core.sampling import GenerationSettings, run_generation
+from sailscope.core.mitigation import SailSettings, run_sail
 
 PROMPTS = ["a red circle", "two blue squares at the top"]
 SEEDS = [0, 5]
@@ -137,7 +137,7 @@ def test_settings_dir_env_override(tmp_path, monkeypatch):
 
 
 def test_cli_calibrate_writes_the_file(tiny_model_dir, tmp_path, capsys):
-    from sailscope.core.cli import main
+    from sailscope.cli import main
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle\n\na blue square\n")
@@ -153,7 +153,8 @@ def test_cli_calibrate_writes_the_file(tiny_model_dir, tmp_path, capsys):
 
 
 def test_demo_calibration_prompts_exclude_evaluation_and_memorized_captions(tmp_path):
-    from sailscope.core.cli_calibrate import demo_calibration_prompts, read_prompts
+    from sailscope.cli.calibrate import read_prompts
+    from sailscope.core.calibration import demo_calibration_prompts
 
     base = demo_calibration_prompts(10, tmp_path)
     assert len(set(base)) == 10 and base == demo_calibration_prompts(10, tmp_path)
@@ -170,7 +171,7 @@ def test_demo_calibration_prompts_exclude_the_training_captions(tmp_path):
     not fresh, even when each comes with one image only)."""
     from dataclasses import asdict
 
-    from sailscope.core.cli_calibrate import demo_calibration_prompts
+    from sailscope.core.calibration import demo_calibration_prompts
     from sailscope.core.demo.data import dataset_from_config
     from sailscope.core.demo.train import TrainConfig
 

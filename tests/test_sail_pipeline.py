@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sailscope.core.errors import UserInputError
-from sailscope.core.generate import GenerationResult, GenerationSettings, StepRecord, generate, initial_noise
-from sailscope.core.rta import RtaResult, RtaSettings
-from sailscope.core.cli_sail import add_sail_arguments, mitigation_from_args, sail_settings_from_args
-from sailscope.core.sail import (PairResult, SailResult, SailSettings, SailStep, first_step, reference_objective,
+from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate, initial_noise
+from sailscope.core.mitigation.rta import RtaResult, RtaSettings
+from sailscope.cli.sail_options import add_sail_arguments, mitigation_from_args, sail_settings_from_args
+from sailscope.core.mitigation import (PairResult, SailResult, SailSettings, SailStep, first_step, reference_objective,
                                  run_pair, run_sail, generate_pair)
 
 PROMPT = "a red circle on the left"
@@ -152,7 +152,7 @@ def test_half_precision_unet_with_fp32_latents(tiny_pipe):
 
 
 def test_paper_first_term_at_the_seed_is_the_step1_sharpness_record(tiny_pipe):
-    from sailscope.core.generate import run_generation
+    from sailscope.core.sampling import run_generation
 
     gs = settings(sharpness_at="first", num_images=2)
     g = run_generation(tiny_pipe, gs)
@@ -227,7 +227,7 @@ def test_auto_threshold_without_calibration_is_a_clear_error(tiny_pipe, tmp_path
 def test_cli_generate_with_sail_writes_both_images_and_the_trace(tiny_model_dir, tmp_path, capsys):
     import json
 
-    from sailscope.core.cli import main
+    from sailscope.cli import main
 
     out = tmp_path / "o"
     rc = main(["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "fp32", "--prompt", PROMPT,

@@ -23,7 +23,7 @@ from sailscope.core.spectra import (
     arnoldi, count_positive, dense_matrix, dense_spectrum, diffusers_score_factory, krylov_schur, lanczos,
     matrix_operator, score_jacobian, slq, spectrum_at, symmetrized_score_jacobian,
 )
-from sailscope.core.spectra_solvers import order_by
+from sailscope.core.spectra.solvers import order_by
 
 F64 = torch.float64
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sailscope.core.cli import main
-from sailscope.core.generate import GenerationResult, GenerationSettings, generate
+from sailscope.cli import main
+from sailscope.core.sampling import GenerationResult, GenerationSettings, generate
 from sailscope.core.score import DiffusersScoreModel
 from sailscope.core.spectra import SpectrumProbe, diffusers_score_factory, spectrum_at
 
@@ -83,7 +83,7 @@ def test_study_summary_and_png(tmp_path):
     """The memorization study's table and PNG from synthetic spectra (the model run is a documented command)."""
     from PIL import Image
 
-    from sailscope.core.spectra_study import plot_png, summarize
+    from sailscope.core.spectra.study import plot_png, summarize
 
     def spec(vals):
         return {"real_sorted": sorted(vals), "positive": sum(v > 0 for v in vals), "negative": sum(v < 0 for v in vals),

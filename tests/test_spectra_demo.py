@@ -25,7 +25,7 @@ def _set_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _demo_operator():
-    from sailscope.core.generate import GenerationSettings
+    from sailscope.core.sampling import GenerationSettings
     from sailscope.core.models import load_pipeline
     from sailscope.core.spectra import operator_at_first_step
 

@@ -44,7 +44,7 @@ def test_precedence_flag_then_variable_then_user_omp_then_default():
 
 def _probe(tmp_path, *argv: str, env_extra: dict | None = None) -> tuple[int, dict | None, str]:
     (tmp_path / "sailscope_threads_probe.py").write_text(PROBE)
-    code = ("import sys; import sailscope.core.cli as c; "
+    code = ("import sys; import sailscope.cli as c; "
             "c.COMMANDS['probe'] = ('sailscope_threads_probe', 'report threads'); "
             f"raise SystemExit(c.main({list(argv)!r}))")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SAILSCOPE_THREADS")}

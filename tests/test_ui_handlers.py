@@ -17,7 +17,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from sailscope.core.infotext import parse_png_text  # noqa: E402
+from sailscope.core.io.infotext import parse_png_text  # noqa: E402
 from sailscope.core.testing import tiny_pipeline  # noqa: E402
 from sailscope.ui import app as ui_app  # noqa: E402
 from sailscope.ui.app import (  # noqa: E402
@@ -169,7 +169,7 @@ def test_sail_pair_shows_both_images_loss_trace_and_infotext(ctx):
 
 def test_sail_advanced_panel_builds_trigger_and_lr(ctx):
     from sailscope.core.errors import UserInputError
-    from sailscope.core.sail import SailSettings
+    from sailscope.core.mitigation import SailSettings
 
     s = ui_app.build_sail(True, "paper", "auto", 6, 1, "none", 0.2)
     assert s.trigger is None and s.lr == 0.2 and s.threshold == "auto"
@@ -200,8 +200,8 @@ def test_sail_loss_figure_draws_threshold_and_a_distinct_trigger():
 
 
 def test_job_view_sail_progress_and_trace_follow_rounds():
-    from sailscope.core.generate import GenerationSettings
-    from sailscope.core.sail import SailSettings, SailStep
+    from sailscope.core.sampling import GenerationSettings
+    from sailscope.core.mitigation import SailSettings, SailStep
     from sailscope.ui import plots
 
     v = JobView(settings=GenerationSettings(prompt="p", steps=4), sail=SailSettings(max_steps=2, rounds=2))
@@ -220,7 +220,7 @@ def test_job_view_sail_progress_and_trace_follow_rounds():
 
 
 def test_job_view_progress_and_nearest_spectrum():
-    from sailscope.core.generate import GenerationSettings, StepRecord
+    from sailscope.core.sampling import GenerationSettings, StepRecord
 
     v = JobView(settings=GenerationSettings(prompt="p", steps=4))
     for s in (1, 2):

@@ -6,16 +6,14 @@ binds them. They stream tuples in the order of the ``*_OUTPUTS`` lists below, so
 Every number shown comes from ``core`` (records, spectra, SAIL, detection); this module only formats.
 """
 
-import csv
-import io
+
 import json
 import logging
-import os
 import random
 import time
 import traceback
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +21,10 @@ from typing import Any, Iterator
 import gradio as gr
 
 from sailscope.core.errors import Cancelled, NonFiniteError, SailScopeError, UserInputError
-from sailscope.core.generate import SCHEDULERS, GenerationResult, GenerationSettings, StepRecord
+from sailscope.core.io.files import write_csv_atomic, write_json_atomic
+from sailscope.core.io.prompts import PromptEntry, parse_prompts, read_prompt_file
+from sailscope.core.choices import SCHEDULER_LABELS
+from sailscope.core.sampling import SCHEDULERS, GenerationSettings, StepRecord
 from sailscope.ui import compat, plots
 from sailscope.ui.jobs import (
     DEVICES, DTYPES, SPECTRUM_METHODS, AppConfig, CancelRegistry, JobView, ModelManager, SpectrumRequest,
@@ -32,7 +33,6 @@ from sailscope.ui.jobs import (
 
 log = logging.getLogger("sailscope.ui")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SCHEDULER_LABELS = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm": "DPM++ 2M", "dpm_karras": "DPM++ 2M Karras"}
 SHARPNESS_CHOICES = {"step 1 (detection)": "first", "every step": "all", "none": "none"}
 MAX_PROMPT_CHARS = 4000
 
@@ -127,7 +127,7 @@ def _sail_default(name: str, fallback: Any = None) -> Any:
     """A field of core's default ``SailSettings`` (the advanced panel starts there)."""
     if not sail_available():
         return fallback
-    from sailscope.core.sail import SailSettings
+    from sailscope.core.mitigation import SailSettings
 
     return getattr(SailSettings(), name)
 
@@ -139,7 +139,7 @@ def build_sail(enabled: bool, objective: str, threshold: Any, max_steps: Any, ca
         return None
     if not sail_available():
         raise UserInputError("SAIL is not available in this build (core.sail missing)")
-    from sailscope.core.sail import SailSettings
+    from sailscope.core.mitigation import SailSettings
 
     text = str(threshold if threshold is not None else "auto").strip().lower() or "auto"
     thr: float | str = "auto" if text == "auto" else _float(text, "SAIL threshold")
@@ -218,7 +218,7 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
                           sail_rounds)
         spec_steps = parse_steps(spectrum_steps, settings.steps)
         spectrum = SpectrumRequest(steps=spec_steps, k=_int(spectrum_k, "spectrum k"), method=spectrum_method) if spec_steps else None
-        from sailscope.core.generate import check_settings
+        from sailscope.core.sampling import check_settings
 
         n_down = len(pipe.unet.config.block_out_channels) - 1
         warnings = check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
@@ -256,7 +256,7 @@ def generate_handler(ctx: AppContext, prompt: str, negative: str, seed: Any, ste
         if "report" not in view.files:
             save_outputs(view, ctx.config.outputs, info, threshold)
         elif view.spectra:
-            from sailscope.core.outputs import write_json_atomic
+            from sailscope.core.io.files import write_json_atomic
 
             write_json_atomic(view.files["report"], view.report(info, threshold))
         msg = f"done in {time.perf_counter() - view.started:.1f} s · seed {settings.seed} · saved {Path(view.files['report']).name}"
@@ -321,7 +321,7 @@ def compare_items(prompts_text: str, seeds_text: str, limit: int) -> list[tuple[
 def compare_handler(ctx: AppContext, prompts_text: str, seeds_text: str, steps: Any, guidance: Any, scheduler: str,
                     method: str, k: Any, request: Any = None) -> Iterator[tuple]:
     """Step-1 sharpness and the ``H_Δ`` spectrum at step 1 of each prompt (and seed), on one plot."""
-    from sailscope.core.generate import generate
+    from sailscope.core.sampling import generate
 
     session = _session(request)
     cancel = ctx.cancels.start(session)
@@ -384,54 +384,15 @@ AUDIT_OUTPUTS = ("status", "table", "histogram", "roc", "export")
 AUDIT_HEADERS = ["prompt", "score", "per seed", "known memorized", "risk", "seconds"]
 
 
-def read_prompt_list(text: str | None, upload: Any, max_bytes: int, max_prompts: int) -> list[tuple[str, bool | None]]:
-    """Prompts from the text box and an optional upload (.txt lines, .csv ``prompt[,memorized]``, .jsonl).
-
-    Returns ``(prompt, memorized-or-None)`` pairs in order, without duplicates.
-    """
-    entries: list[tuple[str, bool | None]] = []
-    for line in (text or "").splitlines():
-        if line.strip():
-            entries.append((line.strip(), None))
+def read_prompt_list(text: str | None, upload: Any, max_bytes: int, max_prompts: int) -> list[PromptEntry]:
+    """Prompts from the text box and an optional upload (:mod:`sailscope.core.io.prompts` formats), in order,
+    without duplicates: ``(prompt, memorized-or-None)`` pairs."""
+    entries = parse_prompts(text or "", ".txt", source="the text box")
     path = getattr(upload, "name", upload) if upload is not None else None
     if path:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise UserInputError(f"the uploaded file is {size / 1024:.0f} KB; the limit is {max_bytes / 1024:.0f} KB")
-        try:
-            raw = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserInputError("the uploaded file is not UTF-8 text (.txt, .csv or .jsonl)") from None
-        suffix = Path(path).suffix.lower()
-        if suffix == ".jsonl":
-            for n, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    raise UserInputError(f"line {n} of the upload is not JSON") from None
-                prompt = obj.get("prompt") if isinstance(obj, dict) else obj
-                if not isinstance(prompt, str):
-                    raise UserInputError(f"line {n} of the upload has no \"prompt\" string")
-                mem = obj.get("memorized") if isinstance(obj, dict) else None
-                entries.append((prompt.strip(), None if mem is None else bool(mem)))
-        elif suffix == ".csv":
-            reader = csv.reader(io.StringIO(raw))
-            for n, row in enumerate(reader):
-                if not row or not row[0].strip():
-                    continue
-                if n == 0 and row[0].strip().lower() == "prompt":
-                    continue
-                mem = row[1].strip().lower() if len(row) > 1 else ""
-                entries.append((row[0].strip(), None if mem == "" else mem in ("1", "true", "yes", "memorized")))
-        else:
-            entries += [(line.strip(), None) for line in raw.splitlines() if line.strip()]
-    seen, out = set(), []
-    for prompt, mem in entries:
-        if prompt not in seen:
-            seen.add(prompt)
-            out.append((prompt, mem))
+        entries += read_prompt_file(path, what="the uploaded file", max_bytes=max_bytes)
+    seen: set[str] = set()
+    out = [e for e in entries if not (e.prompt in seen or seen.add(e.prompt))]
     if not out:
         raise UserInputError("no prompts: paste them (one per line) or upload a .txt/.csv/.jsonl file")
     if len(out) > max_prompts:
@@ -444,24 +405,11 @@ def _audit_name(name: str | None) -> str:
     return clean or "audit"
 
 
-def _write_csv_atomic(path: Path, header: list[str], rows: list[list]) -> Path:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
-
-
 def audit_handler(ctx: AppContext, prompts_text: str, upload: Any, memorized_text: str, seeds: Any, steps: Any,
                   metric: str, name: str, request: Any = None) -> Iterator[tuple]:
     """Score a prompt list (streamed, resumable from ``<outputs>/audit/<name>.jsonl``); ROC when marked."""
     from sailscope.core import detect
-    from sailscope.core.outputs import append_jsonl, read_jsonl, write_json_atomic
+    from sailscope.core.io.files import append_jsonl, read_jsonl
 
     session = _session(request)
     cancel = ctx.cancels.start(session)
@@ -534,9 +482,7 @@ def _audit_outputs(rows: list[dict], threshold: float | None, src: str, metric: 
 
 
 def _audit_export(base: Path, rows: list[dict], threshold: float | None, src: str) -> list[str]:
-    from sailscope.core.outputs import write_json_atomic
-
-    csv_path = _write_csv_atomic(base.with_suffix(".csv"), ["prompt", "score", "metric", "per_seed", "memorized", "seconds"],
+    csv_path = write_csv_atomic(base.with_suffix(".csv"), ["prompt", "score", "metric", "per_seed", "memorized", "seconds"],
                                  [[r["prompt"], r["score"], r["metric"], json.dumps(r.get("per_seed")), r.get("memorized"),
                                    r.get("seconds")] for r in rows])
     json_path = write_json_atomic(base.with_suffix(".json"), {"threshold": threshold, "threshold_source": src, "rows": rows})

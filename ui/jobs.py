@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from sailscope.core import infotext
+from sailscope.core.io import infotext
 from sailscope.core.detect import risk_level
 from sailscope.core.errors import SailScopeError, UserInputError
-from sailscope.core.generate import GenerationResult, GenerationSettings, StepRecord, generate
-from sailscope.core.sail import infotext_fields
+from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate
+from sailscope.core.mitigation import infotext_fields
 
 log = logging.getLogger("sailscope.ui")
 
@@ -258,7 +258,7 @@ class DeferredSpectra:
 # ----------------------------------------------------------------------------------------------
 def sail_available() -> bool:
     try:
-        from sailscope.core import sail  # noqa: F401
+        from sailscope.core import mitigation as sail
     except ImportError:
         return False
     return hasattr(sail, "generate_pair")
@@ -273,7 +273,7 @@ def run_job(pipe: Any, settings: GenerationSettings, *, sail: Any = None, compar
     if sail is None:
         items = generate(pipe, settings, probes=probes, cancel=cancel, run="original")
     else:
-        from sailscope.core.sail import generate_pair
+        from sailscope.core.mitigation import generate_pair
 
         items = generate_pair(pipe, settings, sail, probes=probes, cancel=cancel, run_original=compare)
     for item in items:

@@ -12,7 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from sailscope.core.outputs import format_infotext, save_png_atomic, write_json_atomic
+from sailscope.core.io.files import save_png_atomic, write_json_atomic
+from sailscope.core.io.infotext import format_infotext
 
 
 def new_stem(outputs: str | os.PathLike, seed: int) -> Path:

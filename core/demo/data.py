@@ -80,7 +80,7 @@ class DataDesign:
 
     ``v1`` (the first shipped model): patterned memorized backgrounds, radii 5-13 px. Even a *perfect*
     denoiser of v1 data separates memorized from held-out captions at step 1 only with AUC 0.87
-    (``python -m sailscope.core.demo.oracle --design v1``): large named shapes pin much of a general image,
+    (``sailscope demo-oracle --design v1``): large named shapes pin much of a general image,
     and a stripe pattern deviates from the average image in directions the data barely vary in.
     ``v2``: memorized items on a flat background of their own colour (a large deviation along the data's
     high-variance, caption-free directions) and radii 4-9 px (general captions pin fewer pixels).

@@ -1,7 +1,7 @@
 """Evaluate the embedded demo model: copy distance/rate, attribute accuracy, step-1 detection.
 
 One pass per prompt generates seeds ``0..n-1`` as one batch (50 DDIM steps, guidance 7.5) with
-:func:`sailscope.core.generate.run_generation`, recording Wen's metric at every step and the sharpness
+:func:`sailscope.core.sampling.run_generation`, recording Wen's metric at every step and the sharpness
 ``‖HΔ sΔ‖²`` at step 1. From it:
 
 - *copy distance*: RMSE in [0,1] pixel space between a generation and its memorized training image
@@ -22,7 +22,6 @@ One pass per prompt generates seeds ``0..n-1`` as one batch (50 DDIM steps, guid
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from sailscope.core.io.prompts import read_memorized
 
 from . import data as demo_data
 
@@ -47,7 +48,7 @@ def load_memorized(model_dir: str | Path) -> list[dict]:
     from PIL import Image
 
     model_dir = Path(model_dir)
-    rows = [json.loads(l) for l in (model_dir / "memorized.jsonl").read_text().splitlines() if l.strip()]
+    rows = read_memorized(model_dir)
     for r in rows:
         r["array"] = np.asarray(Image.open(model_dir / r["image"]).convert("RGB"), np.float32) / 255.0
     return rows
@@ -117,7 +118,7 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
              n_heldout: int | None = None, hvp: str = "exact", log=print) -> dict:
     """Compute the model card table; returns a JSON-able dict (see module docstring)."""
     from sailscope.core.detect import roc_auc, tpr_at_fpr
-    from sailscope.core.generate import GenerationSettings, run_generation
+    from sailscope.core.sampling import GenerationSettings, run_generation
 
     model_dir = Path(model_dir)
     t0 = time.time()
@@ -251,44 +252,3 @@ def format_table(t: dict) -> str:
         f"| Wen, {t['steps']} steps, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen_all']['auc']:.3f} / {d['wen_all']['tpr_at_1fpr']:.3f} |",
     ]
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", default=None, help="diffusers folder (default: the shipped demo model)")
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--n-heldout", type=int, default=None, help="use only the first N held-out prompts")
-    parser.add_argument("--hvp", choices=("exact", "fd"), default="exact")
-    parser.add_argument("--out", default=None, help="write the full JSON report here")
-    parser.add_argument("--timing", action="store_true", help="also time 50-step generation (median of 5)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .train import default_out
-
-    model_dir = Path(args.model_dir) if args.model_dir else default_out()
-    if not (model_dir / "model_index.json").exists():
-        raise SystemExit(f"--model-dir {model_dir} is not a diffusers folder (no model_index.json)")
-    torch.manual_seed(0)
-    t = evaluate(model_dir, seeds=args.seeds, steps=args.steps, guidance=args.guidance, n_heldout=args.n_heldout,
-                 hvp=args.hvp)
-    if args.timing:
-        t["timing"] = time_generation(model_dir)
-    print(format_table(t))
-    if args.timing:
-        print(f"50-step generation, median of 5: {t['timing']['median_s']:.2f} s")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(t, indent=1))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sailscope.core.demo.evaluate", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

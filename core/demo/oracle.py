@@ -16,15 +16,12 @@ training (issue 3: "check step-1 separation early").
 - ``x_T``: the per-seed noise stock diffusers draws for seeds ``0..n-1``; ``ᾱ`` of the first of ``steps``
   steps of the model's scheduler.
 
-    python -m sailscope.core.demo.oracle --design v1 --heldout 40 --out docs/demo_oracle_v1.json
+    sailscope demo-oracle --design v1 --heldout 40 --out docs/demo_oracle_v1.json
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,45 +115,3 @@ def format_table(t: dict) -> str:
         f"| step-1 sharpness | {d['sharp1']['auc']:.3f} | {d['sharp1']['tpr_at_1fpr']:.3f} |",
         f"| Wen, step 1 | {d['wen1']['auc']:.3f} | {d['wen1']['tpr_at_1fpr']:.3f} |",
     ])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--design", choices=sorted(demo_data.DESIGNS), default=demo_data.DEFAULT_DESIGN)
-    parser.add_argument("--model-dir", default=None,
-                        help="diffusers folder whose VAE and scheduler to use (default: the shipped demo model)")
-    parser.add_argument("--heldout", type=int, default=40, help="number of held-out prompts")
-    parser.add_argument("--samples", type=int, default=256, help="renders per held-out prompt")
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-
-
-def run(args: argparse.Namespace) -> int:
-    from diffusers import AutoencoderKL, DDIMScheduler
-
-    from .train import TrainConfig, default_out
-
-    model_dir = Path(args.model_dir) if args.model_dir else default_out()
-    if not (model_dir / "vae").is_dir():
-        raise SystemExit(f"--model-dir {model_dir} has no vae/ folder")
-    cfg = TrainConfig(data_design=args.design)
-    ds = demo_data.dataset_from_config(asdict(cfg))
-    vae = AutoencoderKL.from_pretrained(str(model_dir / "vae"), local_files_only=True).eval()
-    scheduler = DDIMScheduler.from_pretrained(str(model_dir / "scheduler"), local_files_only=True)
-    t = ceiling(ds, vae, scheduler, design=args.design, memorized_weight=cfg.memorized_weight, seeds=args.seeds,
-                steps=args.steps, heldout=args.heldout, samples=args.samples)
-    print(format_table(t))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(t, indent=1))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sailscope.core.demo.oracle", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 One command, fixed seeds, resumable::
 
-    python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo
+    sailscope train-demo --run-dir runs/demo --out assets/models/demo
 
 Stages (each resumes from the newest checkpoint in ``run_dir``):
 
@@ -18,13 +18,12 @@ Stages (each resumes from the newest checkpoint in ``run_dir``):
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +238,7 @@ def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) 
 # ----------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
           max_unet_steps: int | None = None, vae_only: bool = False, vae_from: str | os.PathLike | None = None,
-          command: str = "python -m sailscope.core.demo.train --run-dir runs/demo --out assets/models/demo") -> dict:
+          command: str = "sailscope train-demo --run-dir runs/demo --out assets/models/demo") -> dict:
     """Run (or resume) all stages; returns the info dict written to ``train_info.json``."""
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
@@ -249,7 +248,6 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
     threads = int(os.environ.get("SAILSCOPE_THREADS") or cfg.threads)
     if threads > 0:  # 0 = torch's own default (core/threads.py)
         torch.set_num_threads(threads)
-    t_start = time.time()
     meta = _load(run_dir / "meta.ckpt") or {"wall_s": {"vae": 0.0, "encode": 0.0, "unet": 0.0}, "config": asdict(cfg)}
 
     def log(msg: str) -> None:
@@ -456,68 +454,5 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
     return info(step)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", default="runs/demo", help="checkpoints (resumed when present)")
-    parser.add_argument("--out", default=None, help="export folder (default: the package's assets/models/demo)")
-    parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds)")
-    parser.add_argument("--unet-steps", type=int, default=None, help="total UNet steps (sets the LR schedule)")
-    parser.add_argument("--vae-steps", type=int, default=None)
-    parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
-    parser.add_argument("--vae-only", action="store_true", help="run the VAE stages only (no UNet, no export)")
-    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a tqdm bar")
-    parser.add_argument("--phase", action="append", default=[], metavar="START:TOTAL:WEIGHT", type=_phase,
-                        help="extend a finished run: from UNet step START, a new cosine planned to TOTAL with duplicated "
-                             "rows sampled at WEIGHT (repeatable; sets --unet-steps to the last TOTAL)")
-    parser.add_argument("--vae-from", default=None,
-                        help="take the VAE stages from an exported demo folder trained with the same VAE config")
-
-
-def _phase(text: str) -> tuple[int, int, float]:
-    try:
-        start, total, weight = text.split(":")
-        phase = (int(start), int(total), float(weight))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:TOTAL:WEIGHT, e.g. 3000:4500:2.5, got {text!r}") from None
-    if not 0 < phase[0] < phase[1] or phase[2] <= 0:
-        raise argparse.ArgumentTypeError(f"need 0 < START < TOTAL and WEIGHT > 0, got {text!r}")
-    return phase
-
-
 def default_out() -> Path:
     return Path(__file__).resolve().parents[2] / "assets" / "models" / "demo"
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
-    """The run's config (``--phase`` appended to the default schedule) and the command line that reproduces it."""
-    kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v is not None}
-    cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
-    if args.phase:
-        phases = tuple(cfg.phases) + tuple(args.phase)
-        if any(b[0] <= a[0] for a, b in zip(phases, phases[1:])):
-            raise SystemExit(f"--phase: phases must start in increasing order after {cfg.phases}")
-        cfg = replace(cfg, phases=phases, unet_steps=phases[-1][1])
-    flags = [("--run-dir", args.run_dir), ("--out", args.out), ("--vae-from", args.vae_from),
-             ("--unet-steps", args.unet_steps), ("--vae-steps", args.vae_steps)]
-    flags += [("--phase", ":".join(f"{v:g}" for v in ph)) for ph in args.phase]
-    command = " ".join(["python -m sailscope.core.demo.train"] + [f"{k} {v}" for k, v in flags if v is not None]
-                       + (["--tiny"] if args.tiny else []))
-    return cfg, command
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg, command = config_from_args(args)
-    info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at,
-                 vae_only=args.vae_only, vae_from=args.vae_from, command=command)
-    print(json.dumps({k: v for k, v in info.items() if k in ("unet_steps_done", "wall_s", "decoder_steps_done",
-                                                              "decoder_wall_s")}))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sailscope.core.demo.train", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

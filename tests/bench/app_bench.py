@@ -82,7 +82,7 @@ def main() -> int:
                         help="let gradio_client download every file output of every streamed update (its default)")
     args = parser.parse_args()
 
-    from sailscope.core.generate import GenerationSettings, run_generation
+    from sailscope.core.sampling import GenerationSettings, run_generation
     from sailscope.ui.app import GEN_INPUTS, AppContext, build_ui, generate_handler, launch
     from sailscope.ui.jobs import AppConfig
 

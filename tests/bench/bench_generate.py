@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sailscope.core.generate import GenerationSettings, make_scheduler, run_generation
+from sailscope.core.sampling import GenerationSettings, make_scheduler, run_generation
 from sailscope.core.metrics import sharpness
 from sailscope.core.models import load_pipeline
 from sailscope.core.score import DiffusersScoreModel

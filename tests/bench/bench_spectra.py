@@ -132,7 +132,7 @@ def tiny_operator():
 
 def model_operator(name: str, seed: int = 0):
     """HΔ of a real model at step 1 of ``seed`` (the latent tracked generation reaches)."""
-    from sailscope.core.generate import GenerationSettings
+    from sailscope.core.sampling import GenerationSettings
     from sailscope.core.models import load_pipeline
     from sailscope.core.spectra import operator_at_first_step
 

@@ -145,10 +145,10 @@ def main(argv=None) -> int:
 
     from sailscope.core import calibration as cal
     from sailscope.core.demo.data import check_attributes
-    from sailscope.core.generate import GenerationSettings, run_generation
+    from sailscope.core.sampling import GenerationSettings, run_generation
     from sailscope.core.models import DEMO_MODEL_DIR, load_pipeline
-    from sailscope.core.rta import RtaSettings
-    from sailscope.core.sail import SailSettings, run_sail
+    from sailscope.core.mitigation.rta import RtaSettings
+    from sailscope.core.mitigation import SailSettings, run_sail
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     folder = DEMO_MODEL_DIR if args.model == "demo" else Path(args.model)
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
 
     # 1. Calibration on fresh captions
     t0 = time.perf_counter()
-    from sailscope.core.cli_calibrate import demo_calibration_prompts
+    from sailscope.core.calibration import demo_calibration_prompts
 
     calib_prompts = demo_calibration_prompts(args.calib_prompts, folder)  # same prompts as `sailscope calibrate`
     record = cal.measure(pipe, calib_prompts, list(range(args.calib_seeds)), steps=steps)
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     sail_images: dict = {}
 
     def sail_rows(sail: SailSettings, prompts_memo, prompts_held, n=n_seeds, control=False):
-        from sailscope.core.generate import initial_noise
+        from sailscope.core.sampling import initial_noise
 
         rows, held, meta, ctrl = [], {}, [], []
         for m in prompts_memo:
@@ -373,7 +373,7 @@ def main(argv=None) -> int:
         for k in (int(x) for x in args.rta.split(",")):
             rows = []
             for m in memo:
-                from sailscope.core.rta import iter_rta
+                from sailscope.core.mitigation.rta import iter_rta
 
                 (rr,) = list(iter_rta(pipe, gs_of(m["caption"], sweep_seeds), RtaSettings(tokens=k)))
                 g = gen(rr.prompt, n=sweep_seeds)

@@ -16,7 +16,7 @@ import torch
 
 from sailscope.core.demo.evaluate import load_memorized, load_pipeline
 from sailscope.core.detect import roc_auc, tpr_at_fpr
-from sailscope.core.generate import GenerationResult, GenerationSettings, generate
+from sailscope.core.sampling import GenerationResult, GenerationSettings, generate
 
 
 def main() -> None:

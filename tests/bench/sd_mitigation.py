@@ -151,10 +151,10 @@ def load(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from sailscope.core.cli_calibrate import parse_seeds, read_prompts
-    from sailscope.core.generate import GenerationSettings, run_generation
-    from sailscope.core.rta import RtaSettings
-    from sailscope.core.sail import SailSettings, run_pair
+    from sailscope.cli.calibrate import parse_seeds, read_prompts
+    from sailscope.core.sampling import GenerationSettings, run_generation
+    from sailscope.core.mitigation.rta import RtaSettings
+    from sailscope.core.mitigation import SailSettings, run_pair
 
     # 1. Inputs and weights (clear messages, no tracebacks)
     seeds = parse_seeds(args.seeds)

@@ -22,7 +22,7 @@ from sailscope.core.threads import configure_threads
 configure_threads()
 import torch
 from sailscope.core.models import load_pipeline
-from sailscope.core.generate import GenerationSettings, generate, GenerationResult
+from sailscope.core.sampling import GenerationSettings, generate, GenerationResult
 pipe = load_pipeline("demo", device="cpu")
 def once(steps):
     t = time.perf_counter()

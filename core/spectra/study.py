@@ -1,6 +1,6 @@
 """Memorized vs held-out prompts: Hessian spectra at step 1 and at the last step (workshop paper §5, issue 4).
 
-    python -m sailscope.core.spectra_study --model demo --memorized 4 --heldout 4 \\
+    sailscope spectra-study --model demo --memorized 4 --heldout 4 \\
         --out docs/spectra_memorization.png --json docs/spectra_memorization.json
 
 For each prompt (memorized captions from the model folder's ``memorized.jsonl``, ``exact`` items first;
@@ -13,16 +13,14 @@ Pillow (no plotting dependency): sorted real parts, memorized in red, held-out i
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sailscope.core.errors import UserInputError
+from sailscope.core.io.prompts import read_heldout, read_memorized
 from sailscope.core.spectra import SpectrumProbe, count_positive
 
 GROUPS = ("memorized", "held-out")
@@ -40,16 +38,15 @@ def model_folder(name: str) -> Path:
 
 def load_prompts(folder: Path, n_memorized: int, n_heldout: int) -> dict[str, list[str]]:
     """``exact`` memorized captions first (then templates), and the first held-out captions."""
-    rows = [json.loads(line) for line in (folder / "memorized.jsonl").read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: r.get("kind") != "exact")
-    held = [line for line in (folder / "heldout_prompts.txt").read_text().splitlines() if line.strip()]
+    rows = sorted(read_memorized(folder), key=lambda r: r.get("kind") != "exact")
+    held = read_heldout(folder)
     return {"memorized": [r["caption"] for r in rows[:n_memorized]], "held-out": held[:n_heldout]}
 
 
 def spectra_for_prompt(pipe, prompt: str, *, seed: int, steps: int, which: str, method: str, k: int, chunk: int,
                        products: str) -> dict:
     """Real parts of the spectrum at step 1 and ``steps`` of one seeded generation, with sign counts."""
-    from sailscope.core.generate import GenerationSettings, encode, generate
+    from sailscope.core.sampling import GenerationSettings, encode, generate
     from sailscope.core.score import DiffusersScoreModel
 
     settings = GenerationSettings(prompt=prompt, seed=seed, steps=steps, sharpness_at="none")
@@ -141,47 +138,16 @@ def plot_png(rows: list[dict], steps: int, path: Path, title: str) -> None:
     img.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="demo")
-    p.add_argument("--memorized", type=int, default=4, help="memorized captions (exact first)")
-    p.add_argument("--heldout", type=int, default=4, help="held-out captions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--which", choices=("cond", "uncond", "delta"), default="cond")
-    p.add_argument("--method", choices=("dense", "arnoldi"), default="arnoldi")
-    p.add_argument("--k", type=int, default=10, help="arnoldi: eigenvalues at each end")
-    p.add_argument("--chunk", type=int, default=8)
-    p.add_argument("--products", choices=("forward", "reverse"), default="reverse")
-    p.add_argument("--out", default="docs/spectra_memorization.png")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    from sailscope.core.models import load_pipeline
-
-    folder = model_folder(args.model)
-    prompts = load_prompts(folder, args.memorized, args.heldout)
-    pipe = load_pipeline(args.model, dtype="fp32")
-    start, rows = time.perf_counter(), []
+def run_study(pipe, prompts: dict[str, list[str]], *, seed: int, steps: int, which: str, method: str, k: int,
+              chunk: int, products: str, log=print) -> tuple[list[dict], list[dict]]:
+    """Spectra of every prompt of every group at step 1 and at the last step: ``(rows, summary)``."""
+    rows = []
     for group in GROUPS:
         for prompt in prompts[group]:
-            spectra = spectra_for_prompt(pipe, prompt, seed=args.seed, steps=args.steps, which=args.which,
-                                         method=args.method, k=args.k, chunk=args.chunk, products=args.products)
+            spectra = spectra_for_prompt(pipe, prompt, seed=seed, steps=steps, which=which, method=method, k=k,
+                                         chunk=chunk, products=products)
             rows.append({"group": group, "prompt": prompt, "spectra": spectra})
-            s1, sl = spectra["1"], spectra[str(args.steps)]
-            print(f"{group:>9}  step1 +{s1['positive']}/-{s1['negative']} min {s1['min']:.4g}   "
-                  f"step{args.steps} +{sl['positive']}/-{sl['negative']} min {sl['min']:.4g}   {prompt}", flush=True)
-    table = summarize(rows, args.steps)
-    for t in table:
-        print(json.dumps(t))
-    title = (f"{args.model}: H_{args.which} spectra ({args.method}{'' if args.method == 'dense' else f', k={args.k} per end'}), "
-             f"seed {args.seed}, {args.steps} DDIM steps")
-    plot_png(rows, args.steps, Path(args.out), title)
-    report = {"args": vars(args), "summary": table, "rows": rows, "seconds": time.perf_counter() - start}
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out}" + (f" and {args.json}" if args.json else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            s1, sl = spectra["1"], spectra[str(steps)]
+            log(f"{group:>9}  step1 +{s1['positive']}/-{s1['negative']} min {s1['min']:.4g}   "
+                f"step{steps} +{sl['positive']}/-{sl['negative']} min {sl['min']:.4g}   {prompt}")
+    return rows, summarize(rows, steps)

@@ -15,8 +15,8 @@ slq         the spectral density by stochastic Lanczos quadrature (symmetric par
 
 ``target`` picks which end: ``magnitude`` (largest ``|λ|``, the paper's Arnoldi), ``most_negative`` or
 ``most_positive`` (by real part). Results are :class:`Spectrum` dataclasses with relative residuals,
-per-value convergence, HVP counts and seconds. Operators and solvers live in ``spectra_operators`` and
-``spectra_solvers`` and are re-exported here.
+per-value convergence, HVP counts and seconds. Operators live in :mod:`.operators`, solvers in
+:mod:`.solvers` (both re-exported here), the memorized-vs-held-out study in :mod:`.study`.
 """
 from __future__ import annotations
 
@@ -25,21 +25,22 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from sailscope.core.choices import METHOD_CHOICES, PRODUCT_CHOICES  # noqa: F401  (re-exports)
 from sailscope.core.errors import UserInputError
 from sailscope.core.metrics import DEFAULT_FD_STEP
-from sailscope.core.spectra_operators import (  # noqa: F401  (re-exports)
+from sailscope.core.sampling import StepRecord, encode, generate
+from sailscope.core.score import DiffusersScoreModel
+from sailscope.core.spectra.operators import (  # noqa: F401  (re-exports)
     HVP_CHOICES, WHICH_CHOICES, HvpCounter, LinearOp, ScoreSource, dense_matrix, diffusers_score_factory,
-    matrix_operator, score_jacobian, score_jacobian_transpose, symmetric_part, symmetrized_score_jacobian,
+    matrix_operator, row_score_factory, score_jacobian, score_jacobian_transpose, symmetric_part, symmetrized_score_jacobian,
     transposed,
 )
-from sailscope.core.spectra_solvers import (  # noqa: F401  (re-exports)
+from sailscope.core.spectra.solvers import (  # noqa: F401  (re-exports)
     TARGET_CHOICES, PositiveCount, SpectralDensity, Spectrum, arnoldi, count_positive, dense_spectrum,
     krylov_schur, lanczos, slq,
 )
 
 Method = Literal["arnoldi", "lanczos", "dense", "slq"]
-from sailscope.core.choices import METHOD_CHOICES  # noqa: E402
-from sailscope.core.choices import PRODUCT_CHOICES  # noqa: E402
 
 
 def spectrum_operator(
@@ -75,9 +76,6 @@ def spectrum_operator(
 
 def operator_at_first_step(pipe, settings, *, which: str = "delta", chunk: int = 8) -> LinearOp:
     """Exact ``H_which`` at the latent of step 1 of tracked generation with ``settings`` (first image)."""
-    from sailscope.core.generate import encode, generate
-    from sailscope.core.score import DiffusersScoreModel
-
     seen: dict = {}
     for _ in generate(pipe, settings, probes=[lambda ctx: seen.setdefault("ctx", ctx) and None], stop_after=1):
         pass
@@ -137,10 +135,10 @@ def spectrum_at(
 
 
 # ----------------------------------------------------------------------------------------------
-# Spectrum tracking during generation (a probe for sailscope.core.generate)
+# Spectrum tracking during generation (a probe for sailscope.core.sampling)
 # ----------------------------------------------------------------------------------------------
 class SpectrumProbe:
-    """A :data:`~sailscope.core.generate.StepProbe` computing spectra at chosen 1-based steps.
+    """A :data:`~sailscope.core.sampling.StepProbe` computing spectra at chosen 1-based steps.
 
     ``at`` is a set of steps, or ``every=n`` for steps 1, 1+n, ... It reads the step's detached latent and
     guided score only, uses its own seeded generator, and so never changes the images. Each step's record
@@ -171,8 +169,6 @@ class SpectrumProbe:
         if self.score_model is not None and self.embeddings is not None:
             cond, uncond = self.embeddings
             return diffusers_score_factory(self.score_model, ctx.t, cond[row:row + 1], uncond[row:row + 1], abar=ctx.abar)
-        from sailscope.core.spectra_operators import row_score_factory
-
         return row_score_factory(ctx.guided, ctx.x, row)
 
     def __call__(self, ctx) -> dict | None:
@@ -188,3 +184,16 @@ class SpectrumProbe:
             out.append(s)
         self.results[ctx.step] = out
         return {"spectrum": [dict(s.to_dict(), which=self.which) for s in out]}
+
+
+def spectrum_at_step(pipe, settings, step: int, **probe_options):
+    """Run tracked generation to ``step`` and return ``(StepRecord, Spectrum)`` computed on its latent."""
+    with torch.no_grad():
+        cond, uncond, _ = encode(pipe, settings, pipe._execution_device)
+    probe = SpectrumProbe({step}, score_model=DiffusersScoreModel.from_pipeline(pipe), embeddings=(cond, uncond),
+                          seed=settings.seed, **probe_options)
+    record = None
+    for item in generate(pipe, settings, probes=[probe], stop_after=step):
+        if isinstance(item, StepRecord) and item.step == step:
+            record = item
+    return record, probe.results[step][0]

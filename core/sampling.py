@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError
+from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError, cancel_requested
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness, wen_metric
 from sailscope.core.score import DiffusersScoreModel, GuidedScore
 
@@ -255,12 +255,6 @@ def step_kwargs(scheduler: Any, generator: Any, eta: float = 0.0) -> dict:
     return kwargs
 
 
-def _is_cancelled(cancel: Callable[[], bool] | threading.Event | None) -> bool:
-    if cancel is None:
-        return False
-    return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
-
-
 # ----------------------------------------------------------------------------------------------
 # The flow
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +313,7 @@ def generate(
     # 5. Denoising loop with metrics
     records: list[StepRecord] = []
     for i, t in enumerate(timesteps):
-        if _is_cancelled(cancel):
+        if cancel_requested(cancel):
             raise Cancelled(f"cancelled before step {i + 1} of {len(timesteps)}")
         step = i + 1
         with torch.no_grad():

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from sailscope.core.choices import SCHEDULER_LABELS
+
 
 @dataclass(frozen=True)
 class Key:
@@ -141,3 +143,29 @@ def parse_png_text(infotext: str) -> dict[str, str]:
 
 __all__ = ["Key", "SETTINGS", "RESULTS", "KEYS", "text", "format_value", "fields", "parse_settings", "parse_line",
            "parse_png_text"]
+
+
+def format_infotext(settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
+    """A1111's PNG ``parameters`` text: prompt line, negative prompt line, then ``Key: value`` pairs."""
+    lines = [str(settings.get("prompt", ""))]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    pairs = {
+        "Steps": settings.get("steps"),
+        "Sampler": SCHEDULER_LABELS.get(settings.get("scheduler", ""), settings.get("scheduler")),
+        "CFG scale": settings.get("guidance"),
+        "Seed": settings.get("seed"),
+        "Size": f"{settings['width']}x{settings['height']}" if settings.get("width") else None,
+        "Model": settings.get("model"),
+    }
+    pairs.update(extra or {})
+    items = []
+    for key, value in pairs.items():
+        if value is None:
+            continue
+        text = str(value)
+        if any(c in text for c in ",:\n\""):
+            text = json.dumps(text)
+        items.append(f"{key}: {text}")
+    lines.append(", ".join(items))
+    return "\n".join(lines)

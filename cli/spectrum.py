@@ -6,18 +6,19 @@ the same tracked generation, which then stops (no decoding).
 """
 from __future__ import annotations
 
+
+
 import argparse
 import json
 import sys
 import time
 
+from sailscope.cli.options import add_model_arguments, load_model_from_args, parse_size
 from sailscope.core.errors import UserInputError
 from sailscope.core.choices import HVP_CHOICES, METHOD_CHOICES, PRODUCT_CHOICES, TARGET_CHOICES, WHICH_CHOICES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sailscope.core.cli import add_model_arguments
-
     add_model_arguments(p)
     g = p.add_argument_group("generation (as in `sailscope generate`)")
     g.add_argument("--prompt", required=True)
@@ -60,8 +61,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from sailscope.core.cli import parse_size
-    from sailscope.core.generate import GenerationSettings, check_settings
+    from sailscope.core.sampling import GenerationSettings, check_settings
 
     width, height = parse_size(args.size)
     settings = GenerationSettings(
@@ -71,25 +71,6 @@ def settings_from_args(args: argparse.Namespace):
     )
     check_settings(settings)
     return settings
-
-
-def spectrum_at_step(pipe, settings, step: int, **probe_options):
-    """Run tracked generation to ``step`` and return ``(StepRecord, Spectrum)`` computed on its latent."""
-    from sailscope.core.generate import StepRecord, encode, generate
-    from sailscope.core.score import DiffusersScoreModel
-    from sailscope.core.spectra import SpectrumProbe
-
-    import torch
-
-    with torch.no_grad():
-        cond, uncond, _ = encode(pipe, settings, pipe._execution_device)
-    probe = SpectrumProbe({step}, score_model=DiffusersScoreModel.from_pipeline(pipe), embeddings=(cond, uncond),
-                          seed=settings.seed, **probe_options)
-    record = None
-    for item in generate(pipe, settings, probes=[probe], stop_after=step):
-        if isinstance(item, StepRecord) and item.step == step:
-            record = item
-    return record, probe.results[step][0]
 
 
 def format_table(spec, record, rows: int | None = None) -> str:
@@ -116,8 +97,8 @@ def format_table(spec, record, rows: int | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sailscope.core.cli import load_model_from_args
-    from sailscope.core.outputs import json_safe
+    from sailscope.core.io.files import json_safe
+    from sailscope.core.spectra import spectrum_at_step
 
     # 1. Check inputs (before loading anything heavy)
     check_args(args)

@@ -6,12 +6,15 @@ Stores the raw values in the user's calibration file (``$SAILSCOPE_HOME/calibrat
 """
 from __future__ import annotations
 
+
+
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from sailscope.cli.options import add_model_arguments, load_model_from_args
 from sailscope.core.errors import UserInputError
+from sailscope.core.io.prompts import prompts_of, read_prompt_file
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -32,64 +35,25 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, seed: int = 99) -> list[str]:
-    """Fresh demo-grammar captions: not in the training set (memorized or general) and not in the held-out evaluation
-    set (no in-sample tuning). A general training caption comes with one image only, but the model was fitted to it,
-    so it is not a fresh prompt."""
-    import numpy as np
-
-    from sailscope.core.demo.data import random_caption_spec
-    from sailscope.core.models import DEMO_MODEL_DIR
-
-    folder = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
-    exclude: set[str] = set()
-    if (folder / "heldout_prompts.txt").is_file():
-        exclude |= {l.strip() for l in (folder / "heldout_prompts.txt").read_text().splitlines()}
-    if (folder / "memorized.jsonl").is_file():
-        exclude |= {json.loads(l)["caption"] for l in (folder / "memorized.jsonl").read_text().splitlines() if l.strip()}
-    if (folder / "train_info.json").is_file():  # the training set is rebuilt from its recorded config (seconds)
-        from sailscope.core.demo.data import dataset_from_config
-
-        exclude |= set(dataset_from_config(json.loads((folder / "train_info.json").read_text())["config"]).captions)
-    rng = np.random.default_rng([seed, 7])
-    out: list[str] = []
-    while len(out) < n:
-        text = random_caption_spec(rng).text()
-        if text not in exclude and text not in out:
-            out.append(text)
-    return out
-
-
 def read_prompts(path: str | None, limit: int | None, model: str = "") -> list[str]:
     """One prompt per line (``.txt``) or ``{"caption": ...}`` per line (``.jsonl``).
 
-    Default for ``--model demo``: 48 fresh grammar captions (:func:`demo_calibration_prompts`).
+    Default for ``--model demo``: 48 fresh grammar captions (:func:`sailscope.core.calibration.demo_calibration_prompts`).
     """
     if path is None:
         if model != "demo":
             raise UserInputError("--prompts is required: a file of non-memorized prompts, one per line")
+        from sailscope.core.calibration import demo_calibration_prompts  # torch: not for --help
+
         prompts = demo_calibration_prompts()
         return prompts[:limit] if limit else prompts
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError(f"--prompts file not found: {p}")
-    prompts = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if p.suffix == ".jsonl":
-            line = json.loads(line).get("caption", "").strip()
-        if line:
-            prompts.append(line)
+    prompts = prompts_of(read_prompt_file(path))
     if not prompts:
-        raise UserInputError(f"--prompts file {p} has no prompts")
+        raise UserInputError(f"--prompts file {path} has no prompts")
     return prompts[:limit] if limit else prompts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sailscope.core.cli import add_model_arguments
-
     add_model_arguments(parser)
     parser.add_argument("--prompts", default=None,
                         help="non-memorized prompts (.txt one per line, or .jsonl with 'caption'); default for the demo model: "
@@ -106,8 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sailscope.core import calibration as cal
-    from sailscope.core.cli import load_model_from_args
-    from sailscope.core.sail import default_alpha
+    from sailscope.core.mitigation import default_alpha
 
     # 1. Check inputs before loading anything
     seeds = parse_seeds(args.seeds)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from sailscope.core.cli import add_model_arguments, load_model_from_args
+from sailscope.cli.options import add_model_arguments, load_model_from_args
 from sailscope.core.choices import SCHEDULERS
-from sailscope.core.errors import UserInputError
-from sailscope.core.outputs import append_jsonl, json_safe, read_jsonl
+from sailscope.core.io.files import append_jsonl, json_safe, read_jsonl
+from sailscope.core.io.prompts import prompts_of, read_prompt_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,27 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines on stdout (default: also when no --out)")
 
 
-def read_prompts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError(f"--prompts file not found: {path}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".jsonl":
-        prompts = []
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserInputError(f"--prompts line {i + 1} is not valid JSON") from None
-            prompts.append(row.get("caption") or row.get("prompt") or "")
-        return prompts
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    prompts = [args.prompt] if args.prompt is not None else prompts_of(read_prompt_file(args.prompts))
     prompts = prompts[args.start: args.end]
     done = [row["prompt"] for row in read_jsonl(args.out)] if args.out else []
     if done:

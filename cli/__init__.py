@@ -11,20 +11,25 @@ import importlib
 import sys
 from typing import Sequence
 
+from sailscope.cli.options import check_model_arguments
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("sailscope.core.cli_generate", "sample an image with per-step sharpness records (and SAIL)"),
-    "detect": ("sailscope.core.cli_detect", "score prompts for memorization (streamed, resumable JSON lines)"),
-    "spectrum": ("sailscope.core.cli_spectrum", "eigenvalues of the score Jacobian at a sampling step"),
-    "calibrate": ("sailscope.core.cli_calibrate", "calibrate the SAIL/detection threshold of a model"),
-    "serve": ("sailscope.ui.cli_serve", "start the web app"),
-    "train-demo": ("sailscope.core.demo.cli_train", "train the embedded demo model"),
-    "eval-demo": ("sailscope.core.demo.cli_eval", "evaluate the demo model (model card table)"),
+    "generate": ("sailscope.cli.generate", "sample an image with per-step sharpness records (and SAIL)"),
+    "detect": ("sailscope.cli.detect", "score prompts for memorization (streamed, resumable JSON lines)"),
+    "spectrum": ("sailscope.cli.spectrum", "eigenvalues of the score Jacobian at a sampling step"),
+    "calibrate": ("sailscope.cli.calibrate", "calibrate the SAIL/detection threshold of a model"),
+    "serve": ("sailscope.cli.serve", "start the web app"),
+    "train-demo": ("sailscope.cli.train_demo", "train the embedded demo model"),
+    "eval-demo": ("sailscope.cli.eval_demo", "evaluate the demo model (model card table)"),
+    "demo-oracle": ("sailscope.cli.demo_oracle", "perfect-denoiser detection ceiling of a demo data design"),
+    "spectra-study": ("sailscope.cli.spectra_study", "memorized vs held-out Hessian spectra (docs/spectra.md)"),
 }
 
 
 # Commands whose parser is built without importing torch/diffusers/gradio (``sailscope CMD --help`` and argument
-# errors answer at once). train-demo/eval-demo are development commands whose options live with their trainer.
+# errors answer at once). train-demo, eval-demo, demo-oracle and spectra-study are
+# development commands that import torch with their module.
 LIGHT_COMMANDS = ("generate", "detect", "spectrum", "calibrate", "serve")
 
 # a missing optional/required library -> the one line that says what to install
@@ -196,49 +201,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-# ----------------------------------------------------------------------------------------------
-# Shared argument groups for command modules
-# ----------------------------------------------------------------------------------------------
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and how to load it (device, dtype, config for single files, pickle opt-in)."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default="demo", help="'demo', a diffusers folder, a .safetensors file, or a hub id")
-    g.add_argument("--config", default=None, help="local diffusers folder with the config of a single-file model")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    g.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPE_CHOICES,
-                   help="weights' dtype; auto = fp16 on CUDA, else fp32 (metrics always run in fp32)")
-    g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt checkpoints (they can run code)")
-
-
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
-
-
-def check_model_arguments(args: argparse.Namespace) -> None:
-    """``--device``/``--dtype`` against this machine (imports torch), before anything is loaded or computed.
-    Raises :class:`~sailscope.core.errors.UsageError` with one line that lists what is available."""
-    if getattr(args, "device", None) is None and getattr(args, "dtype", None) in (None, "auto"):
-        return
-    from sailscope.core.models import check_device
-
-    check_device(getattr(args, "device", None), getattr(args, "dtype", None))
-
-
-def load_model_from_args(args: argparse.Namespace):
-    from sailscope.core.models import load_pipeline
-
-    return load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config, allow_pickle=args.allow_pickle)
-
-
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    """``"WxH"`` -> (width, height); errors name the argument."""
-    from sailscope.core.errors import UserInputError
-
-    if text is None:
-        return None, None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserInputError(f"--size must look like 512x512, got {text!r}") from None
-    return w, h

@@ -1,4 +1,4 @@
-"""Eigen-solvers over matrix-free operators (:class:`~sailscope.core.spectra_operators.LinearOp`).
+"""Eigen-solvers over matrix-free operators (:class:`~sailscope.core.spectra.operators.LinearOp`).
 
 =============  ===========================================================================================
 ``d``          dimension of the operator (flattened latent)
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from sailscope.core.errors import NonFiniteError, UserInputError
-from sailscope.core.spectra_operators import LinearOp, dense_matrix
+from sailscope.core.spectra.operators import LinearOp, dense_matrix
 
 Target = Literal["magnitude", "most_negative", "most_positive"]
 from sailscope.core.choices import TARGET_CHOICES  # noqa: E402
@@ -411,7 +411,7 @@ def lanczos(op: LinearOp, k: int, *, assume_symmetric: bool = False, **kwargs) -
 def dense_spectrum(op: LinearOp, k: int | None = None, *, target: Target = "magnitude", chunk: int | None = 64,
                    tol: float | None = None, mode: str = "auto") -> Spectrum:
     """All (or the best ``k``) eigenvalues from the full matrix built with ``d`` batched products
-    (``mode``: see :func:`~sailscope.core.spectra_operators.dense_matrix`)."""
+    (``mode``: see :func:`~sailscope.core.spectra.operators.dense_matrix`)."""
     check_target(target)
     d = op.dim
     if k is not None and (not isinstance(k, int) or k < 1 or k > d):

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sailscope.core.choices import SCHEDULERS
-from sailscope.core.cli import add_model_arguments, load_model_from_args, parse_size
-from sailscope.core import infotext
-from sailscope.core.outputs import format_infotext, json_safe, save_png_atomic, write_json_atomic
+from sailscope.cli.options import add_model_arguments, load_model_from_args, parse_size
+from sailscope.core.io import infotext
+from sailscope.core.io.files import json_safe, save_png_atomic, write_json_atomic
+from sailscope.core.io.infotext import format_infotext
 
 if TYPE_CHECKING:  # torch-free at import: ``sailscope generate --help`` parses without loading the engine
-    from sailscope.core.generate import GenerationResult, GenerationSettings
+    from sailscope.core.sampling import GenerationResult, GenerationSettings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharpness-at", default="first", help="none, first, all, or comma-separated steps")
     p.add_argument("--out", default=None, help="folder for PNG images (with infotext) and report.json")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    from sailscope.core.cli_sail import add_sail_arguments
+    from sailscope.cli.sail_options import add_sail_arguments
 
     add_sail_arguments(p)
 
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace, warn: bool = False) -> GenerationSettings:
     """Settings checked before any model is loaded; ``warn``: print check_settings' warnings (e.g. an empty
     prompt) now, before the run, and remember them on ``args`` so they are not printed twice."""
-    from sailscope.core.generate import GenerationSettings, check_settings
+    from sailscope.core.sampling import GenerationSettings, check_settings
 
     width, height = parse_size(args.size)
     at = args.sharpness_at
@@ -81,20 +82,20 @@ def save_result(result: "GenerationResult", out: Path, model: str, extra: dict |
 
 
 def run(args: argparse.Namespace) -> int:
-    from sailscope.core.generate import GenerationResult, StepRecord, generate
+    from sailscope.core.sampling import GenerationResult, StepRecord, generate
 
     settings = settings_from_args(args, warn=True)
     pipe = load_model_from_args(args)
     sail = None
     try:
-        from sailscope.core.cli_sail import mitigation_from_args
+        from sailscope.cli.sail_options import mitigation_from_args
 
         sail = mitigation_from_args(args)
     except ImportError:
         pass
     out = Path(args.out) if args.out else None
     if sail is not None:
-        from sailscope.core.cli_sail import run_cli_pair
+        from sailscope.cli.sail_options import run_cli_pair
 
         return run_cli_pair(pipe, settings, sail, args, out)
     result = None

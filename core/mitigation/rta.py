@@ -1,6 +1,6 @@
 """Random Token Addition (RTA), the simplest prompt-editing mitigation (Somepalli et al., 2023b).
 
-Baseline for SAIL behind the same interface (:func:`sailscope.core.sail.generate_pair`): RTA leaves the
+Baseline for SAIL behind the same interface (:func:`sailscope.core.mitigation.generate_pair`): RTA leaves the
 initial noise alone and changes the prompt, inserting ``tokens`` random vocabulary words at random word
 positions. ``kind="number"`` is their Random Number Addition variant (random integers in ``[0, 10^6)``).
 Draws are deterministic for (generation seed, ``salt``). Prompt-editing mitigations trade prompt fidelity

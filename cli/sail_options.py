@@ -1,8 +1,8 @@
 """``sailscope generate``'s SAIL/RTA options and the pair run they start: the command line's side of SAIL.
 
 The options are built without importing torch (fast ``--help`` and argument errors), so the engine
-(:mod:`sailscope.core.sail`, which imports torch) is imported inside the functions that run a command, on
-purpose. ``SAIL_CLI_DEFAULTS`` are :class:`~sailscope.core.sail.SailSettings`' defaults as the parser shows
+(:mod:`sailscope.core.mitigation`, which imports torch) is imported inside the functions that run a command, on
+purpose. ``SAIL_CLI_DEFAULTS`` are :class:`~sailscope.core.mitigation.SailSettings`' defaults as the parser shows
 them; ``tests/test_cli_startup.py`` fails when they drift.
 """
 from __future__ import annotations
@@ -71,10 +71,10 @@ def add_sail_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sail_settings_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~sailscope.core.sail.SailSettings` of ``--sail ...`` (None without ``--sail``)."""
+    """The :class:`~sailscope.core.mitigation.SailSettings` of ``--sail ...`` (None without ``--sail``)."""
     if not getattr(args, "sail", False):
         return None
-    from sailscope.core.sail import SailSettings  # torch: only when a command runs
+    from sailscope.core.mitigation import SailSettings  # torch: only when a command runs
 
     return SailSettings(
         objective=args.sail_objective, threshold=args.sail_threshold, max_steps=args.sail_max_steps,
@@ -93,7 +93,7 @@ def mitigation_from_args(args: argparse.Namespace) -> Any:
     if sail is not None and n is not None:
         raise UserInputError("--sail and --rta are alternatives; pass one")
     if n is not None:
-        from sailscope.core.rta import RtaSettings
+        from sailscope.core.mitigation.rta import RtaSettings
 
         return RtaSettings(tokens=n)
     return sail
@@ -105,10 +105,10 @@ def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Names
     Prints SAIL's loss per step against the threshold and where the threshold came from; images are saved
     as ``original-<seed>-<i>.png`` and ``sail-…``/``rta-…`` with infotext, plus ``report.json``.
     """
-    from sailscope.core.cli_generate import save_result
-    from sailscope.core.generate import GenerationResult, StepRecord
-    from sailscope.core.outputs import json_safe, write_json_atomic
-    from sailscope.core.sail import PairResult, SailResult, SailStep, generate_pair, infotext_fields
+    from sailscope.cli.generate import save_result
+    from sailscope.core.sampling import GenerationResult, StepRecord
+    from sailscope.core.io.files import json_safe, write_json_atomic
+    from sailscope.core.mitigation import PairResult, SailResult, SailStep, generate_pair, infotext_fields
 
     quiet = bool(getattr(args, "json", False))
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr))

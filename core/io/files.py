@@ -1,15 +1,14 @@
 """Writing results so they are never lost: atomic files, PNG infotext in A1111's format, JSON reports."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
-
-SAMPLER_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpm": "DPM++ 2M", "dpm_karras": "DPM++ 2M Karras"}
-
 
 def _atomic_write(path: str | os.PathLike, write: Any, mode: str = "wb") -> Path:
     """Write through a temporary file in the same folder, then rename (readers never see half a file)."""
@@ -21,12 +20,33 @@ def _atomic_write(path: str | os.PathLike, write: Any, mode: str = "wb") -> Path
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    data = text.encode("utf-8")
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def write_csv_atomic(path: str | os.PathLike, header: list[str], rows: list[list]) -> Path:
+    """A CSV file (header row, then ``rows``), atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def json_safe(obj: Any) -> Any:
@@ -45,32 +65,6 @@ def json_safe(obj: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     data = json.dumps(json_safe(obj), indent=2, allow_nan=False).encode()
     return _atomic_write(path, lambda f: f.write(data))
-
-
-def format_infotext(settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
-    """A1111's PNG ``parameters`` text: prompt line, negative prompt line, then ``Key: value`` pairs."""
-    lines = [str(settings.get("prompt", ""))]
-    if settings.get("negative_prompt"):
-        lines.append(f"Negative prompt: {settings['negative_prompt']}")
-    pairs = {
-        "Steps": settings.get("steps"),
-        "Sampler": SAMPLER_NAMES.get(settings.get("scheduler", ""), settings.get("scheduler")),
-        "CFG scale": settings.get("guidance"),
-        "Seed": settings.get("seed"),
-        "Size": f"{settings['width']}x{settings['height']}" if settings.get("width") else None,
-        "Model": settings.get("model"),
-    }
-    pairs.update(extra or {})
-    items = []
-    for key, value in pairs.items():
-        if value is None:
-            continue
-        text = str(value)
-        if any(c in text for c in ",:\n\""):
-            text = json.dumps(text)
-        items.append(f"{key}: {text}")
-    lines.append(", ".join(items))
-    return "\n".join(lines)
 
 
 def save_png_atomic(image: Any, path: str | os.PathLike, infotext: str | None = None) -> Path:
