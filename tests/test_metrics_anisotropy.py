@@ -94,7 +94,8 @@ def test_proportional_precisions_are_exactly_aligned(c, want):
 def test_expected_norm_and_angle_on_pure_noise():
     """x ~ N(0, I) (the detector's input), diagonal precisions a (uncond), b (cond), means m_u, m_c:
     E‖eps_Δ‖² = σ² Σ [(b - a)² + (b m_c - a m_u)²]; and in high dimension cos∠(s_u, sΔ) concentrates at
-    E⟨s_u, sΔ⟩ / √(E‖s_u‖² E‖sΔ‖²) with E⟨s_u, sΔ⟩ = Σ [a b (1 + m_u m_c) - a² (1 + m_u²)], E‖s_u‖² = Σ a² (1 + m_u²)."""
+    E⟨s_u, sΔ⟩ / √(E‖s_u‖² E‖sΔ‖²) with E⟨s_u, sΔ⟩ = Σ [a b (1 + m_u m_c) - a² (1 + m_u²)] and
+    E‖s_u‖² = Σ a² (1 + m_u²)."""
     d, n, sigma = 400, 2000, 0.8
     g = torch.Generator().manual_seed(3)
     a = torch.rand(d, generator=g, dtype=F64) * 2 + 0.2
@@ -214,8 +215,8 @@ def test_sharp_conditional_outranks_broad(broad):
     x = torch.randn(n, d, generator=g, dtype=F64)
 
     def detector(var_c):
-        hi = guided_from_models(_diffused(mean_c, var_c, ab_hi), _diffused(zeros, var_u, ab_hi), sigma=(1 - ab_hi) ** 0.5)
-        lo = guided_from_models(_diffused(mean_c, var_c, ab_lo), _diffused(zeros, var_u, ab_lo), sigma=(1 - ab_lo) ** 0.5)
+        hi, lo = (guided_from_models(_diffused(mean_c, var_c, ab), _diffused(zeros, var_u, ab), sigma=(1 - ab) ** 0.5)
+                  for ab in (ab_hi, ab_lo))
         return anisotropy(hi, lo, x, norm_weight=1.0, alignment_weight=2.0)
 
     def precisions(var_c, abar):
