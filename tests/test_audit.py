@@ -289,6 +289,9 @@ def test_report_files_are_atomic_self_contained_and_pathless(tmp_path, monkeypat
     assert "prefers-color-scheme: dark" in page and "src=\"http" not in page
     assert json.loads(j.read_text(encoding="utf-8")) == json.loads(json.dumps(rep))
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert j.stat().st_mode & 0o777 == h.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
     # a failure while replacing leaves the previous files intact and no temporary file behind
     old_json, old_html = j.read_bytes(), h.read_bytes()
