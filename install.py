@@ -34,6 +34,7 @@ RUNTIME = [
     ("pillow", "pillow>=9.5"),
     ("plotly", "plotly>=5.18"),
     ("scipy", "scipy>=1.10"),
+    ("accelerate", "accelerate>=0.30"),
 ]
 APP = [("gradio", "gradio>=4.40")]
 DEV = [("pytest", "pytest>=8"), ("playwright", "playwright>=1.44")]

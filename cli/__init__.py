@@ -1,8 +1,10 @@
 """``sailscope`` command line: one sub-command per module, loaded lazily.
 
-Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Errors derived from
-:class:`~sailscope.core.errors.SailScopeError` (and argument errors) print one line and exit non-zero;
-``--debug`` shows the traceback.
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``; it only parses arguments and calls
+the engine. Engine modules (torch, gradio) are imported inside the functions that run the command, on purpose:
+``--help`` and argument errors answer without loading them. Errors derived from
+:class:`~sailscope.core.errors.SailScopeError` (and argument errors) print one line and exit non-zero; ``--debug``
+shows the traceback.
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# Commands whose parser is built without importing torch/diffusers/gradio (``sailscope CMD --help`` and argument
-# errors answer at once). train-demo, eval-demo, demo-oracle and spectra-study are
-# development commands that import torch with their module.
+# Development commands (the demo model's training and card, the spectra study): they import torch with their module.
+DEV_COMMANDS = ("train-demo", "eval-demo", "demo-oracle", "spectra-study")
+# User commands: their parser is built without importing torch/diffusers/gradio (``sailscope CMD --help`` and argument
+# errors answer at once).
 LIGHT_COMMANDS = ("generate", "detect", "spectrum", "calibrate", "serve")
 
 # a missing optional/required library -> the one line that says what to install

@@ -3,6 +3,9 @@
 Stores the raw values in the user's calibration file (``$SAILSCOPE_HOME/calibration.json``, default
 ``~/.config/sailscope/``) under the model's identity; ``--threshold auto`` (SAIL) and the detector read them.
 ``--output FILE`` writes elsewhere, e.g. ``<model folder>/sail_calibration.json`` to ship it with a model.
+
+Engine modules (torch, gradio) are imported inside the functions that run the command, on purpose: ``--help`` and
+argument errors answer without loading them.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``sailscope detect``: memorization scores per prompt, one JSON line each, resumable."""
+"""``sailscope detect``: memorization scores per prompt, one JSON line each, resumable.
+
+Engine modules (torch, gradio) are imported inside the functions that run the command, on purpose: ``--help`` and
+argument errors answer without loading them.
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,8 @@
-"""Argument groups and parsers shared by several commands (``--model`` and its loading options, ``--size``)."""
+"""Argument groups and parsers shared by several commands (``--model`` and its loading options, ``--size``).
+
+Engine modules (torch, gradio) are imported inside the functions that run the command, on purpose: ``--help`` and
+argument errors answer without loading them.
+"""
 from __future__ import annotations
 
 import argparse

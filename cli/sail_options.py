@@ -1,4 +1,4 @@
-"""``sailscope generate``'s SAIL/RTA options and the pair run they start: the command line's side of SAIL.
+"""``sailscope generate``'s SAIL/RTA options and the settings they make: the command line's side of SAIL.
 
 The options are built without importing torch (fast ``--help`` and argument errors), so the engine
 (:mod:`sailscope.core.mitigation`, which imports torch) is imported inside the functions that run a command, on
@@ -8,11 +8,10 @@ them; ``tests/test_cli_startup.py`` fails when they drift.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from sailscope.core.errors import UserInputError
 
 OBJECTIVES: tuple[str, ...] = ("paper", "reference")
 
@@ -86,8 +85,6 @@ def sail_settings_from_args(args: argparse.Namespace) -> Any:
 
 def mitigation_from_args(args: argparse.Namespace) -> Any:
     """``SailSettings`` (``--sail``), ``RtaSettings`` (``--rta N``) or None; both at once is an error."""
-    from sailscope.core.errors import UserInputError
-
     sail = sail_settings_from_args(args)
     n = getattr(args, "rta", None)
     if sail is not None and n is not None:
@@ -97,63 +94,3 @@ def mitigation_from_args(args: argparse.Namespace) -> Any:
 
         return RtaSettings(tokens=n)
     return sail
-
-
-def run_cli_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Namespace, out: Any) -> int:
-    """``sailscope generate --sail|--rta``: stream the pair to stderr, save both runs and a report; 0 on success.
-
-    Prints SAIL's loss per step against the threshold and where the threshold came from; images are saved
-    as ``original-<seed>-<i>.png`` and ``sail-…``/``rta-…`` with infotext, plus ``report.json``.
-    """
-    from sailscope.cli.generate import save_result
-    from sailscope.core.sampling import GenerationResult, StepRecord
-    from sailscope.core.io.files import json_safe, write_json_atomic
-    from sailscope.core.mitigation import PairResult, SailResult, SailStep, generate_pair, infotext_fields
-
-    quiet = bool(getattr(args, "json", False))
-    say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
-    pair = None
-    for item in generate_pair(pipe, settings, mitigation):
-        if isinstance(item, SailStep):
-            losses = ", ".join("-" if v is None else f"{v:.5g}" for v in item.loss)
-            acc = f"  accepted {item.accepted}" if item.accepted else ""
-            rnd = f"  (round {item.round + 1}: fresh noise)" if item.round else ""
-            say(f"SAIL step {item.step:>3}/{item.max_steps}  loss [{losses}]  threshold {item.threshold:.5g}{acc}{rnd}")
-        elif isinstance(item, SailResult):
-            if item.trigger is not None:
-                say(f"SAIL trigger {item.trigger:.6g} ({item.trigger_source}): starts at or below it are kept")
-            for i, (over, pl) in enumerate(zip(item.trigger_overruled, item.prompt_loss)):
-                if over:
-                    say(f"SAIL image {i}: the seed's noise is under the trigger, but the prompt's mean loss over "
-                        f"{item.settings.trigger_noises} noises ({pl:.5g}) is not: optimized")
-            say(f"SAIL threshold {item.threshold:.6g} ({item.threshold_source}); objective {item.objective}, "
-                f"alpha {item.alpha:.4g} ({item.alpha_source}); {item.unet_calls} UNet calls, {item.seconds:.2f}s")
-            for w in item.warnings:
-                say(f"sailscope: warning: {w}")
-        elif isinstance(item, StepRecord):
-            sh = f"  sharpness {item.sharpness[0]:.5g}" if item.sharpness else ""
-            say(f"[{item.run}] step {item.step:>4}/{item.total}  t={item.t:7.1f}  wen {item.wen[0]:.5g}{sh}")
-        elif isinstance(item, PairResult):
-            pair = item
-        elif not isinstance(item, GenerationResult):  # RtaResult
-            say(f"RTA prompt: {item.prompt!r}")
-    assert pair is not None
-    report = pair.report()
-    info = getattr(pipe, "sailscope_info", None)
-    report["model"] = info.__dict__ if info is not None else None
-    name = info.name if info is not None else "model"
-    if out is not None:
-        out = Path(out)
-        report["images"] = {
-            "original": save_result(pair.original, out, name, tag="original-"),
-            pair.method: save_result(pair.mitigated, out, name, extra=infotext_fields(pair.mitigation), tag=f"{pair.method}-"),
-        }
-        write_json_atomic(out / "report.json", report)
-    if quiet:
-        print(json.dumps(json_safe(report)))
-    else:
-        say(f"original {pair.original.seconds:.2f}s; mitigated {pair.mitigated_seconds:.2f}s "
-            f"({pair.method} {pair.mitigation.seconds:.2f}s + sampling {pair.mitigated.seconds:.2f}s)")
-        if out is not None:
-            print(f"saved the original and {pair.method} images and report.json to {out}")
-    return 0

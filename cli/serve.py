@@ -1,4 +1,8 @@
-"""``sailscope serve``: start the web app (one model job at a time through gradio's queue)."""
+"""``sailscope serve``: start the web app (one model job at a time through gradio's queue).
+
+Engine modules (torch, gradio) are imported inside the functions that run the command, on purpose: ``--help`` and
+argument errors answer without loading them.
+"""
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,9 @@
 The latent is the one ``sailscope generate`` reaches at ``--step`` for the same prompt, seed, steps,
 guidance and scheduler: the spectrum is computed by a :class:`~sailscope.core.spectra.SpectrumProbe` inside
 the same tracked generation, which then stops (no decoding).
+
+Engine modules (torch, gradio) are imported inside the functions that run the command, on purpose: ``--help`` and
+argument errors answer without loading them.
 """
 from __future__ import annotations
 

@@ -40,8 +40,11 @@ import torch
 from sailscope.core.demo.data import dataset_from_config, random_caption_spec
 from sailscope.core.errors import UserInputError
 from sailscope.core.io.files import write_text_atomic
+from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
 from sailscope.core.io.prompts import read_heldout, read_memorized
 from sailscope.core.models import DEMO_MODEL_DIR
+from sailscope.core.sampling import GenerationSettings, encode, initial_noise, seed_generators
+from sailscope.core.score import DiffusersScoreModel
 
 CALIBRATION_FILE = "calibration.json"
 MODEL_FOLDER_FILE = "sail_calibration.json"
@@ -310,11 +313,9 @@ def measure(
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
     """Both objectives' terms and the step-1 sharpness at each seed's ``x_T``, for every prompt × seed."""
-    from sailscope.core.sampling import GenerationSettings, encode, initial_noise, seed_generators
-    from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
+    # mitigation imports this module (its thresholds come from here), so its objectives are imported here
     from sailscope.core.mitigation import (SailSettings, diffusers_eps_pair, first_step, paper_objective,
-                                     reference_objective)
-    from sailscope.core.score import DiffusersScoreModel
+                                           reference_objective)
 
     prompts = [p for p in (str(p).strip() for p in prompts) if p]
     seeds = [int(s) for s in seeds]

@@ -67,7 +67,7 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     c = AutoencoderKL.from_pretrained(str(tmp_path / "out4" / "vae")).state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("encoder."))
     assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("decoder."))
-    assert 0 < info4["vae_recon_rmse_general"] < 1 and info4["command"].startswith("python -m sailscope")
+    assert 0 < info4["vae_recon_rmse_general"] < 1 and info4["command"].startswith("sailscope train-demo")
     # the text encoder is stored in fp16 (size); stock loading gives fp32
     assert all(v.dtype == torch.float16 for v in load_file(str(out / "text_encoder" / "model.safetensors")).values()
                if v.is_floating_point())

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sailscope.core.detect import roc_auc, tpr_at_fpr
 from sailscope.core.io.prompts import read_memorized
+from sailscope.core.sampling import GenerationSettings, run_generation
 
 from . import data as demo_data
 
@@ -117,9 +119,6 @@ def attribute_failures(images: np.ndarray, captions: list[str]) -> dict[str, int
 def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance: float = 7.5,
              n_heldout: int | None = None, hvp: str = "exact", log=print) -> dict:
     """Compute the model card table; returns a JSON-able dict (see module docstring)."""
-    from sailscope.core.detect import roc_auc, tpr_at_fpr
-    from sailscope.core.sampling import GenerationSettings, run_generation
-
     model_dir = Path(model_dir)
     t0 = time.time()
     pipe = load_pipeline(model_dir)

@@ -7,7 +7,7 @@ and the exact conditional density of a caption is the same mixture over the imag
 ``‖eps_c - eps_u‖`` on these exact scores (the product's own :func:`sailscope.core.metrics.sharpness`, in the
 same score-space units as a real run) gives the detection AUC that an ideally trained model of that data
 would reach. It costs minutes, no training, so a caption/data design can be checked before hours of UNet
-training (issue 3: "check step-1 separation early").
+training.
 
 - unconditional: every training latent, weighted as the UNet sampler draws them;
 - memorized caption: the latents of its duplicates (one point for ``exact`` items);
@@ -32,12 +32,11 @@ from sailscope.core.metrics import sharpness, wen_metric
 from sailscope.core.oracles import DiffusedPoints, guided_from_models
 
 from . import data as demo_data
+from .train import to_tensor_images
 
 
 def encode_latents(vae, images: np.ndarray, batch: int = 256) -> Tensor:
     """Scaled posterior means ``scaling_factor · E[z|x]`` of uint8 images, flattened, float64 ``(N, d)``."""
-    from .train import to_tensor_images
-
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):

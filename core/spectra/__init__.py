@@ -1,4 +1,4 @@
-"""Eigen-spectra of score Jacobians (docs/math.md §5, issue 4): one entry point, :func:`spectrum_at`.
+"""Eigen-spectra of score Jacobians (docs/math.md §5): one entry point, :func:`spectrum_at`.
 
 The spectrum of ``H = ∂s/∂x`` (the Hessian of ``log p_t``) at one latent and timestep, for the
 conditional density, the unconditional one or their difference (``which = cond | uncond | delta``):

@@ -1,4 +1,4 @@
-"""Memorized vs held-out prompts: Hessian spectra at step 1 and at the last step (workshop paper §5, issue 4).
+"""Memorized vs held-out prompts: Hessian spectra at step 1 and at the last step (workshop paper §5).
 
     sailscope spectra-study --model demo --memorized 4 --heldout 4 \\
         --out docs/spectra_memorization.png --json docs/spectra_memorization.json
@@ -21,6 +21,9 @@ import torch
 
 from sailscope.core.errors import UserInputError
 from sailscope.core.io.prompts import read_heldout, read_memorized
+from sailscope.core.models import DEMO_MODEL_DIR
+from sailscope.core.sampling import GenerationSettings, encode, generate
+from sailscope.core.score import DiffusersScoreModel
 from sailscope.core.spectra import SpectrumProbe, count_positive
 
 GROUPS = ("memorized", "held-out")
@@ -28,8 +31,6 @@ COLORS = {"memorized": (200, 30, 30), "held-out": (30, 80, 200)}
 
 
 def model_folder(name: str) -> Path:
-    from sailscope.core.models import DEMO_MODEL_DIR
-
     path = DEMO_MODEL_DIR if name == "demo" else Path(name)
     if not (path / "memorized.jsonl").is_file() or not (path / "heldout_prompts.txt").is_file():
         raise UserInputError(f"--model {name}: needs memorized.jsonl and heldout_prompts.txt in {path}")
@@ -46,9 +47,6 @@ def load_prompts(folder: Path, n_memorized: int, n_heldout: int) -> dict[str, li
 def spectra_for_prompt(pipe, prompt: str, *, seed: int, steps: int, which: str, method: str, k: int, chunk: int,
                        products: str) -> dict:
     """Real parts of the spectrum at step 1 and ``steps`` of one seeded generation, with sign counts."""
-    from sailscope.core.sampling import GenerationSettings, encode, generate
-    from sailscope.core.score import DiffusersScoreModel
-
     settings = GenerationSettings(prompt=prompt, seed=seed, steps=steps, sharpness_at="none")
     with torch.no_grad():
         cond, uncond, _ = encode(pipe, settings, pipe._execution_device)
