@@ -93,7 +93,7 @@ class ImageRecord:
     seed: int | None = None
     original: common.Probe | None = None  # step-1 metrics at the seed's noise
     sailed: common.Probe | None = None  # step-1 metrics at SAIL's noise
-    sail: dict | None = None  # core.sail summary (accepted, steps, loss, ...)
+    sail: dict | None = None  # core.mitigation summary (accepted, steps, loss, ...)
     wen: dict = field(default_factory=dict)  # run -> {step: value}
     status: list = field(default_factory=list)
     original_image: Any = None  # PIL, when "show original" rendered it

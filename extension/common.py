@@ -229,7 +229,7 @@ DEFAULT_HOST_THRESHOLD = {"reference": 8.2, "paper": None}  # SD 1.4 paper value
 
 @dataclass(frozen=True, kw_only=True)
 class HostOptions:
-    """What the host UIs expose. SAIL's own knobs map 1:1 onto :class:`core.sail.SailSettings`.
+    """What the host UIs expose. SAIL's own knobs map 1:1 onto :class:`core.mitigation.SailSettings`.
 
     ``sharpness``: how step-1 sharpness is measured (``fd`` one extra CFG call, ``exact`` one JVP, ``off``).
     ``threshold`` must be a number in hosts: ``auto`` needs a calibration made with ``sailscope calibrate``.
@@ -244,7 +244,7 @@ class HostOptions:
     candidates: int = 1
     lr: float = 0.05
     alpha: float | None = None
-    sphere: bool = False  # the authors' loop (free Adam steps); the app's default is True, see core.sail
+    sphere: bool = False  # the authors' loop (free Adam steps); the app's default is True, see core.mitigation
     sharpness: str = "fd"
     show_original: bool = False
     save_plots: bool = True
@@ -278,14 +278,14 @@ class HostOptions:
 
 
 # ----------------------------------------------------------------------------------------------
-# SAIL (core/sail.py) through the host's noise convention
+# SAIL (core/mitigation/) through the host's noise convention
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class SailOutcome:
     """What SAIL did to one batch: new unit noise plus the engine's results (one per image)."""
 
     noise: Tensor  # unit-variance noise in the host's convention (same shape/dtype/device as given)
-    results: list  # core.sail.SailResult per image
+    results: list  # core.mitigation.SailResult per image
     summary: list[dict] = field(default_factory=list)  # per image: accepted, steps, loss, threshold
     warnings: list[str] = field(default_factory=list)
 
@@ -302,11 +302,11 @@ def run_sail(
     model_dtype: torch.dtype | None = None,
     cancel: Any = None,
 ) -> SailOutcome:
-    """Optimize each image's initial noise with ``core.sail`` and return it in the host's convention.
+    """Optimize each image's initial noise with ``core.mitigation`` and return it in the host's convention.
 
     ``make_gs(i)`` is image ``i``'s guided score at ``sigma_k`` (any batch size: SAIL's candidates of one
     image share its prompt). Adam runs on the unit noise ``z`` with ``x_vp = c z`` (:func:`first_step_scale`),
-    exactly as ``core.sail`` does for diffusers with ``scale = c``. ``model_dtype`` (the UNet's compute dtype)
+    exactly as ``core.mitigation`` does for diffusers with ``scale = c``. ``model_dtype`` (the UNet's compute dtype)
     sets the paper objective's finite-difference step (``SailSettings.delta_for``); unknown, it is read from
     the host's output dtype.
     """
@@ -340,7 +340,7 @@ def run_sail(
 
 
 # ----------------------------------------------------------------------------------------------
-# Infotext (A1111 ``extra_generation_params``; read back by "send to txt2img"): core/infotext.py's keys
+# Infotext (A1111 ``extra_generation_params``; read back by "send to txt2img"): core/io/infotext.py's keys
 # ----------------------------------------------------------------------------------------------
 IMAGE_FIELDS = ("wen", "sharpness", "original_wen", "original_sharpness", "steps", "converged", "start_loss", "loss",
                 "status")

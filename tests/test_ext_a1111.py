@@ -11,7 +11,7 @@ handling of ``extra_generation_params`` (lists indexed, callables called with it
 process -> [per batch: process_before_every_sampling -> sampling (CFG callbacks) -> hires pass -> decode ->
 postprocess_image per image] -> postprocess. The UNet is the tiny diffusers one wrapped in k-diffusion's
 CompVisDenoiser parameterization (A1111) or ComfyUI-style apply_model (Forge), so SAIL's x_T is checked
-against core.sail on the diffusers path.
+against core.mitigation on the diffusers path.
 """
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def test_a1111_txt2img_batch_hires_sail_and_metrics(host):
         assert float(info["SAIL Scope step-1 sharpness"]) > 0 and float(info["SAIL Scope original step-1 sharpness"]) > 0
         assert common.HostOptions(**common.parse_infotext(info)).threshold == 0.0
     assert len({i["SAIL Scope original step-1 sharpness"] for i in infos}) == 4  # per image, not copied
-    # SAIL's x_T equals core.sail on the diffusers path: A1111 starts at noise * sigma_max -> scale sigma_vp
+    # SAIL's x_T equals core.mitigation on the diffusers path: A1111 starts at noise * sigma_max -> scale sigma_vp
     state_report = processed.sailscope
     assert [r["index"] for r in state_report] == [0, 1, 2, 3]
     sigma_k = float(h.samplers.created[0].get_sigmas(p, 3)[0])

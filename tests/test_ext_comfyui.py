@@ -5,7 +5,7 @@ cfg_function/calc_cond_batch, comfy.sample.prepare_noise, comfy.model_patcher.Mo
 comfy_extras.nodes_custom_sampler.Noise_RandomNoise/SamplerCustomAdvanced) follow the published signatures
 and hook semantics exactly (post-CFG args, the CFG = 1 uncond skip, noise_scaling(max_denoise)), reduced to
 whole-latent text conditioning. The model is tests/hosts/denoisers.ComfyBaseModel around the tiny diffusers
-UNet, so the SAIL noise can be checked against core.sail on the diffusers path. Nodes run under
+UNet, so the SAIL noise can be checked against core.mitigation on the diffusers path. Nodes run under
 torch.inference_mode(), as ComfyUI runs them.
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_sail_noise_node_end_to_end(comfy):
         out, _ = c["ncs"].SamplerCustomAdvanced().sample(noise_obj, guider, _euler(c), c["sigmas"], c["latent"])
     assert out["samples"].shape == (2, 4, 8, 8) and torch.isfinite(out["samples"]).all()
     assert not torch.allclose(got, stock)
-    # the same numbers as core.sail on the diffusers path (ComfyUI: x_vp = noise, scale 1, t = 999)
+    # the same numbers as core.mitigation on the diffusers path (ComfyUI: x_vp = noise, scale 1, t = 999)
     gs = c["dsm"].guided(999, c["cond"], c["uncond"])
     ref = torch.stack([
         core_sail.optimize(gs.eps_pair, stock[i:i + 1].clone(), core_sail.SailSettings(objective="reference", threshold=0.0,

@@ -139,7 +139,7 @@ def test_sail_gradient_matches_diffusers(setup):
 
 
 def test_sail_x_T_matches_diffusers(setup):
-    """core.sail on the diffusers eps pair vs common.run_sail on the A1111/ComfyUI denoisers: same x_T."""
+    """core.mitigation on the diffusers eps pair vs common.run_sail on the A1111/ComfyUI denoisers: same x_T."""
     from sailscope.core import mitigation as core_sail
 
     opts = common.HostOptions(sail=True, threshold=0.0, max_steps=2, lr=0.05)  # never accepted: 2 full steps

@@ -109,7 +109,7 @@ def run_sail(pipe: Any, settings: Any, sail: SailSettings, **kwargs: Any) -> Sai
 
 
 def infotext_fields(result: Any) -> dict:
-    """Infotext of a mitigated image (image 0 of the result): its settings and result, core/infotext.py's keys."""
+    """Infotext of a mitigated image (image 0 of the result): its settings and result, core/io/infotext.py's keys."""
     if isinstance(result, SailResult):
         s = result.settings
         return infotext.fields(

@@ -44,7 +44,7 @@ Checks (per arch unless marked):
 * ``sail_on``: SAIL ran Adam steps and the image differs from SAIL off; ComfyUI also: the report's SAIL loss
   went down; Forge: ``SAIL steps`` > 0 and a finite ``SAIL loss``, ``SAIL Scope original step-1 Wen/sharpness``
   present, no failure in ``SAIL Scope status``. Infotext keys come from the project's registry
-  (``core/infotext.py``, loaded by path from this working tree).
+  (``core/io/infotext.py``, loaded by path from this working tree).
 * ``diagnostics``: ComfyUI: the SAIL node's plot IMAGE saved (and compare of off/on); Forge: the diagnostics
   image appended to ``images``.
 * ``infotext_roundtrip`` (Forge): PNG Info of the returned PNG, read back with ``core.infotext.parse_settings``
@@ -1339,7 +1339,7 @@ _INFOTEXT = None
 
 
 def infotext_registry():
-    """The project's infotext key registry (core/infotext.py: stdlib only), loaded by path from this working tree,
+    """The project's infotext key registry (core/io/infotext.py: stdlib only), loaded by path from this working tree,
     so the checks follow the keys the extension writes (``SAIL steps`` taken, ``SAIL max steps`` the cap ...)."""
     global _INFOTEXT
     if _INFOTEXT is None:
@@ -1520,7 +1520,7 @@ def forge_arch(base: str, server: Server, arch: str) -> None:
             raise RuntimeError(on["error"])
         r = http("POST", f"{base}/sdapi/v1/png-info", {"image": base64.b64encode(on["images"][0]).decode()})
         parsed = r.get("parameters") or {}
-        # read back as A1111's paste reads it (core/infotext.py parse_settings: registry name -> value)
+        # read back as A1111's paste reads it (core/io/infotext.py parse_settings: registry name -> value)
         want = {k: sent[k] for k in ("sail", "objective", "threshold", "max_steps", "candidates", "lr")}
         settings = infotext_registry().parse_settings({k: str(v) for k, v in parsed.items()})
         got = {k: settings.get(k) for k in want}
