@@ -20,14 +20,14 @@ gr = pytest.importorskip("gradio")
 from sailscope.core.io.infotext import parse_png_text  # noqa: E402
 from sailscope.core.testing import tiny_pipeline  # noqa: E402
 from sailscope.ui import app as ui_app  # noqa: E402
-from sailscope.ui.app import (  # noqa: E402
-    GEN_OUTPUTS, AppContext, audit_handler, cancel_handler, compare_handler, generate_handler, load_model_handler,
-    read_prompt_list, spectrum_view_handler,
-)
-from sailscope.ui.jobs import AppConfig, JobView, parse_steps, sail_available  # noqa: E402
+from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm, parse_steps, read_prompt_list  # noqa: E402
+from sailscope.ui.jobs import AppConfig, AppContext, JobView  # noqa: E402
 from sailscope.ui.outputs import read_infotext  # noqa: E402
-
-S = {name: i for i, name in enumerate(GEN_OUTPUTS)}
+from sailscope.ui.views.audit import audit_handler  # noqa: E402
+from sailscope.ui.views.compare import compare_handler  # noqa: E402
+from sailscope.ui.views.generate import generate_handler, spectrum_view_handler  # noqa: E402
+from sailscope.ui.views.model import load_model_handler  # noqa: E402
+from sailscope.ui.widgets import cancel_handler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,21 @@ def request(session: str):
     return SimpleNamespace(session_hash=session)
 
 
-def gen_args(**over):
+def gen_args(**over) -> GenerateForm:
+    """The Generate form with every field given (the test's defaults, then ``over``)."""
     args = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0, scheduler="ddim",
                 sharpness_at="every step", sail_on=False, sail_objective="paper", sail_threshold="auto",
                 sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="", spectrum_method="arnoldi",
                 spectrum_k=3, sail_trigger="auto", sail_lr=0.3, sail_rounds=2)
     args.update(over)
-    return [args[k] for k in ui_app.GEN_INPUTS]
+    assert set(args) == set(GENERATE_FIELDS)
+    return GenerateForm(**args)
+
+
+def build_sail(enabled, objective, threshold, max_steps, candidates, trigger="auto", lr=None, rounds=None):
+    """The SAIL settings the advanced panel's values give (the form's other fields do not matter)."""
+    return GenerateForm(sail_on=enabled, sail_objective=objective, sail_threshold=threshold, sail_max_steps=max_steps,
+                        sail_candidates=candidates, sail_trigger=trigger, sail_lr=lr, sail_rounds=rounds).sail_settings()
 
 
 def last(gen):
@@ -64,31 +72,31 @@ def last(gen):
 
 
 def status_of(update) -> str:
-    return html.unescape(update[S["status"]])
+    return html.unescape(update["status"])
 
 
 def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
-    updates = list(generate_handler(ctx, *gen_args(spectrum_steps="1"), request=request("a")))
+    updates = list(generate_handler(ctx, gen_args(spectrum_steps="1"), request=request("a")))
     # one update to start, one per step (live_interval 0), one for the result, one final
     assert len(updates) >= 3 + 2
-    live = [u for u in updates[1:-1] if not isinstance(u[S["metrics_plot"]], dict)]
-    n_points = [len(u[S["metrics_plot"]].data[0].x) for u in live]
+    live = [u for u in updates[1:-1] if "metrics_plot" in u]  # an output left out of an update is unchanged
+    n_points = [len(u["metrics_plot"].data[0].x) for u in live]
     assert n_points[:3] == [1, 2, 3]  # the plot gains a point per step while sampling
     final = updates[-1]
     assert "ss-ok" in status_of(final), status_of(final)
-    png, report = Path(final[S["image_original"]]), Path(final[S["report_file"]])
+    png, report = Path(final["image_original"]), Path(final["report_file"])
     assert png.suffix == ".png" and png.is_file() and report.is_file()
     text = read_infotext(png)
     assert text.startswith("a red square\n") and "Steps: 3" in text and "Sampler: DDIM" in text and "Seed: 0" in text
     assert float(parse_png_text(text)["SAIL Scope step-1 sharpness"]) == pytest.approx(
-        json.loads(Path(final[S["report_file"]]).read_text())["detection"]["runs"]["original"]["step1_sharpness"], rel=1e-5)
+        json.loads(Path(final["report_file"]).read_text())["detection"]["runs"]["original"]["step1_sharpness"], rel=1e-5)
     data = json.loads(report.read_text())
     assert len(data["runs"]["original"]["steps"]) == 3
     assert data["detection"]["runs"]["original"]["step1_sharpness"] == pytest.approx(
         data["runs"]["original"]["steps"][0]["sharpness"][0])
     assert set(data["spectra"]["original"]["1"]) == {"cond", "uncond", "delta"}
     # the spectrum slider view reads the finished job's state (no model work)
-    fig = spectrum_view_handler(final[S["state"]], "original", 1)
+    fig = spectrum_view_handler(final["state"], "original", 1)
     assert len(fig.data) == 3
     assert not list(png.parent.glob(".*.tmp"))  # atomic writes leave no temporaries
 
@@ -104,27 +112,27 @@ def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
     (dict(prompt="x" * 5000), "the limit is 4000"),
 ])
 def test_bad_input_shows_a_readable_message_and_the_next_request_works(ctx, over, expected):
-    updates = list(generate_handler(ctx, *gen_args(**over), request=request("a")))
+    updates = list(generate_handler(ctx, gen_args(**over), request=request("a")))
     assert len(updates) == 1 and "ss-error" in status_of(updates[0]) and expected in status_of(updates[0])
     assert ctx.cancels._events == {}  # the session's cancel flag was released
 
 
 def test_long_and_empty_prompts_warn_but_run(ctx):
-    final = last(generate_handler(ctx, *gen_args(prompt="", steps=1, sharpness_at="none"), request=request("a")))
+    final = last(generate_handler(ctx, gen_args(prompt="", steps=1, sharpness_at="none"), request=request("a")))
     assert "ss-ok" in status_of(final) and "empty prompt" in status_of(final)
-    final = last(generate_handler(ctx, *gen_args(prompt="word " * 40, steps=1, sharpness_at="none"), request=request("a")))
+    final = last(generate_handler(ctx, gen_args(prompt="word " * 40, steps=1, sharpness_at="none"), request=request("a")))
     assert "ss-ok" in status_of(final) and "truncated" in status_of(final)
 
 
 def test_no_model_loaded_is_a_message(tmp_path):
     c = AppContext(AppConfig(outputs=str(tmp_path)))
-    (u,) = list(generate_handler(c, *gen_args(), request=request("a")))
+    (u,) = list(generate_handler(c, gen_args(), request=request("a")))
     assert "no model is loaded" in status_of(u)
 
 
 def test_cancel_stops_within_a_step_and_only_that_session(ctx):
-    gen_a = generate_handler(ctx, *gen_args(steps=4), request=request("A"))
-    gen_b = generate_handler(ctx, *gen_args(steps=2), request=request("B"))
+    gen_a = generate_handler(ctx, gen_args(steps=4), request=request("A"))
+    gen_b = generate_handler(ctx, gen_args(steps=2), request=request("B"))
     next(gen_a), next(gen_a)  # start + step 1
     next(gen_b)
     assert "cancelling" in cancel_handler(ctx, request("A"))
@@ -137,52 +145,51 @@ def test_cancel_stops_within_a_step_and_only_that_session(ctx):
     assert "ss-ok" in status_of(final_b)  # session B never saw A's cancel
     assert "nothing to cancel" in cancel_handler(ctx, request("A"))
     # and A can generate again
-    assert "ss-ok" in status_of(last(generate_handler(ctx, *gen_args(steps=1), request=request("A"))))
+    assert "ss-ok" in status_of(last(generate_handler(ctx, gen_args(steps=1), request=request("A"))))
 
 
 def test_concurrent_sessions_get_their_own_results(ctx):
     results = {}
 
     def run(name, seed):
-        results[name] = last(generate_handler(ctx, *gen_args(seed=seed, steps=2, prompt=name), request=request(name)))
+        results[name] = last(generate_handler(ctx, gen_args(seed=seed, steps=2, prompt=name), request=request(name)))
 
     threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("one", 1), ("two", 2))]
     [t.start() for t in threads]
     [t.join() for t in threads]
     for name, seed in (("one", 1), ("two", 2)):
-        report = json.loads(Path(results[name][S["report_file"]]).read_text())
+        report = json.loads(Path(results[name]["report_file"]).read_text())
         assert report["settings"]["prompt"] == name and report["settings"]["seed"] == seed
 
 
-@pytest.mark.skipif(not sail_available(), reason="core.sail not in this build")
 def test_sail_pair_shows_both_images_loss_trace_and_infotext(ctx):
-    final = last(generate_handler(ctx, *gen_args(sail_on=True, sail_threshold="1e12", sail_max_steps=1, steps=2),
+    final = last(generate_handler(ctx, gen_args(sail_on=True, sail_threshold="1e12", sail_max_steps=1, steps=2),
                                   request=request("s")))
     assert "ss-ok" in status_of(final), status_of(final)
-    assert Path(final[S["image_original"]]).is_file() and Path(final[S["image_sail"]]).is_file()
-    report = json.loads(Path(final[S["report_file"]]).read_text())
+    assert Path(final["image_original"]).is_file() and Path(final["image_sail"]).is_file()
+    report = json.loads(Path(final["report_file"]).read_text())
     assert report["sail"]["threshold"] == 1e12 and report["sail"]["converged"] == [True]
     assert set(report["runs"]) == {"original", "sail"}
-    assert "SAIL: on" in read_infotext(final[S["image_sail"]])
-    assert len(final[S["sail_plot"]].data) >= 1
+    assert "SAIL: on" in read_infotext(final["image_sail"])
+    assert len(final["sail_plot"].data) >= 1
 
 
 def test_sail_advanced_panel_builds_trigger_and_lr(ctx):
     from sailscope.core.errors import UserInputError
     from sailscope.core.mitigation import SailSettings
 
-    s = ui_app.build_sail(True, "paper", "auto", 6, 1, "none", 0.2)
+    s = build_sail(True, "paper", "auto", 6, 1, "none", 0.2)
     assert s.trigger is None and s.lr == 0.2 and s.threshold == "auto"
-    assert ui_app.build_sail(True, "paper", "0.01", 6, 1, "0.05", "").trigger == 0.05
-    assert ui_app.build_sail(True, "paper", "auto", 6, 1, " AUTO ", None).lr == SailSettings().lr
+    assert build_sail(True, "paper", "0.01", 6, 1, "0.05", "").trigger == 0.05
+    assert build_sail(True, "paper", "auto", 6, 1, " AUTO ", None).lr == SailSettings().lr
     with pytest.raises(UserInputError, match="SAIL trigger"):
-        ui_app.build_sail(True, "paper", "auto", 6, 1, "sometimes", 0.3)
-    assert ui_app.build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, 3).rounds == 3
-    assert ui_app.build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, None).rounds == SailSettings().rounds
+        build_sail(True, "paper", "auto", 6, 1, "sometimes", 0.3)
+    assert build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, 3).rounds == 3
+    assert build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, None).rounds == SailSettings().rounds
     with pytest.raises(UserInputError, match="rounds"):
-        ui_app.build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, 0)
+        build_sail(True, "paper", "auto", 6, 1, "auto", 0.3, 0)
     # a bad value reaches the user as a message, before any model work
-    final = last(generate_handler(ctx, *gen_args(sail_on=True, sail_lr=-1.0), request=request("lr")))
+    final = last(generate_handler(ctx, gen_args(sail_on=True, sail_lr=-1.0), request=request("lr")))
     assert "ss-error" in status_of(final) and "lr must be a finite number > 0" in status_of(final)
 
 
@@ -232,27 +239,27 @@ def test_job_view_progress_and_nearest_spectrum():
 
 def test_compare_prompts_plot_and_table(ctx):
     out = list(compare_handler(ctx, "a cat\na dog", "0", 2, 7.5, "ddim", "arnoldi", 3, request=request("c")))
-    status, fig, table = out[-1]
+    status, fig, table = (out[-1][k] for k in ("status", "plot", "table"))
     assert "compared 2" in status
     assert len(table) == 2 and all(r[2] is not None for r in table)
     assert any(t.type == "bar" for t in fig.data)
     (bad,) = list(compare_handler(ctx, "", "0", 2, 7.5, "ddim", "arnoldi", 3, request=request("c")))
-    assert "at least one prompt" in bad[0]
+    assert "at least one prompt" in bad["status"]
 
 
 def test_audit_streams_resumes_exports_and_draws_roc(ctx, tmp_path):
     args = ("a cat\na dog\na bird", None, "a dog", 1, 2, "sharpness", "t1")
     first = list(audit_handler(ctx, *args, request=request("u")))
-    status, table, hist, roc, files = first[-1]
+    status, table, hist, roc, files = (first[-1][k] for k in ("status", "table", "histogram", "roc", "export"))
     assert "3 prompts done" in status and len(table) == 3
     assert "AUC" in roc.layout.title.text
     assert sorted(Path(f).suffix for f in files) == [".csv", ".json"]
     again = list(audit_handler(ctx, *args, request=request("u")))
-    assert "3 resumed" in html.unescape(again[0][0])
+    assert "3 resumed" in html.unescape(again[0]["status"])
     big = tmp_path / "big.txt"
     big.write_text("p\n" * 400_000)
     (err,) = list(audit_handler(ctx, "", str(big), "", 1, 2, "sharpness", "t2", request=request("u")))
-    assert "ss-error" in err[0] and "the limit is" in html.unescape(err[0])
+    assert "ss-error" in err["status"] and "the limit is" in html.unescape(err["status"])
 
 
 def test_read_prompt_list_formats(tmp_path):
@@ -267,7 +274,7 @@ def test_read_prompt_list_formats(tmp_path):
 
 
 def test_model_view_refuses_free_form_paths_unless_allowed(ctx, tmp_path):
-    status, _, _ = load_model_handler(ctx, "/etc", "", "cpu", "fp32")
+    status = load_model_handler(ctx, "/etc", "", "cpu", "fp32")["status"]
     assert "--allow-paths" in html.unescape(status) and ctx.models.pipe is not None  # the loaded model stays
 
 
@@ -314,3 +321,17 @@ def test_in_background_keeps_order_reraises_and_stops_the_worker_when_closed():
     assert next(stream)[0] == 0
     stream.close()
     assert cancel.is_set() and stopped.is_set()
+
+
+def test_wiring_names_the_api_after_the_form_and_maps_outputs_to_components():
+    """``bind``: the ``/generate`` endpoint's parameters are the form's fields in order, and the handler's
+    ``{name: value}`` updates reach gradio as ``{component: value}``."""
+    demo = ui_app.build_ui(AppConfig(model=None))
+    params = [p["parameter_name"] for p in demo.get_api_info()["named_endpoints"]["/generate"]["parameters"]]
+    assert params == list(GENERATE_FIELDS)
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    (generate,) = [f for f in fns if f.api_name == "generate"]
+    values = [getattr(GenerateForm(), name) for name in GENERATE_FIELDS]
+    (update,) = list(generate.fn(*values, request("w")))
+    components = demo.sailscope_components
+    assert list(update) == [components["status"]] and "no model is loaded" in html.unescape(update[components["status"]])

@@ -1,7 +1,8 @@
-"""Model jobs behind the app, free of gradio: model manager, cancel registry, job streams and their view.
+"""Model jobs behind the app, free of gradio: app context, model manager, cancel registry, job streams and
+their view.
 
-The gradio handlers (``ui/app.py``) and the A1111 tab turn a :class:`JobView` into component updates; all
-numbers in it come from ``core`` (records, spectra, SAIL results). Nothing here computes a metric.
+The view handlers (``ui/views``) turn a :class:`JobView` into component updates; all numbers in it come from
+``core`` (records, spectra, SAIL results). Nothing here computes a metric.
 """
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from sailscope.core.io import infotext
+import torch
+
+from sailscope.core import calibration
 from sailscope.core.detect import risk_level
-from sailscope.core.errors import SailScopeError, UserInputError
+from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
+from sailscope.core.io import infotext
+from sailscope.core.mitigation import PairResult, SailResult, SailSettings, SailStep, generate_pair, infotext_fields
+from sailscope.core.models import list_local_models, load_pipeline
 from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate
-from sailscope.core.mitigation import infotext_fields
+from sailscope.core.spectra import spectrum_at
 
 log = logging.getLogger("sailscope.ui")
 
@@ -60,8 +66,6 @@ class ModelManager:
         return getattr(self.pipe, "sailscope_info", None) if self.pipe is not None else None
 
     def choices(self) -> list[str]:
-        from sailscope.core.models import list_local_models
-
         found = list_local_models(list(self.config.models_dirs))
         current = self.info.path if self.info is not None and self.info.source != "demo" else None
         if current and current not in found:
@@ -80,8 +84,6 @@ class ModelManager:
         )
 
     def load(self, model: str, device: str | None = None, dtype: str | None = None) -> Any:
-        from sailscope.core.models import load_pipeline
-
         model = self.check_allowed(model)
         device = None if device in (None, "", "auto") else device
         dtype = None if dtype in (None, "", "auto") else dtype
@@ -108,8 +110,6 @@ def free_memory() -> None:
     """Drop unreferenced tensors (and the CUDA cache) after a cancelled or failed job."""
     gc.collect()
     try:
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:  # pragma: no cover - memory hygiene must never fail a request
@@ -143,17 +143,27 @@ class CancelRegistry:
                 del self._events[session]
 
 
+@dataclass
+class AppContext:
+    """Shared by every session: configuration, the loaded model, cancel flags."""
+
+    config: AppConfig = field(default_factory=AppConfig)
+    models: ModelManager = None  # type: ignore[assignment]  # None: a manager for ``config``
+    cancels: CancelRegistry = field(default_factory=CancelRegistry)
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = ModelManager(self.config)
+
+
 # ----------------------------------------------------------------------------------------------
-# Detection threshold and risk (placeholders until core ships them; see docs/app.md)
+# Detection threshold
 # ----------------------------------------------------------------------------------------------
 def detection_threshold(pipe: Any) -> tuple[float | None, str]:
-    """The model's step-1 sharpness threshold and where it came from (``core.calibration``)."""
+    """The model's step-1 sharpness threshold and where it came from (``core.calibration``); ``(None, reason)``
+    when the model is not calibrated or its calibration cannot be read."""
     try:
-        from sailscope.core.calibration import detection_threshold as core_threshold
-    except ImportError:
-        return None, "no calibration module in this build"
-    try:
-        found = core_threshold(pipe)
+        found = calibration.detection_threshold(pipe)
     except (SailScopeError, OSError, KeyError, ValueError) as exc:
         return None, f"calibration unreadable: {exc}"
     if found is None:
@@ -167,36 +177,16 @@ def detection_threshold(pipe: Any) -> tuple[float | None, str]:
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpectrumRequest:
+    """Which spectra a job computes: at ``steps`` (1-based), ``k`` eigenvalues by ``method``, of ``which`` Hessians."""
+
     steps: frozenset[int]
     k: int = 8
     method: str = "arnoldi"
     which: tuple[str, ...] = WHICH
 
 
-def parse_steps(text: str | None, total: int, name: str = "spectrum steps") -> frozenset[int]:
-    """``"1, 10, 50"`` -> {1, 10, 50}; empty -> none. Errors name the field."""
-    text = (text or "").strip()
-    if not text or text.lower() == "none":
-        return frozenset()
-    out = set()
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            raise UserInputError(f"{name} must be step numbers separated by commas, got {part!r}") from None
-        if not 1 <= value <= total:
-            raise UserInputError(f"{name}: step {value} is outside 1..{total}")
-        out.add(value)
-    return frozenset(out)
-
-
 def compute_spectra(request: SpectrumRequest, guided: Any, x: Any) -> dict[str, dict]:
     """``core.spectra.spectrum_at`` of ``H_cond``, ``H_uncond``, ``H_Δ`` at one latent (errors kept per ``which``)."""
-    from sailscope.core.spectra import spectrum_at
-
     hvp = "exact" if request.method in ("lanczos", "slq") else "fd"
     out: dict[str, dict] = {}
     for which in request.which:
@@ -244,8 +234,6 @@ class DeferredSpectra:
 
     def compute(self, cancel: threading.Event | None = None) -> Iterator[tuple[str, int, dict]]:
         """Yield ``(run, step, {which: Spectrum.to_dict()})`` for every captured step."""
-        from sailscope.core.errors import Cancelled
-
         while self.captured:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled while computing spectra")
@@ -256,15 +244,7 @@ class DeferredSpectra:
 # ----------------------------------------------------------------------------------------------
 # A generation job and its view
 # ----------------------------------------------------------------------------------------------
-def sail_available() -> bool:
-    try:
-        from sailscope.core import mitigation as sail
-    except ImportError:
-        return False
-    return hasattr(sail, "generate_pair")
-
-
-def run_job(pipe: Any, settings: GenerationSettings, *, sail: Any = None, compare: bool = True,
+def run_job(pipe: Any, settings: GenerationSettings, *, sail: SailSettings | None = None, compare: bool = True,
             spectrum: SpectrumRequest | None = None, cancel: threading.Event | None = None) -> Iterator[Any]:
     """Stream core items: SAIL progress (when ``sail``), step records, results, a pair result, then
     ``("spectra", run, step, dict)`` tuples for the requested steps (computed after sampling)."""
@@ -273,8 +253,6 @@ def run_job(pipe: Any, settings: GenerationSettings, *, sail: Any = None, compar
     if sail is None:
         items = generate(pipe, settings, probes=probes, cancel=cancel, run="original")
     else:
-        from sailscope.core.mitigation import generate_pair
-
         items = generate_pair(pipe, settings, sail, probes=probes, cancel=cancel, run_original=compare)
     for item in items:
         if deferred is not None and isinstance(item, StepRecord):
@@ -345,14 +323,14 @@ class JobView:
     """What a session sees of its job; ``apply`` each streamed core item."""
 
     settings: GenerationSettings
-    sail: Any = None
+    sail: SailSettings | None = None
     compare: bool = True
     records: dict[str, list[StepRecord]] = field(default_factory=dict)
     results: dict[str, GenerationResult] = field(default_factory=dict)
     spectra: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> step -> which -> Spectrum.to_dict()
-    sail_steps: list[Any] = field(default_factory=list)
-    sail_result: Any = None
-    pair: Any = None
+    sail_steps: list[SailStep] = field(default_factory=list)
+    sail_result: SailResult | None = None
+    pair: PairResult | None = None
     phase: str = "starting"
     message: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -368,7 +346,6 @@ class JobView:
 
     def apply(self, item: Any) -> str:
         """Record one core item; returns its kind (``record``, ``result``, ``sail_step``, ``sail_result``, ``pair``)."""
-        kind = type(item).__name__
         if isinstance(item, StepRecord):
             self.records.setdefault(item.run, []).append(item)
             if "spectra" in item.extras:
@@ -381,14 +358,14 @@ class JobView:
             self.results[item.run] = item
             self.warnings += [w for w in item.warnings if w not in self.warnings]
             return "result"
-        if kind == "SailStep":
+        if isinstance(item, SailStep):
             self.sail_steps.append(item)
             self.phase = "sail-search"
             return "sail_step"
-        if kind == "SailResult":
+        if isinstance(item, SailResult):
             self.sail_result = item
             return "sail_result"
-        if kind == "PairResult":
+        if isinstance(item, PairResult):
             self.pair = item
             return "pair"
         if isinstance(item, tuple) and item and item[0] == "spectra":
@@ -500,19 +477,3 @@ class JobView:
                     sphere=sail.sphere,
                 ))
         return extra
-
-
-def save_outputs(view: JobView, outputs: str, model_info: Any, threshold: tuple[float | None, str]) -> dict[str, str]:
-    """Every finished image as PNG (infotext) plus the job's JSON report; returns the paths written."""
-    from sailscope.ui.outputs import infotext, new_stem, save_image, save_report
-
-    stem = new_stem(outputs, view.settings.seed)
-    settings = dict(view.settings.to_dict(), model=getattr(model_info, "name", None))
-    for run, res in view.results.items():
-        for i, image in enumerate(res.images):
-            text = infotext(dict(settings, width=image.width, height=image.height, seed=view.settings.seed + i),
-                            view.infotext_extra(run, model_info, threshold))
-            view.files[f"{run}" + (f"_{i}" if i else "")] = str(save_image(stem, run if not i else f"{run}-{i}", image, text))
-    view.files["report"] = str(stem.parent / f"{stem.name}-report.json")
-    save_report(stem, view.report(model_info, threshold))
-    return view.files

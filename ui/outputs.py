@@ -1,21 +1,31 @@
-"""Where the app saves finished images and reports (file naming only; writing is ``core.outputs``).
+"""What the app saves and where: file names and formats (the atomic writes are ``core.io.files``).
 
-Files go to ``<outputs>/<YYYY-MM-DD>/`` as ``<HHMMSS>-<id>-<seed>-<run>.png`` (one per run: ``original``,
-``sail``) with A1111-style infotext in the PNG ``parameters`` chunk, and ``<HHMMSS>-<id>-<seed>-report.json``
-for the job. Writes are atomic (``core.outputs``); the random id keeps concurrent sessions apart.
+A Generate job writes to ``<outputs>/<YYYY-MM-DD>/``: ``<HHMMSS>-<id>-<seed>-<run>.png`` (one per run:
+``original``, ``sail``) with A1111-style infotext in the PNG ``parameters`` chunk, and
+``<HHMMSS>-<id>-<seed>-report.json`` for the job; the random id keeps concurrent sessions apart. An audit named
+``<name>`` appends to ``<outputs>/audit/<name>.jsonl`` (its resume log) and exports ``<name>.csv`` and
+``<name>.json`` next to it.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from sailscope.core.io.files import save_png_atomic, write_json_atomic
+from PIL import Image
+
+from sailscope.core.io.files import save_png_atomic, write_csv_atomic, write_json_atomic
 from sailscope.core.io.infotext import format_infotext
 
+AUDIT_CSV_COLUMNS = ["prompt", "score", "metric", "per_seed", "memorized", "seconds"]
 
+
+# ----------------------------------------------------------------------------------------------
+# Generate: images and report
+# ----------------------------------------------------------------------------------------------
 def new_stem(outputs: str | os.PathLike, seed: int) -> Path:
     """``<outputs>/<date>/<time>-<id>-<seed>``; files add ``-<run>.png`` / ``-report.json``."""
     now = time.localtime()
@@ -48,9 +58,48 @@ def save_report(stem: Path, report: Mapping[str, Any]) -> Path:
     return write_json_atomic(stem.parent / f"{stem.name}-report.json", report)
 
 
+def save_outputs(view: Any, outputs: str | os.PathLike, model_info: Any,
+                 threshold: tuple[float | None, str]) -> dict[str, str]:
+    """Every finished image of a :class:`~sailscope.ui.jobs.JobView` as PNG (infotext) plus the job's JSON
+    report; records the paths in ``view.files`` and returns them."""
+    stem = new_stem(outputs, view.settings.seed)
+    settings = dict(view.settings.to_dict(), model=getattr(model_info, "name", None))
+    for run, res in view.results.items():
+        for i, image in enumerate(res.images):
+            text = infotext(dict(settings, width=image.width, height=image.height, seed=view.settings.seed + i),
+                            view.infotext_extra(run, model_info, threshold))
+            view.files[f"{run}" + (f"_{i}" if i else "")] = str(save_image(stem, run if not i else f"{run}-{i}", image, text))
+    view.files["report"] = str(stem.parent / f"{stem.name}-report.json")
+    save_report(stem, view.report(model_info, threshold))
+    return view.files
+
+
 def read_infotext(path: str | os.PathLike) -> str | None:
     """The ``parameters`` chunk of a PNG (what A1111's PNG Info reads)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.info.get("parameters")
+
+
+# ----------------------------------------------------------------------------------------------
+# Audit: resume log and exports
+# ----------------------------------------------------------------------------------------------
+def audit_name(name: str | None) -> str:
+    """A file-name-safe audit name (letters, digits, ``-``, ``_``; at most 64 characters; default ``audit``)."""
+    clean = "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "audit").strip())[:64].strip("-")
+    return clean or "audit"
+
+
+def audit_base(outputs: str | os.PathLike, name: str | None) -> Path:
+    """``<outputs>/audit/<name>``: the audit's files add ``.jsonl``, ``.csv`` and ``.json``."""
+    return Path(outputs) / "audit" / audit_name(name)
+
+
+def save_audit_exports(base: Path, rows: Sequence[Mapping[str, Any]], threshold: float | None,
+                       threshold_source: str) -> list[str]:
+    """``<base>.csv`` (one row per prompt) and ``<base>.json`` (the rows and the threshold); returns both paths."""
+    csv_path = write_csv_atomic(base.with_suffix(".csv"), AUDIT_CSV_COLUMNS,
+                                [[r["prompt"], r["score"], r["metric"], json.dumps(r.get("per_seed")), r.get("memorized"),
+                                  r.get("seconds")] for r in rows])
+    json_path = write_json_atomic(base.with_suffix(".json"),
+                                  {"threshold": threshold, "threshold_source": threshold_source, "rows": list(rows)})
+    return [str(csv_path), str(json_path)]

@@ -1,0 +1,288 @@
+"""Generate: one prompt sampled with live metrics, the SAIL pair, the risk badge, spectra and the report.
+
+``generate_handler(ctx, form)`` runs one job (plain or SAIL pair) and yields ``{name: value}`` updates for
+:data:`GENERATE_OUTPUTS`; :func:`generate_panel` lays the components out under the names of
+:data:`~sailscope.ui.forms.GENERATE_FIELDS` and :data:`GENERATE_OUTPUTS`; :func:`wire_generate` connects them.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from sailscope.core.choices import SCHEDULER_LABELS
+from sailscope.core.errors import Cancelled, NonFiniteError, SailScopeError, UserInputError
+from sailscope.core.io.files import write_json_atomic
+from sailscope.core.sampling import SCHEDULERS, check_settings
+from sailscope.ui import compat, plots
+from sailscope.ui.forms import GENERATE_FIELDS, SHARPNESS_CHOICES, GenerateForm, whole_number
+from sailscope.ui.jobs import (
+    SPECTRUM_METHODS, AppContext, JobView, detection_threshold, free_memory, in_background, run_job,
+)
+from sailscope.ui.outputs import save_outputs
+from sailscope.ui.widgets import bind, risk_html, session_of, status_html, wire_cancel
+
+log = logging.getLogger("sailscope.ui")
+
+GENERATE_OUTPUTS = ("status", "risk", "image_original", "image_sail", "image_slider", "metrics_plot", "spectrum_plot",
+                    "spectrum_step", "sail_plot", "report_file", "state")
+
+
+# ----------------------------------------------------------------------------------------------
+# Handlers
+# ----------------------------------------------------------------------------------------------
+def render_generate(view: JobView | None, threshold: tuple[float | None, str], status: str, kind: str = "info",
+                    final: bool = False, spectrum_run: str | None = None, with_report: bool = True) -> dict[str, Any]:
+    """A :class:`JobView` -> ``{output name: value}`` for the outputs that changed."""
+    if view is None:
+        return {"status": status_html(status, kind)}
+    thr, src = threshold
+    done, total, _ = view.progress()
+    s1, _ = view.step1("original")
+    after, _ = view.step1("sail")
+    if s1 is None:
+        s1, after = after, None
+    out: dict[str, Any] = {
+        "status": status_html(status, kind, done, total),
+        "risk": risk_html(s1, thr, src, after),
+        "metrics_plot": plots.metrics_figure({r: view.records.get(r, []) for r in view.runs}, view.settings.steps, thr,
+                                             "detection threshold"),
+    }
+    # the spectrum and SAIL plots are rebuilt only when their data changed (live updates stay light)
+    n_spectra, n_sail = sum(len(v) for v in view.spectra.values()), len(view.sail_steps)
+    if n_spectra and (final or view.shown.get("spectra") != n_spectra):
+        view.shown["spectra"] = n_spectra
+        run = spectrum_run if spectrum_run in view.spectra else ("original" if "original" in view.spectra else "sail")
+        step, spectra = view.spectrum_for(run, None)
+        out["spectrum_plot"] = plots.spectrum_figure(spectra, step)
+        steps = view.spectrum_steps(run)
+        out["spectrum_step"] = gr.update(minimum=min(steps), maximum=max(steps) if len(steps) > 1 else min(steps) + 1,
+                                         value=step, interactive=len(steps) > 1)
+    if view.sail is not None and (final or view.shown.get("sail") != n_sail):
+        view.shown["sail"] = n_sail
+        out["sail_plot"] = plots.sail_loss_figure(view.sail_trace(), view.sail_threshold(), view.sail_trigger())
+    if final:
+        for run in ("original", "sail"):
+            if view.files.get(run):
+                out[f"image_{run}"] = view.files[run]
+        if view.files.get("original") and view.files.get("sail"):
+            out["image_slider"] = gr.update(value=(view.files["original"], view.files["sail"]), visible=True)
+        if with_report:
+            out["report_file"] = view.files.get("report") or None
+        out["state"] = {"spectra": view.spectra, "steps": view.settings.steps}
+    return out
+
+
+def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -> Iterator[dict[str, Any]]:
+    """Run one job (plain or SAIL pair) and stream the view: live plots every ``live_interval`` seconds."""
+    session = session_of(request)
+    cancel = ctx.cancels.start(session)
+    view: JobView | None = None
+    threshold: tuple[float | None, str] = (None, "")
+    ok = False
+    try:
+        # 1. Check inputs (before touching the model)
+        pipe = ctx.models.require()
+        settings = form.settings()
+        sail = form.sail_settings()
+        spectrum = form.spectrum(settings.steps)
+        n_down = len(pipe.unet.config.block_out_channels) - 1
+        warnings = check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
+        threshold = detection_threshold(pipe)
+        view = JobView(settings=settings, sail=sail, compare=bool(form.compare), warnings=list(warnings))
+        yield render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else ""))
+        # 2. Stream the job; save as soon as sampling is over (spectra, when asked, come after the images)
+        last = 0.0
+        info = getattr(pipe, "sailscope_info", None)
+        # the job runs in a worker thread: drawing and sending one update overlap the next steps
+        job = run_job(pipe, settings, sail=sail, compare=bool(form.compare), spectrum=spectrum, cancel=cancel)
+        with closing(in_background(job, cancel)) as batches:
+            for batch in batches:
+                urgent = False
+                for item in batch:
+                    kind = view.apply(item)
+                    if kind == "pair" or (sail is None and kind == "result"):
+                        save_outputs(view, ctx.config.outputs, info, threshold)
+                        more = " · computing spectra…" if spectrum is not None else ""
+                        # the report is offered once it is complete (spectra come after the images)
+                        now = time.perf_counter()
+                        yield render_generate(view, threshold, f"images saved at {now - view.started:.1f} s{more}",
+                                              final=True, with_report=spectrum is None)
+                        last, urgent = now, False
+                        continue
+                    first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
+                    urgent = urgent or first_point or kind in ("sail_result", "spectra")
+                now = time.perf_counter()
+                if urgent or now - last >= ctx.config.live_interval:
+                    last = now
+                    _, _, label = view.progress()
+                    yield render_generate(view, threshold, f"{label} · {now - view.started:.1f} s")
+        # 3. The report with everything (spectra included), and the final view
+        view.phase = "done"
+        if "report" not in view.files:
+            save_outputs(view, ctx.config.outputs, info, threshold)
+        elif view.spectra:
+            write_json_atomic(view.files["report"], view.report(info, threshold))
+        msg = f"done in {time.perf_counter() - view.started:.1f} s · seed {settings.seed} · saved {Path(view.files['report']).name}"
+        if view.sail_result is not None and not all(view.sail_result.converged):
+            msg += " · SAIL did not reach its threshold (best noise used, see the report)"
+        if view.warnings:
+            msg += " · " + "; ".join(view.warnings)
+        ok = True
+        yield render_generate(view, threshold, msg, "ok", final=True)
+    except Cancelled as exc:
+        yield render_generate(view, threshold, f"cancelled ({exc}); nothing was saved", "warn")
+    except (UserInputError, NonFiniteError, SailScopeError) as exc:
+        compat.warn(str(exc))
+        yield render_generate(view, threshold, str(exc), "error")
+    except Exception as exc:  # keep serving; the traceback goes to the server log
+        log.error("generation failed:\n%s", traceback.format_exc())
+        yield render_generate(view, threshold, f"internal error: {type(exc).__name__}: {exc} (details in the server log)", "error")
+    finally:
+        ctx.cancels.finish(session, cancel)
+        if not ok and view is not None:
+            free_memory()
+
+
+def spectrum_view_handler(state: dict | None, run: str, step: Any) -> Any:
+    """The spectrum plot for another step/run of the finished job (no model work; one output: the plot)."""
+    spectra = (state or {}).get("spectra") or {}
+    steps = spectra.get(run) or {}
+    if not steps:
+        return plots.spectrum_figure(None)
+    target = whole_number(step, "step", True) or min(steps)
+    chosen = min(steps, key=lambda s: (abs(int(s) - target), int(s)))
+    return plots.spectrum_figure(steps[chosen], int(chosen))
+
+
+def random_seed() -> int:
+    return random.randrange(2**32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout and wiring
+# ----------------------------------------------------------------------------------------------
+def generate_panel(ctx: AppContext) -> dict[str, Any]:
+    """The Generate view's components inside the current ``gr.Blocks``, by name: the form's fields
+    (:data:`GENERATE_FIELDS`, starting at :class:`GenerateForm`'s defaults), :data:`GENERATE_OUTPUTS` and the
+    buttons. Uses only API shared by gradio 3.41, 4.40 and 6 (see ``compat``)."""
+    c: dict[str, Any] = {}
+    form = GenerateForm()
+    pipe = ctx.models.pipe
+    default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor if pipe is not None else None
+    with compat.make(gr.Row, equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            c["prompt"] = compat.make(gr.Textbox, label="Prompt", lines=2, elem_id="ss-prompt",
+                                      placeholder="a prompt; try one the model memorized")
+            c["negative"] = compat.make(gr.Textbox, label="Negative prompt", lines=1, elem_id="ss-negative")
+            with gr.Row():
+                c["seed"] = compat.make(gr.Number, label="Seed (-1 = random)", value=form.seed, precision=0,
+                                        elem_id="ss-seed")
+                c["random_seed"] = compat.make(gr.Button, value="🎲", elem_id="ss-random-seed", scale=0, min_width=48)
+            with gr.Row():
+                c["steps"] = compat.make(gr.Slider, minimum=1, maximum=150, step=1, value=form.steps, label="Steps",
+                                         elem_id="ss-steps")
+                c["guidance"] = compat.make(gr.Slider, minimum=0, maximum=20, step=0.5, value=form.guidance,
+                                            label="Guidance (CFG)", elem_id="ss-guidance")
+            with gr.Row():
+                c["width"] = compat.make(gr.Number, label="Width (0 = model default)", value=default_size or form.width,
+                                         precision=0, elem_id="ss-width")
+                c["height"] = compat.make(gr.Number, label="Height", value=default_size or form.height, precision=0,
+                                          elem_id="ss-height")
+            with gr.Row():
+                c["scheduler"] = compat.make(gr.Dropdown, choices=[(SCHEDULER_LABELS.get(k, k), k) for k in SCHEDULERS]
+                                             if compat.GRADIO_MAJOR >= 4 else list(SCHEDULERS), value=form.scheduler,
+                                             label="Scheduler", elem_id="ss-scheduler")
+                c["sharpness_at"] = compat.make(gr.Dropdown, choices=list(SHARPNESS_CHOICES), value=form.sharpness_at,
+                                                label="Sharpness at", elem_id="ss-sharpness-at")
+            c["sail_on"] = compat.make(gr.Checkbox, label="SAIL (mitigate memorization)", value=form.sail_on,
+                                       elem_id="ss-sail")
+            c["compare"] = compat.make(gr.Checkbox, label="Compare with original", value=form.compare, elem_id="ss-compare")
+            with compat.make(gr.Accordion, label="SAIL advanced", open=False, elem_id="ss-sail-advanced"):
+                c["sail_objective"] = compat.make(gr.Radio, choices=["paper", "reference"], value=form.sail_objective,
+                                                  label="Objective", elem_id="ss-sail-objective")
+                with gr.Row():
+                    c["sail_threshold"] = compat.make(gr.Textbox, value=form.sail_threshold,
+                                                      label="Threshold (auto = calibrated median)",
+                                                      elem_id="ss-sail-threshold")
+                    c["sail_trigger"] = compat.make(gr.Textbox, value=form.sail_trigger,
+                                                    label="Trigger: keep starts at or below (auto = calibrated q0.9, none)",
+                                                    elem_id="ss-sail-trigger")
+                with gr.Row():
+                    c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=form.sail_max_steps,
+                                                      label="Max steps", elem_id="ss-sail-max-steps")
+                    c["sail_candidates"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=form.sail_candidates,
+                                                       label="Candidates", elem_id="ss-sail-candidates")
+                    c["sail_lr"] = compat.make(gr.Number, value=form.sail_lr, label="Learning rate", elem_id="ss-sail-lr")
+                    c["sail_rounds"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=form.sail_rounds,
+                                                   label="Rounds (fresh noise when a round fails)", elem_id="ss-sail-rounds")
+            with compat.make(gr.Accordion, label="Spectrum", open=False, elem_id="ss-spectrum-settings"):
+                c["spectrum_steps"] = compat.make(gr.Textbox, value=form.spectrum_steps,
+                                                  label="Steps (comma-separated, empty = none)", elem_id="ss-spectrum-steps")
+                with gr.Row():
+                    c["spectrum_method"] = compat.make(gr.Dropdown, choices=list(SPECTRUM_METHODS), value=form.spectrum_method,
+                                                       label="Method", elem_id="ss-spectrum-method")
+                    c["spectrum_k"] = compat.make(gr.Slider, minimum=2, maximum=32, step=1, value=form.spectrum_k,
+                                                  label="Eigenvalues k", elem_id="ss-spectrum-k")
+            with gr.Row():
+                c["generate"] = compat.make(gr.Button, value="Generate", variant="primary", elem_id="ss-generate")
+                c["cancel"] = compat.make(gr.Button, value="Cancel", variant="stop", elem_id="ss-cancel")
+            # the Cancel acknowledgement has its own output: an event never waits on the running job's outputs
+            c["cancel_note"] = compat.make(gr.HTML, value="", elem_id="ss-cancel-note")
+        with gr.Column(scale=3, min_width=420):
+            c["status"] = compat.make(gr.HTML, value=status_html("ready"), elem_id="ss-status")
+            c["risk"] = compat.make(gr.HTML, value=risk_html(None, None, ""), elem_id="ss-risk")
+            with gr.Row():
+                c["image_original"] = compat.make(gr.Image, label="Original", type="filepath", interactive=False,
+                                                  elem_id="ss-image-original", height=320)
+                c["image_sail"] = compat.make(gr.Image, label="SAIL (mitigated)", type="filepath", interactive=False,
+                                              elem_id="ss-image-sail", height=320)
+            if compat.HAS_IMAGE_SLIDER:
+                c["image_slider"] = compat.make(gr.ImageSlider, label="Original ↔ SAIL", type="filepath",
+                                                interactive=False, visible=False, elem_id="ss-image-slider")
+            else:
+                c["image_slider"] = compat.make(gr.HTML, value="", visible=False, elem_id="ss-image-slider")
+            c["metrics_plot"] = compat.make(gr.Plot, label="Per-step metrics (live)", elem_id="ss-metrics-plot",
+                                            value=plots.metrics_figure({}, None))
+            with gr.Row():
+                c["spectrum_run"] = compat.make(gr.Radio, choices=["original", "sail"], value="original",
+                                                label="Spectrum of run", elem_id="ss-spectrum-run")
+                c["spectrum_step"] = compat.make(gr.Slider, minimum=1, maximum=2, step=1, value=1, label="Spectrum step",
+                                                 interactive=False, elem_id="ss-spectrum-step")
+            c["spectrum_plot"] = compat.make(gr.Plot, label="Eigen-spectrum", elem_id="ss-spectrum-plot",
+                                             value=plots.spectrum_figure(None))
+            c["sail_plot"] = compat.make(gr.Plot, label="SAIL loss", elem_id="ss-sail-plot", value=plots.sail_loss_figure(None))
+            c["report_file"] = compat.make(gr.File, label="JSON report", interactive=False, elem_id="ss-report")
+    c["state"] = gr.State({})
+    missing = [name for name in GENERATE_FIELDS + GENERATE_OUTPUTS if name not in c]
+    assert not missing, f"generate_panel lacks components for {missing}"
+    return c
+
+
+def wire_generate(ctx: AppContext, c: dict[str, Any]) -> None:
+    """Connect the Generate view's events (model work through the one-slot ``model`` queue)."""
+
+    def generate(values: dict[str, Any], request: Any) -> Iterator[dict[str, Any]]:
+        yield from generate_handler(ctx, GenerateForm(**values), request)
+
+    bind(c["generate"].click, generate, c, GENERATE_FIELDS, GENERATE_OUTPUTS,
+         **compat.event_kwargs(model_job=True, progress_on=c["status"], api_name="generate"))
+    wire_cancel(ctx, c["cancel"], c["cancel_note"], api_name="cancel")
+    c["generate"].click(lambda: "", None, [c["cancel_note"]], **compat.event_kwargs(queue=False))
+    c["random_seed"].click(random_seed, None, [c["seed"]], **compat.event_kwargs(queue=False))
+    for trigger in (c["spectrum_step"], c["spectrum_run"]):
+        trigger.change(spectrum_view_handler, [c["state"], c["spectrum_run"], c["spectrum_step"]], [c["spectrum_plot"]],
+                       **compat.event_kwargs(queue=False))
+
+
+def generate_view(ctx: AppContext) -> dict[str, Any]:
+    """The Generate tab's content, wired; returns its components by name."""
+    c = generate_panel(ctx)
+    wire_generate(ctx, c)
+    return c
