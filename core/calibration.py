@@ -342,7 +342,7 @@ def measure(
             sh = p.sharpness
         else:
             b = z.shape[0]
-            gs = model.guided(first.t, cond[:1].expand(b, *cond.shape[1:]), uncond[:1].expand(b, *uncond.shape[1:]),
+            gs = model.guided(first.t, cond[:1].broadcast(b), uncond[:1].broadcast(b),
                               abar=first.abar)
             sh = sharpness(gs, first.scale * z, method="fd").value
         vals["paper"]["sharpness"] += p.sharpness.tolist(); vals["paper"]["prior"] += p.prior.tolist()

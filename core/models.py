@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from sailscope.core.errors import ModelLoadError, UsageError, UserInputError
+from sailscope.core.families import FAMILIES, family_of
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = PACKAGE_ROOT / "assets" / "models" / "demo"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline",)
+SUPPORTED_PIPELINES = tuple(FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ModelInfo:
     device: str
     dtype: str
     prediction_type: str
+    family: str = "sd"  # core/families.py: sd (SD 1.x/2.x) | sdxl
 
     @property
     def key(self) -> str:
@@ -122,7 +124,8 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def _check_diffusers_folder(path: Path) -> None:
+def _check_diffusers_folder(path: Path) -> str:
+    """The folder's pipeline class name (``model_index.json``), when SAIL Scope supports it."""
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{path} is not a diffusers model folder (no model_index.json)")
@@ -130,15 +133,23 @@ def _check_diffusers_folder(path: Path) -> None:
         cls = json.loads(index.read_text()).get("_class_name", "")
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{index} is not valid JSON: {exc}") from None
-    if cls and cls not in SUPPORTED_PIPELINES:
-        raise ModelLoadError(f"{path} holds a {cls}; SAIL Scope supports {', '.join(SUPPORTED_PIPELINES)} (SD 1.x/2.x) for now")
+    if cls not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(f"{path} holds a {cls or 'pipeline without a class name'}; SAIL Scope supports "
+                             f"{', '.join(SUPPORTED_PIPELINES)} (SD 1.x/2.x, SDXL-family)")
+    return cls
+
+
+def _pipeline_class(name: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, name)
 
 
 def _finish(pipe: Any, info_kwargs: dict, device: torch.device, dtype: torch.dtype) -> Any:
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.sailscope_info = ModelInfo(
-        device=str(device), dtype=str(dtype).replace("torch.", ""),
+        device=str(device), dtype=str(dtype).replace("torch.", ""), family=family_of(pipe).name,
         prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"), **info_kwargs,
     )
     return pipe
@@ -152,13 +163,11 @@ def load_pipeline(
     config: str | os.PathLike | None = None,
     allow_pickle: bool = False,
 ) -> Any:
-    """Load a Stable Diffusion 1.x/2.x pipeline; attach :class:`ModelInfo` as ``pipe.sailscope_info``.
+    """Load a Stable Diffusion 1.x/2.x or SDXL-family pipeline; attach :class:`ModelInfo` as ``pipe.sailscope_info``.
 
     ``model``: ``"demo"``; a diffusers folder; a ``.safetensors`` file (``config`` = a local diffusers
     folder of the same architecture, needed offline); or a hub id such as ``"org/name"``.
     """
-    from diffusers import StableDiffusionPipeline
-
     dev = check_device(device, dtype)
     dt = _parse_dtype(dtype, dev)
     spec = str(model).strip()
@@ -175,14 +184,11 @@ def load_pipeline(
 
     # 2. local folder
     if source == "demo" or path.is_dir():
-        _check_diffusers_folder(path)
+        cls = _pipeline_class(_check_diffusers_folder(path))
+        demo_kwargs = {"safety_checker": None, "requires_safety_checker": False} if source == "demo" else {}
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(path), torch_dtype=dt, local_files_only=True, use_safetensors=None if allow_pickle else True,
-                safety_checker=None, requires_safety_checker=False,
-            ) if source == "demo" else StableDiffusionPipeline.from_pretrained(
-                str(path), torch_dtype=dt, local_files_only=True, use_safetensors=None if allow_pickle else True,
-            )
+            pipe = cls.from_pretrained(str(path), torch_dtype=dt, local_files_only=True,
+                                       use_safetensors=None if allow_pickle else True, **demo_kwargs)
         except Exception as exc:  # diffusers raises many types for corrupt/missing files
             raise ModelLoadError(f"could not load the diffusers folder {path}: {str(exc).splitlines()[0]}") from exc
         return _finish(pipe, {"name": "demo" if source == "demo" else path.name, "source": source or "folder", "path": str(path)}, dev, dt)
@@ -202,8 +208,9 @@ def load_pipeline(
             )
         if not Path(config).is_dir():
             raise ModelLoadError(f"config folder not found: {config}")
+        cls = _pipeline_class(_check_diffusers_folder(Path(config)))
         try:
-            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), torch_dtype=dt, local_files_only=True)
+            pipe = cls.from_single_file(str(path), config=str(config), torch_dtype=dt, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"could not load {path.name}: {str(exc).splitlines()[0]}") from exc
         return _finish(pipe, {"name": path.stem, "source": "single_file", "path": str(path)}, dev, dt)
@@ -211,8 +218,10 @@ def load_pipeline(
     # 4. hub id
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model not found: {spec!r} is not 'demo', an existing folder or file, or a hub id 'org/name'")
+    from diffusers import DiffusionPipeline  # the hub's model_index names the class
+
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(spec, torch_dtype=dt, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dt, local_files_only=True)
     except Exception:
         if not hub_reachable():
             raise ModelLoadError(
@@ -220,9 +229,11 @@ def load_pipeline(
                 "pass a local diffusers folder or a .safetensors file"
             ) from None
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(spec, torch_dtype=dt)
+            pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dt)
         except Exception as exc:
             raise ModelLoadError(f"could not download {spec!r}: {str(exc).splitlines()[0]}") from exc
+    if type(pipe).__name__ not in SUPPORTED_PIPELINES:
+        raise ModelLoadError(f"{spec!r} is a {type(pipe).__name__}; SAIL Scope supports {', '.join(SUPPORTED_PIPELINES)}")
     return _finish(pipe, {"name": spec, "source": "hub", "path": spec}, dev, dt)
 
 

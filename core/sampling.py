@@ -27,7 +27,8 @@ from torch import Tensor
 
 from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError, cancel_requested
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness, wen_metric
-from sailscope.core.score import DiffusersScoreModel, GuidedScore
+from sailscope.core.families import family_of
+from sailscope.core.score import Conditioning, DiffusersScoreModel, GuidedScore, cfg_unet_inputs, unet_inputs
 
 from sailscope.core.choices import SCHEDULERS  # noqa: E402  (names only; torch-free for the CLI)
 MAX_STEPS = 1000
@@ -141,6 +142,9 @@ class StepContext:
     guided: GuidedScore
     eps_c: Tensor
     eps_u: Tensor
+    timesteps: Tensor | None = None  # the run's whole schedule
+    # the guided score of the same embeddings at another timestep (detectors that look at a second noise level)
+    guided_at: Callable[[Any], GuidedScore] | None = None
 
 
 StepProbe = Callable[[StepContext], "dict | None"]
@@ -199,8 +203,8 @@ def initial_noise(
 
     c = pipe.unet.config.in_channels
     f = pipe.vae_scale_factor
-    height = height or settings.height or pipe.unet.config.sample_size * f
-    width = width or settings.width or pipe.unet.config.sample_size * f
+    native_height, native_width = output_size(pipe, settings)
+    height, width = height or native_height, width or native_width
     shape = (settings.num_images, c, height // f, width // f)
     gens = generators or seed_generators(settings.seed, settings.num_images)
     gen = gens[0] if len(gens) == 1 else gens
@@ -216,30 +220,23 @@ def noise_level(scheduler: Any, score_model: DiffusersScoreModel, index: int, t:
     return score_model.abar(t)
 
 
-def encode(pipe: Any, settings: GenerationSettings, device: torch.device) -> tuple[Tensor, Tensor, list[str]]:
-    """(cond, uncond) prompt embeddings, one row per image; warns when the prompt is truncated."""
-    warnings = []
-    tok = pipe.tokenizer
-    n_tokens = len(tok(settings.prompt, truncation=False).input_ids)
-    if n_tokens > tok.model_max_length:
-        warnings.append(
-            f"prompt is {n_tokens} tokens; the text encoder reads only the first {tok.model_max_length} (truncated)"
-        )
-    cond, uncond = pipe.encode_prompt(
-        settings.prompt, device, settings.num_images, True, settings.negative_prompt or None
-    )
-    return cond, uncond, warnings
+def encode(pipe: Any, settings: GenerationSettings, device: torch.device) -> tuple[Conditioning, Conditioning, list[str]]:
+    """(cond, uncond) conditioning, one row per image, as the model family's stock pipeline builds it; warns when
+    the prompt is truncated."""
+    height, width = output_size(pipe, settings)
+    return family_of(pipe).encode(pipe, settings.prompt, settings.negative_prompt, settings.num_images, device,
+                                  (height, width))
 
 
 def decode(pipe: Any, latents: Tensor) -> tuple[list, np.ndarray]:
-    """VAE decode + safety checker + postprocess, exactly as the stock pipeline does."""
-    with torch.no_grad():
-        image = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
-        image, nsfw = pipe.run_safety_checker(image, latents.device, latents.dtype)
-    denorm = [True] * image.shape[0] if nsfw is None else [not x for x in nsfw]
-    array = pipe.image_processor.postprocess(image, output_type="np", do_denormalize=denorm)
-    pil = pipe.image_processor.numpy_to_pil(array)
-    return pil, array
+    """Latents -> images exactly as the family's stock pipeline does (VAE, safety checker/watermark, postprocess)."""
+    return family_of(pipe).decode(pipe, latents)
+
+
+def output_size(pipe: Any, settings: GenerationSettings) -> tuple[int, int]:
+    """(height, width) in pixels: the settings', else the model's native size."""
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return settings.height or native, settings.width or native
 
 
 def step_kwargs(scheduler: Any, generator: Any, eta: float = 0.0) -> dict:
@@ -280,8 +277,7 @@ def generate(
     unet_cfg = pipe.unet.config
     n_down = len(unet_cfg.block_out_channels) - 1
     warnings = check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
-    height = settings.height or unet_cfg.sample_size * pipe.vae_scale_factor
-    width = settings.width or unet_cfg.sample_size * pipe.vae_scale_factor
+    height, width = output_size(pipe, settings)
     device = pipe._execution_device
     score_model = DiffusersScoreModel.from_pipeline(pipe)
     do_cfg = settings.guidance > 1.0 and unet_cfg.time_cond_proj_dim is None
@@ -308,7 +304,7 @@ def generate(
     x_T = x_T.detach().to("cpu", torch.float32)
     latents = (x_T.to(device, dtype) * scheduler.init_noise_sigma)
     extra_step_kwargs = step_kwargs(scheduler, gens[0] if len(gens) == 1 else gens)
-    prompt_embeds = torch.cat([uncond, cond]) if do_cfg else cond
+    cond_inputs = cfg_unet_inputs(uncond, cond) if do_cfg else unet_inputs(cond)
 
     # 5. Denoising loop with metrics
     records: list[StepRecord] = []
@@ -319,14 +315,14 @@ def generate(
         with torch.no_grad():
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
-            out = pipe.unet(model_in, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            out = pipe.unet(model_in, t, return_dict=False, **cond_inputs)[0]
             if do_cfg:
                 out_u, out_c = out.chunk(2)
                 noise_pred = out_u + settings.guidance * (out_c - out_u)
             else:
                 out_c, noise_pred = out, out
                 x_vp = scheduler.scale_model_input(latents, t)
-                out_u = pipe.unet(x_vp, t, encoder_hidden_states=uncond, return_dict=False)[0]
+                out_u = pipe.unet(x_vp, t, return_dict=False, **unet_inputs(uncond))[0]
             x_vp = model_in[: settings.num_images] if do_cfg else scheduler.scale_model_input(latents, t)
             abar = noise_level(scheduler, score_model, i, t)
             eps_c = score_model.eps_from_output(out_c, x_vp, abar)
@@ -346,7 +342,8 @@ def generate(
             record.sharpness = sh.value.tolist()
             record.sharpness_eps = sh.eps_space.tolist()
         for probe in probes:
-            extra = probe(StepContext(step, float(t), sigma, abar, x32, gs, eps_c, eps_u))
+            extra = probe(StepContext(step, float(t), sigma, abar, x32, gs, eps_c, eps_u, timesteps=timesteps,
+                                      guided_at=lambda tt: score_model.guided(tt, cond, uncond)))
             if extra:
                 record.extras.update(extra)
         with torch.no_grad():

@@ -18,9 +18,8 @@ ComfyUI parameterizations (eps, v, x0; t vs k-diffusion sigma) are converted to 
 from __future__ import annotations
 
 import math
-
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch import Tensor
@@ -139,6 +138,57 @@ class GuidedScore:
 # ----------------------------------------------------------------------------------------------
 # Diffusers edge
 # ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conditioning:
+    """One side of classifier-free guidance (the prompt, or the unconditional/negative prompt), one row per image:
+    the text encoder's hidden states and the model family's added conditioning (SDXL: the pooled text embedding
+    ``text_embeds`` and the size/crop ``time_ids``; SD 1.x/2.x: none). ``core/families.py`` builds it."""
+
+    hidden: Tensor
+    added: Mapping[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
+
+    def __getitem__(self, rows: slice) -> "Conditioning":
+        """Rows of every tensor (``cond[i:i + 1]``)."""
+        return Conditioning(self.hidden[rows], {k: v[rows] for k, v in self.added.items()})
+
+    def broadcast(self, n: int) -> "Conditioning":
+        """A one-row conditioning repeated for ``n`` rows (a view, no copy)."""
+        if self.batch != 1:
+            raise ValueError(f"broadcast needs one row, got {self.batch}")
+        return Conditioning(self.hidden.expand(n, *self.hidden.shape[1:]),
+                            {k: v.expand(n, *v.shape[1:]) for k, v in self.added.items()})
+
+
+def as_conditioning(c: Tensor | Conditioning) -> Conditioning:
+    """Text hidden states alone (SD 1.x/2.x) or a full :class:`Conditioning`."""
+    return c if isinstance(c, Conditioning) else Conditioning(c)
+
+
+def cfg_unet_inputs(uncond: Tensor | Conditioning, cond: Tensor | Conditioning, dtype: torch.dtype | None = None) -> dict:
+    """The UNet's keyword inputs for a ``cat([x_u, x_c])`` batch, in diffusers' order (uncond first):
+    ``encoder_hidden_states`` and, for families that have it, ``added_cond_kwargs``."""
+    u, c = as_conditioning(uncond), as_conditioning(cond)
+    hidden = torch.cat([u.hidden, c.hidden])
+    added = {k: torch.cat([u.added[k], c.added[k]]) for k in c.added}
+    return {"encoder_hidden_states": hidden if dtype is None else hidden.to(dtype),
+            "added_cond_kwargs": added or None}
+
+
+def unet_inputs(side: Tensor | Conditioning, dtype: torch.dtype | None = None) -> dict:
+    """The UNet's keyword inputs for one side alone (no CFG batch)."""
+    c = as_conditioning(side)
+    return {"encoder_hidden_states": c.hidden if dtype is None else c.hidden.to(dtype),
+            "added_cond_kwargs": dict(c.added) or None}
+
+
 class DiffusersScoreModel:
     """Adapts a diffusers ``UNet2DConditionModel`` + scheduler config to :class:`GuidedScore`.
 
@@ -184,24 +234,21 @@ class DiffusersScoreModel:
         self,
         x: Tensor,
         t: Tensor | float | int,
-        cond: Tensor,
-        uncond: Tensor,
-        added_cond_kwargs: dict | None = None,
+        cond: Tensor | Conditioning,
+        uncond: Tensor | Conditioning,
         abar: float | None = None,
         timestep_cond: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(eps_c, eps_u)`` of one batched UNet call at VP latent ``x`` (B, C, H, W)."""
         b = x.shape[0]
-        if cond.shape[0] != b or uncond.shape[0] != b:
-            raise ValueError(f"embeddings batch ({cond.shape[0]}, {uncond.shape[0]}) != latent batch {b}")
+        cond, uncond = as_conditioning(cond), as_conditioning(uncond)
+        if cond.batch != b or uncond.batch != b:
+            raise ValueError(f"embeddings batch ({cond.batch}, {uncond.batch}) != latent batch {b}")
         dtype = self.dtype
         x2 = torch.cat([x, x])
-        emb = torch.cat([uncond, cond]).to(dtype)
         t_in = t if torch.is_tensor(t) else torch.tensor(t, device=x.device)
-        out = self.unet(
-            x2.to(dtype), t_in, encoder_hidden_states=emb, timestep_cond=timestep_cond,
-            added_cond_kwargs=added_cond_kwargs, return_dict=False,
-        )[0]
+        out = self.unet(x2.to(dtype), t_in, timestep_cond=timestep_cond, return_dict=False,
+                        **cfg_unet_inputs(uncond, cond, dtype))[0]
         eps = self.eps_from_output(out, x2, self.abar(t) if abar is None else abar)
         eps_u, eps_c = eps.chunk(2)
         return eps_c, eps_u
@@ -209,9 +256,8 @@ class DiffusersScoreModel:
     def guided(
         self,
         t: Tensor | float | int,
-        cond: Tensor,
-        uncond: Tensor,
-        added_cond_kwargs: dict | None = None,
+        cond: Tensor | Conditioning,
+        uncond: Tensor | Conditioning,
         abar: float | None = None,
         timestep_cond: Tensor | None = None,
     ) -> GuidedScore:
@@ -223,6 +269,6 @@ class DiffusersScoreModel:
         abar = self.abar(t) if abar is None else float(abar)
 
         def eps_pair(x: Tensor) -> tuple[Tensor, Tensor]:
-            return self.eps_pair_raw(x, t, cond, uncond, added_cond_kwargs, abar, timestep_cond)
+            return self.eps_pair_raw(x, t, cond, uncond, abar, timestep_cond)
 
         return GuidedScore(eps_pair=eps_pair, sigma=(1.0 - abar) ** 0.5, t=float(torch.as_tensor(t).reshape(-1)[0]))

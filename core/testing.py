@@ -95,3 +95,35 @@ def tiny_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: 
     pipe = StableDiffusionPipeline(**tiny_components(seed, prediction_type, sample_size), requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 8,
+                       force_zeros_for_empty_prompt: bool = True):
+    """A stock ``StableDiffusionXLPipeline`` with random weights and SDXL's real structure: two text encoders (the
+    second with a projection: the pooled ``text_embeds``), a ``text_time`` UNet with added time ids, SDXL's schedule."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    base = tiny_components(seed, prediction_type, sample_size)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8,
+    )
+    config = dict(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
+                  layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=514,
+                  max_position_embeddings=77, hidden_act="gelu", projection_dim=32)
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    pipe = StableDiffusionXLPipeline(
+        vae=base["vae"], text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
+        tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(), unet=unet.eval(), scheduler=base["scheduler"],
+        force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -19,7 +19,7 @@ from sailscope.core.mitigation.objectives import EpsPair
 from sailscope.core.mitigation.optimizer import SailResult, SailStep, final_result, iter_optimize
 from sailscope.core.mitigation.settings import SailSettings
 from sailscope.core.sampling import check_settings, encode, initial_noise, make_scheduler, noise_level
-from sailscope.core.score import DiffusersScoreModel
+from sailscope.core.score import Conditioning, DiffusersScoreModel, as_conditioning
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,16 @@ def first_step(pipe: Any, settings: Any) -> FirstStep:
     return FirstStep(t=t0, abar=float(abar), sigma=(1.0 - float(abar)) ** 0.5, scale=scale)
 
 
-def diffusers_eps_pair(pipe: Any, first: FirstStep, cond: Tensor, uncond: Tensor) -> EpsPair:
+def diffusers_eps_pair(pipe: Any, first: FirstStep, cond: Tensor | Conditioning, uncond: Tensor | Conditioning) -> EpsPair:
     """``x -> (eps_c, eps_u)`` at step 1 for any batch size (embeddings broadcast), fp32 out."""
     model = DiffusersScoreModel.from_pipeline(pipe)
     device = model.device
-    c1, u1 = cond[:1], uncond[:1]
+    c1, u1 = as_conditioning(cond)[:1], as_conditioning(uncond)[:1]
     t = first.t.to(device) if torch.is_tensor(first.t) else first.t
 
     def eps_pair(x: Tensor) -> tuple[Tensor, Tensor]:
         b = x.shape[0]
-        return model.eps_pair_raw(x.to(device), t, c1.expand(b, *c1.shape[1:]), u1.expand(b, *u1.shape[1:]),
+        return model.eps_pair_raw(x.to(device), t, c1.broadcast(b), u1.broadcast(b),
                                   abar=first.abar)
 
     return eps_pair

@@ -18,17 +18,15 @@ from typing import Callable, Literal, Union
 import torch
 from torch import Tensor
 
+from sailscope.core.choices import HVP_CHOICES, WHICH_CHOICES  # noqa: F401  (re-exports)
 from sailscope.core.errors import UserInputError
 from sailscope.core.metrics import DEFAULT_FD_STEP, at_least_fp32, fd_step_size, math_attention
-from sailscope.core.score import GuidedScore
+from sailscope.core.score import Conditioning, GuidedScore, as_conditioning
 
 Which = Literal["cond", "uncond", "delta"]
 HvpMethod = Literal["exact", "fd"]
 ScoreSource = Union[GuidedScore, Callable[[int], GuidedScore]]
 MatMat = Callable[[Tensor], Tensor]
-
-from sailscope.core.choices import WHICH_CHOICES  # noqa: E402
-from sailscope.core.choices import HVP_CHOICES  # noqa: E402
 
 
 @dataclass
@@ -137,18 +135,19 @@ def _factory(source: ScoreSource) -> Callable[[int], GuidedScore]:
     raise UserInputError(f"gs must be a GuidedScore or a function n -> GuidedScore, got {type(source).__name__}")
 
 
-def diffusers_score_factory(model, t, cond: Tensor, uncond: Tensor, **guided_kwargs) -> Callable[[int], GuidedScore]:
+def diffusers_score_factory(model, t, cond: Tensor | Conditioning, uncond: Tensor | Conditioning, **guided_kwargs) -> Callable[[int], GuidedScore]:
     """``n -> model.guided(t, cond×n, uncond×n, **guided_kwargs)`` for a
     :class:`~sailscope.core.score.DiffusersScoreModel` and one prompt's embeddings ``(1, L, D)``: the batch an
-    operator needs for ``n`` stacked vectors (``guided_kwargs``: ``abar``, ``added_cond_kwargs``, ...)."""
-    if cond.shape[0] != 1 or uncond.shape[0] != 1:
-        raise UserInputError(f"cond/uncond must hold one prompt (batch 1), got {cond.shape[0]} and {uncond.shape[0]}")
+    operator needs for ``n`` stacked vectors (``guided_kwargs``: ``abar``, ...)."""
+    cond, uncond = as_conditioning(cond), as_conditioning(uncond)
+    if cond.batch != 1 or uncond.batch != 1:
+        raise UserInputError(f"cond/uncond must hold one prompt (batch 1), got {cond.batch} and {uncond.batch}")
     cache: dict[int, GuidedScore] = {}
 
     def make(n: int) -> GuidedScore:
         if n not in cache:
             cache.clear()
-            cache[n] = model.guided(t, cond.expand(n, *cond.shape[1:]), uncond.expand(n, *uncond.shape[1:]), **guided_kwargs)
+            cache[n] = model.guided(t, cond.broadcast(n), uncond.broadcast(n), **guided_kwargs)
         return cache[n]
 
     return make
