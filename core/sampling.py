@@ -111,6 +111,13 @@ def check_settings(settings: GenerationSettings, vae_scale_factor: int = 8, late
     return warnings
 
 
+def check_settings_for(pipe: Any, settings: GenerationSettings) -> list[str]:
+    """:func:`check_settings` for this pipeline: sizes must be multiples of the VAE factor times ``2^levels`` of the
+    UNet's down-sampling (a latent the UNet cannot halve that often is rejected with a message)."""
+    levels = len(pipe.unet.config.block_out_channels) - 1
+    return check_settings(settings, pipe.vae_scale_factor, 2**levels if levels > 0 else 1)
+
+
 @dataclass
 class StepRecord:
     """One sampling step. ``step`` is 1-based (step 1 = ``t = timesteps[0]``); lists are per image."""
@@ -275,8 +282,7 @@ def generate(
     start = time.perf_counter()
     # 1. Check inputs
     unet_cfg = pipe.unet.config
-    n_down = len(unet_cfg.block_out_channels) - 1
-    warnings = check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
+    warnings = check_settings_for(pipe, settings)
     height, width = output_size(pipe, settings)
     device = pipe._execution_device
     score_model = DiffusersScoreModel.from_pipeline(pipe)

@@ -390,8 +390,9 @@ def test_pngs_from_the_cli_and_the_app_paste_their_sail_settings_into_a1111(host
     import glob
 
     from sailscope.cli import main
-    from sailscope.ui import app as ui_app
-    from sailscope.ui.jobs import AppConfig
+    from sailscope.ui.forms import GenerateForm
+    from sailscope.ui.jobs import AppConfig, AppContext
+    from sailscope.ui.views.generate import generate_handler
 
     h = host
     model = tmp_path / "tiny"
@@ -406,16 +407,15 @@ def test_pngs_from_the_cli_and_the_app_paste_their_sail_settings_into_a1111(host
                                                candidates=1, lr=0.2)
 
     monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
-    ctx = ui_app.AppContext(AppConfig(outputs=str(tmp_path / "app"), live_interval=0.0))
+    ctx = AppContext(AppConfig(outputs=str(tmp_path / "app"), live_interval=0.0))
     ctx.models.pipe = h.pipe
     args = dict(prompt="a red square", negative="", seed=0, steps=2, guidance=7.5, width=0, height=0, scheduler="ddim",
                 sharpness_at="every step", sail_on=True, sail_objective="paper", sail_threshold="1e12",
                 sail_max_steps=4, sail_candidates=2, compare=True, spectrum_steps="", spectrum_method="arnoldi",
                 spectrum_k=3, sail_trigger="none", sail_lr=0.25, sail_rounds=1)
-    final = None
-    for final in ui_app.generate_handler(ctx, *[args[k] for k in ui_app.GEN_INPUTS], request=SimpleNamespace(session_hash="s")):
+    outputs = None
+    for outputs in generate_handler(ctx, GenerateForm(**args), request=SimpleNamespace(session_hash="s")):
         pass
-    outputs = {name: final[i] for i, name in enumerate(ui_app.GEN_OUTPUTS)}
     assert pasted_settings(h, outputs["image_sail"]) == dict(sail=True, objective="paper", threshold=1e12, max_steps=4,
                                                             candidates=2, lr=0.25)
     assert pasted_settings(h, outputs["image_original"])["sail"] is False  # the comparison run had SAIL off

@@ -18,7 +18,7 @@ from sailscope.core.mitigation.candidates import CandidateDraws
 from sailscope.core.mitigation.objectives import EpsPair
 from sailscope.core.mitigation.optimizer import SailResult, SailStep, final_result, iter_optimize
 from sailscope.core.mitigation.settings import SailSettings
-from sailscope.core.sampling import check_settings, encode, initial_noise, make_scheduler, noise_level
+from sailscope.core.sampling import check_settings_for, encode, initial_noise, make_scheduler, noise_level
 from sailscope.core.score import Conditioning, DiffusersScoreModel, as_conditioning
 
 
@@ -76,9 +76,7 @@ def iter_sail(
     # 1. Check inputs
     if not isinstance(sail, SailSettings):
         raise UserInputError(f"sail must be SailSettings, got {type(sail).__name__}")
-    unet_cfg = pipe.unet.config
-    n_down = len(unet_cfg.block_out_channels) - 1
-    check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
+    check_settings_for(pipe, settings)
     alpha, alpha_source = resolve_alpha(pipe, sail)
     delta = sail.delta_for(pipe.unet.dtype)
     # 2. Threshold (before any model work: a missing calibration fails fast)

@@ -19,7 +19,7 @@ import gradio as gr
 from sailscope.core.choices import SCHEDULER_LABELS
 from sailscope.core.errors import Cancelled, NonFiniteError, SailScopeError, UserInputError
 from sailscope.core.io.files import write_json_atomic
-from sailscope.core.sampling import SCHEDULERS, check_settings
+from sailscope.core.sampling import SCHEDULERS, check_settings_for
 from sailscope.ui import compat, plots
 from sailscope.ui.forms import GENERATE_FIELDS, SHARPNESS_CHOICES, GenerateForm, whole_number
 from sailscope.ui.jobs import (
@@ -92,8 +92,7 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         settings = form.settings()
         sail = form.sail_settings()
         spectrum = form.spectrum(settings.steps)
-        n_down = len(pipe.unet.config.block_out_channels) - 1
-        warnings = check_settings(settings, pipe.vae_scale_factor, 2**n_down if n_down > 0 else 1)
+        warnings = check_settings_for(pipe, settings)
         threshold = detection_threshold(pipe)
         view = JobView(settings=settings, sail=sail, compare=bool(form.compare), warnings=list(warnings))
         yield render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else ""))
