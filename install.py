@@ -35,6 +35,7 @@ RUNTIME = [
     ("plotly", "plotly>=5.18"),
     ("scipy", "scipy>=1.10"),
     ("accelerate", "accelerate>=0.30"),
+    ("peft", "peft>=0.11"),
 ]
 APP = [("gradio", "gradio>=4.40")]
 DEV = [("pytest", "pytest>=8"), ("playwright", "playwright>=1.44")]

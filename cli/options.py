@@ -19,6 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", type=str.lower, choices=DTYPE_CHOICES,
                    help="weights' dtype; auto = fp16 on CUDA, else fp32 (metrics always run in fp32)")
     g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt checkpoints (they can run code)")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a LoRA (.safetensors, diffusers or A1111/kohya format) at SCALE (default 1); repeatable")
 
 
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
@@ -35,9 +37,10 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
-    from sailscope.core.models import load_pipeline
+    from sailscope.core.models import LoraSpec, load_pipeline
 
-    return load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config, allow_pickle=args.allow_pickle)
+    return load_pipeline(args.model, device=args.device, dtype=args.dtype, config=args.config,
+                         allow_pickle=args.allow_pickle, loras=[LoraSpec.parse(x) for x in getattr(args, "lora", [])])
 
 
 def parse_size(text: str | None) -> tuple[int | None, int | None]:

@@ -90,7 +90,8 @@ def model_folder(pipe: Any) -> Path | None:
 
 
 def model_fingerprint(pipe: Any) -> str:
-    """Short hash of the UNet config, prediction type and a few weight values (changes when weights do).
+    """Short hash of the UNet config, prediction type, a few weight values and the LoRAs applied (their file hashes
+    and scales): it changes when the model does.
 
     The config's private entries (``_name_or_path``, ``_diffusers_version``, ...) are left out: a model folder
     moved or cloned elsewhere, or loaded by another diffusers release, is still the same model.
@@ -99,11 +100,13 @@ def model_fingerprint(pipe: Any) -> str:
     config = {k: v for k, v in dict(pipe.unet.config).items() if not str(k).startswith("_")}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(str(pipe.scheduler.config.get("prediction_type", "epsilon")).encode())
-    params = list(pipe.unet.parameters())
+    params = [p for name, p in pipe.unet.named_parameters() if "lora_" not in name]  # the base model's weights
     with torch.no_grad():
         for p in params[:4] + params[-2:]:
             flat = p.detach().reshape(-1).float().cpu()
             h.update(np.asarray([float(flat.sum()), *flat[:16].tolist()], dtype=np.float32).round(5).tobytes())
+    for lora in getattr(getattr(pipe, "sailscope_info", None), "loras", ()):  # a LoRA changes the model
+        h.update(f"{lora['sha256']}:{float(lora['scale']):.6g}".encode())
     return h.hexdigest()[:16]
 
 

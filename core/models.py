@@ -7,12 +7,15 @@ passes ``allow_pickle=True``. Offline, a hub id fails fast with a clear message 
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -36,11 +39,71 @@ class ModelInfo:
     dtype: str
     prediction_type: str
     family: str = "sd"  # core/families.py: sd (SD 1.x/2.x) | sdxl
+    loras: tuple[dict, ...] = ()  # {"name", "scale", "sha256"} per LoRA applied, in order
 
     @property
     def key(self) -> str:
         """Stable identity used to store per-model calibration."""
         return f"{self.source}:{self.path}"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA to apply at load time: a ``.safetensors`` file (diffusers/PEFT or A1111/kohya format) and its scale."""
+
+    path: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """``PATH`` or ``PATH:SCALE`` (a trailing ``:number`` is the scale; other colons belong to the path)."""
+        path, sep, tail = str(text).rpartition(":")
+        if sep:
+            try:
+                return cls(path, float(tail))
+            except ValueError:
+                pass
+        return cls(str(text), 1.0)
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def apply_loras(pipe: Any, loras: Sequence[LoraSpec], *, allow_pickle: bool = False) -> tuple[dict, ...]:
+    """Load each LoRA as a named adapter and activate them all at their scales (diffusers' ``load_lora_weights``,
+    which also reads A1111/kohya files); returns what :class:`ModelInfo` records of them."""
+    records, names = [], []
+    for i, lora in enumerate(loras):
+        path = Path(os.path.expanduser(lora.path))
+        if not path.is_file():
+            raise ModelLoadError(f"LoRA file not found: {lora.path}")
+        if path.suffix.lower() != ".safetensors" and not allow_pickle:
+            raise ModelLoadError(f"LoRA {path.name} is a pickle file, which can run code when loaded; use .safetensors "
+                                 "or pass --allow-pickle if you trust it")
+        if not isinstance(lora.scale, (int, float)) or not math.isfinite(lora.scale):
+            raise UserInputError(f"LoRA scale must be a finite number, got {lora.scale!r}")
+        name = f"lora{i}_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+        try:
+            pipe.load_lora_weights(str(path), adapter_name=name)
+        except Exception as exc:  # wrong architecture, corrupt file, no peft: diffusers raises many types
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "peft" in first.lower() and ("required" in first.lower() or "install" in first.lower()):
+                raise ModelLoadError("LoRAs need the peft library: pip install peft") from exc
+            raise ModelLoadError(f"could not apply the LoRA {path.name} to this model: {first}") from exc
+        names.append(name)
+        records.append({"name": path.stem, "scale": float(lora.scale), "sha256": file_sha256(path)})
+    if names:
+        pipe.set_adapters(names, adapter_weights=[float(lora.scale) for lora in loras])
+    return tuple(records)
 
 
 def default_device() -> torch.device:
@@ -145,12 +208,14 @@ def _pipeline_class(name: str) -> Any:
     return getattr(diffusers, name)
 
 
-def _finish(pipe: Any, info_kwargs: dict, device: torch.device, dtype: torch.dtype) -> Any:
+def _finish(pipe: Any, info_kwargs: dict, device: torch.device, dtype: torch.dtype, loras: Sequence[LoraSpec] = (),
+            allow_pickle: bool = False) -> Any:
+    lora_records = apply_loras(pipe, loras, allow_pickle=allow_pickle)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     pipe.sailscope_info = ModelInfo(
         device=str(device), dtype=str(dtype).replace("torch.", ""), family=family_of(pipe).name,
-        prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"), **info_kwargs,
+        prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"), loras=lora_records, **info_kwargs,
     )
     return pipe
 
@@ -162,8 +227,10 @@ def load_pipeline(
     dtype: str | torch.dtype | None = None,
     config: str | os.PathLike | None = None,
     allow_pickle: bool = False,
+    loras: Sequence[LoraSpec] = (),
 ) -> Any:
-    """Load a Stable Diffusion 1.x/2.x or SDXL-family pipeline; attach :class:`ModelInfo` as ``pipe.sailscope_info``.
+    """Load a Stable Diffusion 1.x/2.x or SDXL-family pipeline (plus ``loras``, applied in order); attach
+    :class:`ModelInfo` as ``pipe.sailscope_info``.
 
     ``model``: ``"demo"``; a diffusers folder; a ``.safetensors`` file (``config`` = a local diffusers
     folder of the same architecture, needed offline); or a hub id such as ``"org/name"``.
@@ -191,7 +258,7 @@ def load_pipeline(
                                        use_safetensors=None if allow_pickle else True, **demo_kwargs)
         except Exception as exc:  # diffusers raises many types for corrupt/missing files
             raise ModelLoadError(f"could not load the diffusers folder {path}: {str(exc).splitlines()[0]}") from exc
-        return _finish(pipe, {"name": "demo" if source == "demo" else path.name, "source": source or "folder", "path": str(path)}, dev, dt)
+        return _finish(pipe, {"name": "demo" if source == "demo" else path.name, "source": source or "folder", "path": str(path)}, dev, dt, loras, allow_pickle)
 
     # 3. single file
     if path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES or path.is_file():
@@ -213,7 +280,7 @@ def load_pipeline(
             pipe = cls.from_single_file(str(path), config=str(config), torch_dtype=dt, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"could not load {path.name}: {str(exc).splitlines()[0]}") from exc
-        return _finish(pipe, {"name": path.stem, "source": "single_file", "path": str(path)}, dev, dt)
+        return _finish(pipe, {"name": path.stem, "source": "single_file", "path": str(path)}, dev, dt, loras, allow_pickle)
 
     # 4. hub id
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
@@ -234,7 +301,7 @@ def load_pipeline(
             raise ModelLoadError(f"could not download {spec!r}: {str(exc).splitlines()[0]}") from exc
     if type(pipe).__name__ not in SUPPORTED_PIPELINES:
         raise ModelLoadError(f"{spec!r} is a {type(pipe).__name__}; SAIL Scope supports {', '.join(SUPPORTED_PIPELINES)}")
-    return _finish(pipe, {"name": spec, "source": "hub", "path": spec}, dev, dt)
+    return _finish(pipe, {"name": spec, "source": "hub", "path": spec}, dev, dt, loras, allow_pickle)
 
 
 def list_local_models(folders: list[str | os.PathLike]) -> list[str]:
