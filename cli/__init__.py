@@ -19,6 +19,7 @@ from sailscope.cli.options import check_model_arguments
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("sailscope.cli.generate", "sample an image with per-step sharpness records (and SAIL)"),
     "detect": ("sailscope.cli.detect", "score prompts for memorization (streamed, resumable JSON lines)"),
+    "audit": ("sailscope.cli.audit", "score a prompt list on one or many processes (accelerate), ROC report"),
     "spectrum": ("sailscope.cli.spectrum", "eigenvalues of the score Jacobian at a sampling step"),
     "calibrate": ("sailscope.cli.calibrate", "calibrate the SAIL/detection threshold of a model"),
     "serve": ("sailscope.cli.serve", "start the web app"),
@@ -33,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DEV_COMMANDS = ("train-demo", "eval-demo", "demo-oracle", "spectra-study")
 # User commands: their parser is built without importing torch/diffusers/gradio (``sailscope CMD --help`` and argument
 # errors answer at once).
-LIGHT_COMMANDS = ("generate", "detect", "spectrum", "calibrate", "serve")
+LIGHT_COMMANDS = ("generate", "detect", "audit", "spectrum", "calibrate", "serve")
 
 # a missing optional/required library -> the one line that says what to install
 MISSING_HINTS = {

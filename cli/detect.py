@@ -22,7 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompts", help="a .txt file (one prompt per line) or .jsonl (field caption or prompt)")
     p.add_argument("--seeds", type=int, default=4, help="number of seeds (0..N-1); the paper uses 4")
     p.add_argument("--first-steps", type=int, default=1, help="average the metric over the first K steps")
-    p.add_argument("--metric", choices=["sharpness", "wen"], default="sharpness")
+    p.add_argument("--metric", choices=["sharpness", "wen", "anisotropy"], default="sharpness")
+    p.add_argument("--detectors", default="none",
+                   help="extra detector columns from the same pass: a comma list of wen, sharpness, anisotropy, "
+                        "all or none")
     p.add_argument("--hvp", choices=["exact", "fd"], default="fd")
     p.add_argument("--steps", type=int, default=50, help="schedule length (timesteps as for a full run)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     n_high = n_scored = 0
     for score in score_prompts(
         pipe, prompts, skip=done, seeds=args.seeds, first_steps=args.first_steps, metric=args.metric,
-        hvp=args.hvp, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+        hvp=args.hvp, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, detectors=args.detectors,
     ):
         row = score.to_dict()
         if threshold is not None:
@@ -69,10 +72,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def detection_threshold_for(pipe, args: argparse.Namespace) -> float | None:
+def detection_threshold_for(pipe, args: argparse.Namespace, say=None) -> float | None:
     """The model's calibrated step-1 sharpness threshold when the scores are comparable to it (metric sharpness,
-    first step only), announced on stderr; None (also announced) otherwise."""
-    say = (lambda msg: None) if (args.json and not args.out) else (lambda msg: print(f"sailscope: {msg}", file=sys.stderr))
+    first step only), announced with ``say`` (default: on stderr unless JSON goes to stdout); None (also
+    announced) otherwise."""
+    if say is None:
+        quiet = getattr(args, "json", False) and not args.out
+        say = (lambda msg: None) if quiet else (lambda msg: print(f"sailscope: {msg}", file=sys.stderr))
     if args.metric != "sharpness" or args.first_steps != 1:
         say("no verdict: the detection threshold is for step-1 sharpness (--metric sharpness --first-steps 1)")
         return None

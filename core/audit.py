@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from sailscope.core.errors import UserInputError
+from sailscope.core.io.files import append_jsonl, json_safe, jsonl_line, read_jsonl, write_text_atomic
 
 Scorer = Callable[[str], Any]  # prompt -> DetectionScore | Mapping
 Progress = Callable[[int, int, float, float], None]  # (done, total, prompts/s, eta seconds)
@@ -51,98 +51,27 @@ _SHARD_RE = re.compile(r"^scores\.(\d+)\.jsonl$")
 
 
 def _base_fields() -> tuple[str, ...]:
+    """The fields every record has (:class:`~sailscope.core.detect.DetectionScore`'s, without its detector
+    ``columns``, which ``to_dict`` puts next to them)."""
     from sailscope.core.detect import DetectionScore  # lazy: keeps `import audit` light for the CLI
 
-    return tuple(f.name for f in dataclasses.fields(DetectionScore))
+    return tuple(f.name for f in dataclasses.fields(DetectionScore) if f.name != "columns")
 
 
 # ----------------------------------------------------------------------------------------------
-# Small file helpers (to be merged into the io package)
+# Files: the project's one atomic writer and JSONL reader/appender (core/io/files.py)
 # ----------------------------------------------------------------------------------------------
-def _write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> None, arrays/tensors -> lists (the same rule as ``sailscope detect``'s output)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _json_safe(obj.tolist())
-    return obj
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(_json_safe(obj), allow_nan=False, ensure_ascii=False)
-
-
 def read_records(path: str | os.PathLike) -> list[dict]:
-    """The records of a JSONL file. Only newline-terminated lines count: a torn last line (a process killed
-    mid-write) is ignored; a complete line that is not a JSON object is skipped with a warning."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    lines = p.read_bytes().split(b"\n")[:-1]  # the part after the last newline is torn (or empty)
+    """The records of a JSONL file (:func:`~sailscope.core.io.files.read_jsonl`): only newline-terminated lines
+    count, so a torn last line (a process killed mid-write) is ignored; a complete line that is not a record (a
+    JSON object with a ``prompt``) is skipped with a warning."""
     out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            row = None
-        if not isinstance(row, dict) or "prompt" not in row:
-            warnings.warn(f"{p.name} line {i + 1} is not a record; skipped", stacklevel=2)
+    for row in read_jsonl(path, warn=True):
+        if "prompt" not in row:
+            warnings.warn(f"{Path(path).name}: a line without a prompt; skipped", stacklevel=2)
             continue
         out.append(row)
     return out
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate ``path`` after its last newline, so the next appended record starts on a line of its own."""
-    with open(path, "rb+") as f:
-        end = f.seek(0, os.SEEK_END)
-        pos = end
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            k = chunk.rfind(b"\n")
-            if k >= 0:
-                keep = start + k + 1
-                break
-            pos = start
-        else:
-            keep = 0
-        if keep != end:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +88,9 @@ class ProcessState:
     rank: int = 0
     world_size: int = 1
     barrier: Callable[[], None] = field(default=_no_barrier, compare=False, repr=False)
+    # the device a launcher gave this process (``cuda:<local rank>`` on a multi-GPU launch, ``cpu`` on a CPU one);
+    # None for a single process (the caller picks)
+    device: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -185,7 +117,7 @@ def process_state() -> ProcessState:
         raise UserInputError(f"launched as {launched} processes, but accelerate sees {state.num_processes} "
                              f"({state.distributed_type}); check the launch configuration")
     return ProcessState(rank=int(state.process_index), world_size=int(state.num_processes),
-                        barrier=state.wait_for_everyone)
+                        barrier=state.wait_for_everyone, device=str(state.device) if launched > 1 else None)
 
 
 def _launched_world_size() -> int:
@@ -208,7 +140,7 @@ def prompt_owner(prompt: str, world_size: int) -> int:
 
 def settings_key(settings: Mapping[str, Any] | None) -> str:
     """A short stable key of the scoring settings (model, metric, seeds, steps, ...): canonical JSON, SHA-256."""
-    text = json.dumps(_json_safe(dict(settings or {})), sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(json_safe(dict(settings or {})), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -284,21 +216,15 @@ def score_shard(
     if not todo:
         return ShardResult(rank, world_size, total, skipped, 0)
     path = shard_path(out_dir, rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _cut_torn_tail(path)
     start = time.perf_counter()
     scored = 0
-    with open(path, "ab") as f:
-        for prompt in todo:
-            row = _as_record(scorer(prompt), prompt, required)
-            f.write((_dumps(row) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-            scored += 1
-            if progress is not None:
-                rate = scored / max(time.perf_counter() - start, 1e-9)
-                progress(skipped + scored, total, rate, (len(todo) - scored) / rate)
+    for prompt in todo:
+        row = _as_record(scorer(prompt), prompt, required)
+        append_jsonl(path, row)  # fsync'ed; a torn tail left by a killed run is cut off first
+        scored += 1
+        if progress is not None:
+            rate = scored / max(time.perf_counter() - start, 1e-9)
+            progress(skipped + scored, total, rate, (len(todo) - scored) / rate)
     return ShardResult(rank, world_size, total, skipped, scored)
 
 
@@ -317,7 +243,7 @@ def merge_records(out_dir: str | os.PathLike, prompts: Sequence[str]) -> MergeRe
             rows.append(done[p])
         else:
             missing.append(p)
-    _write_atomic(Path(out_dir) / MERGED, "".join(_dumps(r) + "\n" for r in rows))
+    write_text_atomic(Path(out_dir) / MERGED, "".join(jsonl_line(r) for r in rows))
     return MergeResult(written=len(rows), missing=missing)
 
 
@@ -363,8 +289,8 @@ def run_audit(
     write_settings = _check_settings(out, settings) if settings is not None else False  # every process, pre-write
     state.barrier()
     if state.is_main and write_settings:
-        _write_atomic(out / SETTINGS, json.dumps(
-            _json_safe({"key": settings_key(settings), "settings": dict(settings)}), indent=2, default=str) + "\n")
+        write_text_atomic(out / SETTINGS, json.dumps(
+            json_safe({"key": settings_key(settings), "settings": dict(settings)}), indent=2, default=str) + "\n")
     shard = score_shard(prompts, scorer, out, rank=state.rank, world_size=state.world_size,
                         progress=progress if state.is_main else None)
     state.barrier()
@@ -637,6 +563,6 @@ def write_report(out_dir: str | os.PathLike, report: Mapping[str, Any]) -> tuple
     """Write ``DIR/report.json`` and ``DIR/report.html``, each atomically."""
     out = Path(out_dir)
     page = report_html(report)  # render first: a rendering error leaves both files as they were
-    j = _write_atomic(out / REPORT_JSON, json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
-    h = _write_atomic(out / REPORT_HTML, page)
+    j = write_text_atomic(out / REPORT_JSON, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    h = write_text_atomic(out / REPORT_HTML, page)
     return j, h

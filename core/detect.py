@@ -1,21 +1,33 @@
-"""Batch memorization detection: step-1 sharpness or Wen's metric per prompt, plus ROC statistics.
+"""Batch memorization detection: per-prompt scores of one or several detectors, plus ROC statistics.
 
 Score of a prompt = mean over ``n`` seeds (and over the first ``k`` steps) of the per-step metric,
 as in the paper's Table 1 (sharpness: step 1, n = 4; Wen: 1 or 50 steps).
+
+Several detectors in one pass (``detectors=``): the record gets one column per detector, all from the same
+first-step evaluations: ``wen`` (free: the CFG step's own pair), ``sharpness`` (one more guided evaluation with
+``hvp="fd"``, one JVP with ``"exact"``) and ``anisotropy`` with its two terms ``anisotropy_norm`` (= Wen's metric
+at step 1, free) and ``anisotropy_alignment`` (one guided evaluation of the same latent at a low-noise timestep;
+docs/math.md §6).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from sailscope.core.errors import UserInputError
-from sailscope.core.sampling import GenerationResult, GenerationSettings, generate
+from sailscope.core.metrics import ANISOTROPY_AUTHOR_WEIGHTS, AlignmentOver, anisotropy, low_noise_timestep
+from sailscope.core.sampling import GenerationResult, GenerationSettings, StepContext, generate
 
-Metric = Literal["sharpness", "wen"]
+Metric = Literal["sharpness", "wen", "anisotropy"]
+METRICS = ("sharpness", "wen", "anisotropy")
+# detectors that can share one pass, in column order
+DETECTORS = ("wen", "sharpness", "anisotropy")
+# the anisotropy detector's (norm, angle) weights by default: the authors' SD 1.x choice (docs/math.md §6)
+DEFAULT_ANISOTROPY_WEIGHTS: tuple[float, float] = ANISOTROPY_AUTHOR_WEIGHTS["sd1"]
 
 
 def risk_level(sharpness: float | None, threshold: float | None) -> str:
@@ -39,9 +51,48 @@ class DetectionScore:
     first_steps: int
     hvp: str
     seconds: float
+    # extra detector columns (``detectors=``), e.g. {"wen": ..., "sharpness": ..., "anisotropy": ...}; each a mean
+    # over the seeds. ``to_dict`` puts them next to the fields above; without ``detectors`` there are none.
+    columns: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.update(d.pop("columns"))
+        return d
+
+
+RECORD_FIELDS = ("prompt", "metric", "score", "per_seed", "seeds", "first_steps", "hvp", "seconds")
+
+
+def parse_detectors(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"all"``, ``"none"``, ``"wen,sharpness"`` or a list -> detector names in :data:`DETECTORS` order."""
+    if value is None:
+        return ()
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if names in (["none"], []):
+        return ()
+    if names == ["all"]:
+        return DETECTORS
+    bad = [n for n in names if n not in DETECTORS]
+    if bad:
+        raise UserInputError(f"unknown detector(s) {', '.join(bad)}; choose from {', '.join(DETECTORS)}, all or none")
+    return tuple(d for d in DETECTORS if d in names)
+
+
+def _anisotropy_probe(weights: tuple[float, float], over: AlignmentOver, from_end: int):
+    """A step-1 probe: the anisotropy detector on the step's own latent and CFG pair (norm term free), plus one
+    guided evaluation of the same latent at the low-noise timestep."""
+
+    def probe(ctx: StepContext) -> dict | None:
+        if ctx.step != 1:
+            return None
+        t_lo = low_noise_timestep(ctx.timesteps, from_end)
+        res = anisotropy(ctx.guided, ctx.guided_at(t_lo), ctx.x, eps_high=(ctx.eps_c, ctx.eps_u), over=over,
+                         norm_weight=weights[0], alignment_weight=weights[1])
+        return {"anisotropy": {"t_low": t_lo, "norm": res.guidance_norm.tolist(),
+                               "alignment": res.alignment.tolist(), "score": res.score.tolist()}}
+
+    return probe
 
 
 def score_prompt(
@@ -56,34 +107,60 @@ def score_prompt(
     guidance: float = 7.5,
     scheduler: str = "ddim",
     negative_prompt: str = "",
+    detectors: str | Sequence[str] | None = None,
+    anisotropy_weights: tuple[float, float] = DEFAULT_ANISOTROPY_WEIGHTS,
+    anisotropy_over: AlignmentOver = "sample",
+    low_noise_from_end: int = 3,
 ) -> DetectionScore:
-    """Score one prompt; seeds ``0..n-1`` (or the given list) run as one batch where they are consecutive."""
-    if metric not in ("sharpness", "wen"):
-        raise UserInputError(f"metric must be sharpness or wen, got {metric!r}")
+    """Score one prompt; seeds ``0..n-1`` (or the given list) run as one batch where they are consecutive.
+
+    ``metric`` gives ``score``/``per_seed``; ``detectors`` (names from :data:`DETECTORS`, ``"all"``) adds a column
+    per detector from the same pass (the metric's column equals ``score``). ``wen`` and ``sharpness`` average the
+    first ``first_steps`` steps; ``anisotropy`` is a step-1 detector whatever ``first_steps`` is:
+    ``w_n * anisotropy_norm + w_a * anisotropy_alignment`` with ``anisotropy_weights = (w_n, w_a)``.
+    """
+    if metric not in METRICS:
+        raise UserInputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    wanted = parse_detectors(detectors)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise UserInputError("seeds must be >= 1")
     if not 1 <= first_steps <= steps:
         raise UserInputError(f"first_steps must be in 1..{steps}, got {first_steps}")
+    need = set(wanted) | {metric}
     start = time.perf_counter()
     consecutive = seed_list == list(range(seed_list[0], seed_list[0] + len(seed_list)))
     groups = [(seed_list[0], len(seed_list))] if consecutive else [(s, 1) for s in seed_list]
-    per_seed: list[float] = []
+    probes = ([_anisotropy_probe(tuple(anisotropy_weights), anisotropy_over, low_noise_from_end)]
+              if "anisotropy" in need else [])
+    per: dict[str, list[float]] = {k: [] for k in ("wen", "sharpness", "anisotropy", "anisotropy_norm",
+                                                   "anisotropy_alignment")}
     for seed, n in groups:
         settings = GenerationSettings(
             prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
             scheduler=scheduler, num_images=n, hvp=hvp,
-            sharpness_at=tuple(range(1, first_steps + 1)) if metric == "sharpness" else "none",
+            sharpness_at=tuple(range(1, first_steps + 1)) if "sharpness" in need else "none",
         )
         result = None
-        for item in generate(pipe, settings, stop_after=first_steps):
+        for item in generate(pipe, settings, stop_after=first_steps, probes=probes):
             if isinstance(item, GenerationResult):
                 result = item
-        values = np.array([r.sharpness if metric == "sharpness" else r.wen for r in result.records], dtype=float)
-        per_seed.extend(values.mean(axis=0).tolist())  # (steps, n) -> per seed
+        per["wen"].extend(np.array([r.wen for r in result.records], dtype=float).mean(axis=0).tolist())
+        if "sharpness" in need:  # (steps, n) -> per seed
+            per["sharpness"].extend(np.array([r.sharpness for r in result.records], dtype=float).mean(axis=0).tolist())
+        if "anisotropy" in need:
+            a = result.records[0].extras["anisotropy"]
+            per["anisotropy"].extend(a["score"])
+            per["anisotropy_norm"].extend(a["norm"])
+            per["anisotropy_alignment"].extend(a["alignment"])
+    columns: dict[str, float] = {}
+    for name in wanted:
+        keys = (name, "anisotropy_norm", "anisotropy_alignment") if name == "anisotropy" else (name,)
+        columns.update({k: float(np.mean(per[k])) for k in keys})
     return DetectionScore(
-        prompt=prompt, metric=metric, score=float(np.mean(per_seed)), per_seed=per_seed, seeds=seed_list,
-        first_steps=first_steps, hvp=hvp if metric == "sharpness" else "none", seconds=time.perf_counter() - start,
+        prompt=prompt, metric=metric, score=float(np.mean(per[metric])), per_seed=per[metric], seeds=seed_list,
+        first_steps=first_steps, hvp=hvp if "sharpness" in need else "none", seconds=time.perf_counter() - start,
+        columns=columns,
     )
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -77,25 +78,66 @@ def save_png_atomic(image: Any, path: str | os.PathLike, infotext: str | None = 
     return _atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=meta))
 
 
+def jsonl_line(obj: Any) -> str:
+    """One JSON line (with its newline) as every JSONL file here is written: NaN/inf -> null, UTF-8 kept as is."""
+    return json.dumps(json_safe(obj), allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def cut_torn_tail(f: Any) -> None:
+    """Truncate an open binary file after its last newline (a record torn by a kill), so the next appended record
+    starts on a line of its own; a file that ends with a newline (or is empty) is left as it is."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return
+    pos, keep = end, 0
+    while pos > 0:
+        start = max(0, pos - 65536)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        k = chunk.rfind(b"\n")
+        if k >= 0:
+            keep = start + k + 1
+            break
+        pos = start
+    f.truncate(keep)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one JSON line and fsync (a streamed audit survives interruption line by line)."""
+    """Append one JSON line and fsync (a streamed audit survives interruption line by line). A torn last line left
+    by a killed writer is cut off first, so it never swallows the new record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(json_safe(obj), allow_nan=False) + "\n")
+    data = jsonl_line(obj).encode("utf-8")
+    with open(path, "ab+") as f:  # append mode: every write goes to the end
+        cut_torn_tail(f)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (interrupted write) is ignored."""
-    out = []
+def read_jsonl(path: str | os.PathLike, *, warn: bool = False) -> list[dict]:
+    """The JSON objects of a JSONL file, in order. Only newline-terminated lines count: a torn last line (a writer
+    killed mid-write) is ignored; a complete line that is not a JSON object is skipped (with a warning if
+    ``warn``)."""
     p = Path(path)
     if not p.is_file():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+        return []
+    out = []
+    for i, line in enumerate(p.read_bytes().split(b"\n")[:-1]):  # after the last newline: torn (or empty)
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if not isinstance(row, dict):
+            if warn:
+                warnings.warn(f"{p.name} line {i + 1} is not a JSON object; skipped", stacklevel=2)
+            continue
+        out.append(row)
     return out
