@@ -114,3 +114,15 @@ def test_an_sdxl_folder_loads_as_sdxl_and_samples_like_the_pipeline_it_came_from
     assert loaded.sailscope_info.family == "sdxl" and type(loaded).__name__ == "StableDiffusionXLPipeline"
     s = GenerationSettings(prompt=PROMPT, seed=4, steps=3)
     assert np.abs(run_generation(loaded, s).array - run_generation(sdxl, s).array).max() <= 1e-6
+
+
+def test_checkpointing_changes_memory_not_results(sdxl):
+    """SAIL with the UNet's gradient checkpointing (the default) takes the same steps to the same noise as without,
+    and leaves the UNet as it found it."""
+    settings = GenerationSettings(prompt=PROMPT, seed=5, steps=10)
+    sail = SailSettings(objective="paper", threshold=0.0, trigger=None, max_steps=3, rounds=1, lr=0.2)
+    with_ckpt = run_sail(sdxl, settings, sail, checkpointing=True)
+    without = run_sail(sdxl, settings, sail, checkpointing=False)
+    assert torch.allclose(with_ckpt.x_T, without.x_T, rtol=0, atol=1e-5)
+    assert [s.loss[0] for s in with_ckpt.trace] == pytest.approx([s.loss[0] for s in without.trace], rel=1e-5)
+    assert not sdxl.unet.is_gradient_checkpointing

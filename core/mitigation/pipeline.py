@@ -5,6 +5,8 @@ thresholds, then hand over to :func:`~sailscope.core.mitigation.optimizer.iter_o
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
@@ -68,10 +70,13 @@ def iter_sail(
     sail: SailSettings,
     *,
     cancel: Callable[[], bool] | Any | None = None,
+    checkpointing: bool = True,
 ) -> Iterator[SailStep | SailResult]:
     """SAIL for a pipeline and :class:`~sailscope.core.sampling.GenerationSettings`: progress, then result.
 
-    Candidate 0 of image ``i`` is exactly the noise stock diffusers draws for seed ``seed + i``.
+    Candidate 0 of image ``i`` is exactly the noise stock diffusers draws for seed ``seed + i``. ``checkpointing``:
+    the UNet recomputes its blocks' activations in the backward pass instead of keeping them (see
+    :func:`gradient_checkpointing`; docs/performance.md has the measured memory and time).
     """
     # 1. Check inputs
     if not isinstance(sail, SailSettings):
@@ -93,12 +98,30 @@ def iter_sail(
     draws = CandidateDraws(stock, seeds, sail)
     z0, groups, row_seeds = draws.first()
     # 5. Optimize
-    yield from iter_optimize(
-        diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
-        alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
-        threshold_source=source, delta=delta, alpha_source=alpha_source, trigger=trigger,
-        trigger_source=trigger_source, redraw=draws.redraw, probe=draws.probe, cancel=cancel,
-    )
+    with gradient_checkpointing(pipe.unet, checkpointing):
+        yield from iter_optimize(
+            diffusers_eps_pair(pipe, first, cond, uncond), z0.to(device), sail, sigma=first.sigma, threshold=threshold,
+            alpha=alpha, scale=first.scale, candidate_image=groups, candidate_seeds=row_seeds,
+            threshold_source=source, delta=delta, alpha_source=alpha_source, trigger=trigger,
+            trigger_source=trigger_source, redraw=draws.redraw, probe=draws.probe, cancel=cancel,
+        )
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(unet: Any, enabled: bool = True) -> Iterator[None]:
+    """Diffusers' gradient checkpointing on ``unet`` while the block runs (restored after): the backward pass
+    recomputes each block's activations instead of keeping them, so SAIL's peak memory is about one block's
+    activations over the weights, for about one more forward pass of time. Models without support run as they are."""
+    if not enabled or not getattr(unet, "_supports_gradient_checkpointing", False):
+        yield
+        return
+    was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
+    unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if not was_on:
+            unet.disable_gradient_checkpointing()
 
 
 def run_sail(pipe: Any, settings: Any, sail: SailSettings, **kwargs: Any) -> SailResult:
