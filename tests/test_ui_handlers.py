@@ -52,7 +52,7 @@ def gen_args(**over) -> GenerateForm:
     args = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0, scheduler="ddim",
                 sharpness_at="every step", sail_on=False, sail_objective="paper", sail_threshold="auto",
                 sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="", spectrum_method="arnoldi",
-                spectrum_k=3, sail_trigger="auto", sail_lr=0.3, sail_rounds=2)
+                spectrum_k=3, sail_trigger="auto", sail_lr=0.3, sail_rounds=2, spectra_on=False)
     args.update(over)
     assert set(args) == set(GENERATE_FIELDS)
     return GenerateForm(**args)
@@ -76,7 +76,7 @@ def status_of(update) -> str:
 
 
 def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
-    updates = list(generate_handler(ctx, gen_args(spectrum_steps="1"), request=request("a")))
+    updates = list(generate_handler(ctx, gen_args(spectrum_steps="1", spectra_on=True), request=request("a")))
     # one update to start, one per step (live_interval 0), one for the result, one final
     assert len(updates) >= 3 + 2
     live = [u for u in updates[1:-1] if "metrics_plot" in u]  # an output left out of an update is unchanged
@@ -108,7 +108,7 @@ def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
     (dict(guidance=-1), "guidance must be a finite number >= 0"),
     (dict(scheduler="plms"), "unknown scheduler"),
     (dict(seed=1.5), "seed must be a whole number"),
-    (dict(spectrum_steps="9"), "outside 1..3"),
+    (dict(spectrum_steps="9", spectra_on=True), "outside 1..3"),
     (dict(prompt="x" * 5000), "the limit is 4000"),
 ])
 def test_bad_input_shows_a_readable_message_and_the_next_request_works(ctx, over, expected):

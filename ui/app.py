@@ -16,7 +16,7 @@ from sailscope.ui.views.audit import audit_view
 from sailscope.ui.views.compare import compare_view
 from sailscope.ui.views.generate import generate_view
 from sailscope.ui.views.model import model_view
-from sailscope.ui.widgets import header_markdown
+from sailscope.ui.widgets import header_markdown, wire_unload
 
 __all__ = ["AppConfig", "AppContext", "build_ui", "css", "launch"]
 
@@ -51,6 +51,7 @@ def build_ui(config: AppConfig | None = None, *, pipe: Any = None, context: AppC
                 audit_view(ctx)
             with compat.make(gr.Tab, label="Model", id="model", elem_id="ss-tab-model"):
                 model_view(ctx, header)
+    wire_unload(ctx, demo)  # a closed or reloaded tab cancels its session's job
     demo.sailscope_components = generate  # type: ignore[attr-defined]
     return compat.enable_queue(demo)
 

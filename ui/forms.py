@@ -95,6 +95,7 @@ class GenerateForm:
     sail_trigger: Any = "auto"  # a number, auto or none
     sail_lr: Any = _SAIL.lr
     sail_rounds: Any = _SAIL.rounds
+    spectra_on: bool = False  # eigen-spectra are opt-in: they take far longer than the image
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> GenerateForm:
@@ -136,7 +137,9 @@ class GenerateForm:
                             candidates=whole_number(self.sail_candidates, "SAIL candidates"), **extra)
 
     def spectrum(self, total_steps: int) -> SpectrumRequest | None:
-        """The spectra asked for (steps within ``1..total_steps``), None when no step is listed."""
+        """The spectra asked for (steps within ``1..total_steps``), None when they are off or no step is listed."""
+        if not self.spectra_on:
+            return None
         steps = parse_steps(self.spectrum_steps, total_steps)
         if not steps:
             return None

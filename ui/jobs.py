@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from sailscope.core.io import infotext
 from sailscope.core.mitigation import PairResult, SailResult, SailSettings, SailStep, generate_pair, infotext_fields
 from sailscope.core.models import list_local_models, load_pipeline
 from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate
-from sailscope.core.spectra import spectrum_at
+from sailscope.core.spectra import SolverProgress, spectrum_at
 
 log = logging.getLogger("sailscope.ui")
 
@@ -117,17 +117,34 @@ def free_memory() -> None:
 
 
 class CancelRegistry:
-    """One cancel flag per browser session: the Cancel button of a session stops only its own job."""
+    """One cancel flag per browser session: the Cancel button of a session stops only its own job.
+
+    It also knows what each registered job is doing (``what``, updated by :meth:`describe`), so a session
+    waiting in the queue can be told what it waits for (:meth:`running`)."""
 
     def __init__(self) -> None:
         self._events: dict[str, threading.Event] = {}
+        self._jobs: dict[str, tuple[str, float]] = {}  # session -> (what it is doing, start time)
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
+    def start(self, session: str, what: str = "a job") -> threading.Event:
         event = threading.Event()
         with self._lock:
             self._events[session] = event
+            self._jobs[session] = (what, time.perf_counter())
         return event
+
+    def describe(self, session: str, what: str) -> None:
+        """Update the running job's description (shown to sessions waiting behind it)."""
+        with self._lock:
+            if session in self._jobs:
+                self._jobs[session] = (what, self._jobs[session][1])
+
+    def running(self, exclude: str | None = None) -> list[tuple[str, float]]:
+        """``(what, seconds so far)`` of the jobs of other sessions than ``exclude``."""
+        now = time.perf_counter()
+        with self._lock:
+            return [(what, now - t0) for s, (what, t0) in self._jobs.items() if s != exclude]
 
     def cancel(self, session: str) -> bool:
         with self._lock:
@@ -141,6 +158,7 @@ class CancelRegistry:
         with self._lock:
             if self._events.get(session) is event:
                 del self._events[session]
+                self._jobs.pop(session, None)
 
 
 @dataclass
@@ -185,26 +203,70 @@ class SpectrumRequest:
     which: tuple[str, ...] = WHICH
 
 
-def compute_spectra(request: SpectrumRequest, guided: Any, x: Any) -> dict[str, dict]:
-    """``core.spectra.spectrum_at`` of ``H_cond``, ``H_uncond``, ``H_Δ`` at one latent (errors kept per ``which``)."""
+WHICH_LABELS = {"cond": "H_cond", "uncond": "H_uncond", "delta": "H_Δ"}
+
+
+@dataclass(frozen=True)
+class SpectraProgress:
+    """A job item while spectra are computed: spectrum ``index`` (0-based) of ``total`` (``run``, ``step``,
+    ``which``), with the solver's own :class:`~sailscope.core.spectra.SolverProgress` (None before its first
+    product) and the seconds each finished spectrum took."""
+
+    run: str
+    step: int
+    which: str
+    index: int
+    total: int
+    solver: SolverProgress | None
+    finished_seconds: tuple[float, ...]
+
+    def fraction(self) -> float:
+        """Share of the current spectrum done: its converged values over the wanted ones (a rough guide)."""
+        p = self.solver
+        if p is None:
+            return 0.0
+        if p.bound:
+            return min(1.0, p.products / p.bound)
+        return min(0.99, (p.converged or 0) / max(p.wanted, 1))
+
+    def eta(self) -> float | None:
+        """Seconds left: the mean time of the finished spectra times those left, minus the current one's time;
+        None before one has finished."""
+        if not self.finished_seconds:
+            return None
+        mean = sum(self.finished_seconds) / len(self.finished_seconds)
+        current = self.solver.seconds if self.solver is not None else 0.0
+        return max(0.0, mean * (self.total - self.index) - current)
+
+
+def compute_spectra(request: SpectrumRequest, guided: Any, x: Any, cancel: Any = None,
+                    progress: Callable[[str, SolverProgress], None] | None = None) -> dict[str, dict]:
+    """``core.spectra.spectrum_at`` of ``H_cond``, ``H_uncond``, ``H_Δ`` at one latent (errors kept per ``which``).
+
+    ``cancel`` is checked before every operator product (a cancel lands within one Krylov step);
+    ``progress(which, SolverProgress)`` after each."""
     hvp = "exact" if request.method in ("lanczos", "slq") else "fd"
     out: dict[str, dict] = {}
     for which in request.which:
+        report = (lambda p, w=which: progress(w, p)) if progress is not None else None
         try:
-            spec = spectrum_at(guided, x, which=which, k=request.k, method=request.method, hvp=hvp, chunk=1)
+            spec = spectrum_at(guided, x, which=which, k=request.k, method=request.method, hvp=hvp, chunk=1,
+                               cancel=cancel, progress=report)
             out[which] = spec.to_dict()
+        except Cancelled:
+            raise
         except (SailScopeError, RuntimeError, NotImplementedError, ValueError) as exc:
             out[which] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     return out
 
 
-def spectrum_probe(request: SpectrumRequest):
+def spectrum_probe(request: SpectrumRequest, cancel: Any = None):
     """A ``generate`` probe computing the spectra in the step (delays that step; used for one-step jobs)."""
 
     def probe(ctx: Any) -> dict | None:
         if ctx.step not in request.steps:
             return None
-        return {"spectra": compute_spectra(request, ctx.guided, ctx.x[:1])}
+        return {"spectra": compute_spectra(request, ctx.guided, ctx.x[:1], cancel)}
 
     return probe
 
@@ -232,13 +294,71 @@ class DeferredSpectra:
             step, x, guided = self.pending.pop()
             self.captured.append((record.run, step, x, guided))
 
-    def compute(self, cancel: threading.Event | None = None) -> Iterator[tuple[str, int, dict]]:
-        """Yield ``(run, step, {which: Spectrum.to_dict()})`` for every captured step."""
+    def compute(self, cancel: threading.Event | None = None) -> Iterator[Any]:
+        """Yield :class:`SpectraProgress` items while computing and ``("spectra", run, step, {which:
+        Spectrum.to_dict()})`` for every captured step. A cancel stops within one operator product."""
+        total = len(self.captured) * len(self.request.which)
+        finished: list[float] = []
+        index = 0
         while self.captured:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled while computing spectra")
             run, step, x, guided = self.captured.pop(0)
-            yield run, step, compute_spectra(self.request, guided, x)
+            updates: queue.SimpleQueue = queue.SimpleQueue()
+            out: dict[str, dict] = {}
+            for which in self.request.which:
+                yield SpectraProgress(run, step, which, index, total, None, tuple(finished))
+                started = time.perf_counter()
+                # progress arrives from inside the solver: forward it through a generator-friendly buffer
+                sub = SpectrumRequest(steps=self.request.steps, k=self.request.k, method=self.request.method,
+                                      which=(which,))
+                result: dict = {}
+
+                def solve() -> None:
+                    result.update(compute_spectra(sub, guided, x, cancel,
+                                                  lambda w, p: updates.put(p)))
+
+                yield from _stream_calls(solve, updates, lambda p: SpectraProgress(
+                    run, step, which, index, total, p, tuple(finished)))
+                out.update(result)
+                finished.append(time.perf_counter() - started)
+                index += 1
+            yield ("spectra", run, step, out)
+
+
+def _stream_calls(fn: Callable[[], None], updates: queue.SimpleQueue, wrap: Callable[[Any], Any]) -> Iterator[Any]:
+    """Run ``fn`` (which puts progress objects into ``updates``) in this thread, yielding wrapped progress as it
+    comes: ``fn`` runs in a helper thread so the generator can yield between its products. Exceptions of
+    ``fn`` are re-raised here."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # re-raised in the consumer
+            box["exc"] = exc
+        finally:
+            updates.put(_END)
+
+    worker = threading.Thread(target=run, name="sailscope-job-spectra", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = updates.get()
+            latest = item
+            try:  # only the newest progress matters: skip what piled up
+                while latest is not _END:
+                    nxt = updates.get_nowait()
+                    latest = nxt
+            except queue.Empty:
+                pass
+            if latest is _END:
+                break
+            yield wrap(latest)
+    finally:
+        worker.join()
+    if "exc" in box:
+        raise box["exc"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,8 +379,15 @@ def run_job(pipe: Any, settings: GenerationSettings, *, sail: SailSettings | Non
             deferred.tag(item)
         yield item
     if deferred is not None:
-        for run, step, spectra in deferred.compute(cancel):
-            yield ("spectra", run, step, spectra)
+        yield from deferred.compute(cancel)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min``, ``1 h 5 min``: rounded for a progress line."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 class _Failure:
@@ -338,6 +465,7 @@ class JobView:
     started: float = field(default_factory=time.perf_counter)
     first_point_seconds: float | None = None
     shown: dict = field(default_factory=dict)  # what the UI last drew (to skip unchanged plots)
+    spectra_progress: SpectraProgress | None = None
 
     @property
     def runs(self) -> list[str]:
@@ -368,6 +496,10 @@ class JobView:
         if isinstance(item, PairResult):
             self.pair = item
             return "pair"
+        if isinstance(item, SpectraProgress):
+            self.spectra_progress = item
+            self.phase = "spectra"
+            return "spectra_progress"
         if isinstance(item, tuple) and item and item[0] == "spectra":
             _, run, step, spectra = item
             self.spectra.setdefault(run, {})[step] = spectra
@@ -394,11 +526,28 @@ class JobView:
         elif self.phase in ("original", "sail"):
             n = len(self.records.get(self.phase, []))
             label = f"{'SAIL' if self.phase == 'sail' else 'original'} run: step {n} of {steps}"
-        elif self.phase == "spectra":
-            label = "computing spectra: " + ", ".join(f"{r} step {k}" for r in self.spectra for k in self.spectra[r]) + " done"
+        elif self.phase == "spectra" and self.spectra_progress is not None:
+            return self.spectra_status()
         else:
             label = self.phase
         return done, total, label
+
+    def spectra_status(self) -> tuple[int, int, str]:
+        """(per-mille done, 1000, label) of the spectra phase: which spectrum, the solver's products and converged
+        values, and the time left once one spectrum has finished (their mean duration times those left)."""
+        p = self.spectra_progress
+        if p is None:
+            return 0, 1000, "eigen-spectra: starting"
+        done = int(1000 * (p.index + p.fraction()) / max(p.total, 1))
+        label = (f"eigen-spectra {p.index + 1} of {p.total} ({'SAIL' if p.run == 'sail' else 'original'} run, "
+                 f"step {p.step}, {WHICH_LABELS.get(p.which, p.which)})")
+        if p.solver is not None:
+            label += f": {p.solver.products} matrix-vector products"
+            if p.solver.converged is not None:
+                label += f", {p.solver.converged} of {p.solver.wanted} eigenvalues converged"
+        eta = p.eta()
+        label += f" · about {_duration(eta)} left" if eta is not None else " · time left known after the first spectrum"
+        return done, 1000, label
 
     def step1(self, run: str) -> tuple[float | None, float | None]:
         """(step-1 sharpness, step-1 Wen) of image 0 of a run, as core recorded them."""

@@ -65,6 +65,38 @@ def cancel_handler(ctx: AppContext, request: Any = None) -> str:
     return status_html("nothing to cancel", "info")
 
 
+def busy_html(ctx: AppContext, request: Any = None) -> str:
+    """For a session whose job is about to queue: what the model is busy with (other sessions' jobs), or ``""``."""
+    jobs = ctx.cancels.running(exclude=session_of(request))
+    if not jobs:
+        return ""
+    what, seconds = jobs[0]
+    more = f" (and {len(jobs) - 1} more waiting)" if len(jobs) > 1 else ""
+    return status_html(f"Waiting for the model: another session is running {what}, {seconds:.0f} s so far{more}. "
+                       "One job runs at a time; yours starts when it finishes (your place in the queue is shown "
+                       "above).", "warn")
+
+
+def wire_busy_note(ctx: AppContext, button: Any, note: Any) -> None:
+    """On click, before queueing: tell the user what the one model slot is busy with (outside the queue)."""
+
+    def busy(request: gr.Request) -> str:
+        return busy_html(ctx, request)
+
+    button.click(busy, None, [note], **compat.event_kwargs(queue=False))
+
+
+def wire_unload(ctx: AppContext, demo: Any) -> None:
+    """A closed or reloaded tab cancels its session's job (gradio's ``unload`` event, gradio >= 4), so the next
+    user does not wait behind a job nobody can see or cancel."""
+
+    def unload(request: gr.Request) -> None:
+        ctx.cancels.cancel(session_of(request))
+
+    if hasattr(demo, "unload"):
+        demo.unload(unload)
+
+
 def wire_cancel(ctx: AppContext, button: Any, note: Any, **kwargs: Any) -> None:
     """Cancel outside the queue: its acknowledgement never waits behind the running job."""
 

@@ -36,8 +36,8 @@ from sailscope.core.spectra.operators import (  # noqa: F401  (re-exports)
     transposed,
 )
 from sailscope.core.spectra.solvers import (  # noqa: F401  (re-exports)
-    TARGET_CHOICES, PositiveCount, SpectralDensity, Spectrum, arnoldi, count_positive, dense_spectrum,
-    krylov_schur, lanczos, slq,
+    TARGET_CHOICES, PositiveCount, SolverProgress, SpectralDensity, Spectrum, arnoldi, count_positive,
+    dense_spectrum, krylov_schur, lanczos, slq,
 )
 
 Method = Literal["arnoldi", "lanczos", "dense", "slq"]
@@ -105,6 +105,8 @@ def spectrum_at(
     generator: torch.Generator | None = None,
     verify: bool = False,
     products: str = "forward",
+    cancel=None,
+    progress=None,
 ) -> Spectrum:
     """The spectrum of ``H_which`` at latent ``x`` (shape ``(1, *latent)``) for one sampling step.
 
@@ -112,6 +114,8 @@ def spectrum_at(
     (see :func:`diffusers_score_factory`). For ``slq`` the returned :class:`Spectrum` has no eigenvalues and
     carries ``density``; ``k`` is ignored there. For ``dense``, ``k`` limits the values returned (the matrix is
     built from reverse-mode rows when exact products allow it). ``products="reverse"``: Arnoldi on ``H^T``.
+    ``cancel`` (an Event or ``() -> bool``) is checked before every operator product and raises
+    :class:`~sailscope.core.errors.Cancelled`; ``progress`` receives a :class:`SolverProgress` after each product.
     """
     # 1. Check inputs
     if method not in METHOD_CHOICES:
@@ -123,15 +127,16 @@ def spectrum_at(
                            products=products)
     # 3. Solve
     if method == "dense":
-        return dense_spectrum(op, min(k, op.dim) if k else None, target=target, chunk=chunk, tol=tol)
+        return dense_spectrum(op, min(k, op.dim) if k else None, target=target, chunk=chunk, tol=tol, cancel=cancel)
     if method == "slq":
-        dens = slq(op, probes=probes, steps=steps, sigma=sigma, generator=generator)
+        dens = slq(op, probes=probes, steps=steps, sigma=sigma, generator=generator, cancel=cancel, progress=progress)
         empty = torch.zeros(0, dtype=torch.complex128)
         return Spectrum(eigenvalues=empty, residuals=torch.zeros(0, dtype=torch.float64),
                         converged=torch.zeros(0, dtype=torch.bool), method="slq", target=target, tol=0.0,
                         hvps=dens.hvps, seconds=dens.seconds, dim=op.dim, operator=op.description, density=dens)
     solver = arnoldi if method == "arnoldi" else lanczos
-    return solver(op, k, target=target, tol=tol, m=m, generator=generator, verify=verify)
+    return solver(op, k, target=target, tol=tol, m=m, generator=generator, verify=verify, cancel=cancel,
+                  progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------

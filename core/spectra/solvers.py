@@ -18,6 +18,10 @@ residual       ``‖A y - θ y‖ = |H[m, :] s|`` for unit ``s``; reported relat
 * :func:`slq` — stochastic Lanczos quadrature: a Gaussian-broadened spectral density (integrates to 1).
 * :func:`count_positive` — the workshop paper's positive-eigenvalue count, with its tolerance stated.
 
+Long solves can be watched and stopped: ``cancel`` (a ``threading.Event`` or ``() -> bool``) is checked before
+every operator product and raises :class:`~sailscope.core.errors.Cancelled`, so a cancel lands within one
+Krylov step; ``progress`` is called with a :class:`SolverProgress` after every product.
+
 Breakdown (``h[j+1, j] <= breakdown_tol · ‖A v_j‖``) means ``V[:j+1]`` spans an invariant subspace: the
 solver returns its eigenvalues (exact, up to rounding) and basis with ``breakdown=True``, not an error.
 """
@@ -26,12 +30,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
 
-from sailscope.core.errors import NonFiniteError, UserInputError
+from sailscope.core.errors import Cancelled, NonFiniteError, UserInputError, cancel_requested
 from sailscope.core.spectra.operators import LinearOp, dense_matrix
 
 Target = Literal["magnitude", "most_negative", "most_positive"]
@@ -98,6 +102,32 @@ class SpectralDensity:
     def count_positive(self, tol: float = 0.0) -> float:
         """Estimated number of eigenvalues ``> tol``: ``d ·`` (quadrature weight of nodes above ``tol``)."""
         return float(self.dim * (self.weights * (self.nodes > tol)).sum(-1).mean())
+
+
+@dataclass(frozen=True)
+class SolverProgress:
+    """Where a solve stands, passed to a ``progress`` callback after every operator product.
+
+    ``converged`` of ``wanted`` eigenvalues met the tolerance at the last check (``None`` where the solver does
+    not check until the end: dense, slq); ``bound`` is the product count the solve cannot exceed (``None``
+    when only ``max_restarts`` bounds it)."""
+
+    method: str
+    products: int
+    restart: int
+    converged: int | None
+    wanted: int
+    seconds: float
+    bound: int | None = None
+
+
+ProgressFn = Callable[[SolverProgress], Any]
+
+
+def check_cancel(cancel: Any, what: str, products: int) -> None:
+    """Raise :class:`Cancelled` when ``cancel`` is set (checked before each operator product)."""
+    if cancel_requested(cancel):
+        raise Cancelled(f"cancelled during {what} after {products} operator products")
 
 
 @dataclass(frozen=True)
@@ -274,6 +304,8 @@ def krylov_schur(
     verify: bool = False,
     return_vectors: bool = False,
     check_every_step: bool = True,
+    cancel: Any = None,
+    progress: ProgressFn | None = None,
 ) -> Spectrum:
     """``k`` eigenvalues of ``op`` (best first for ``target``) by thick-restarted Arnoldi/Lanczos.
 
@@ -282,6 +314,8 @@ def krylov_schur(
     (then ``converged`` says which are not). ``verify`` recomputes residuals with explicit products.
     ``check_every_step`` tests convergence after every product (an ``O(m^3)`` eig of the small projected
     matrix, negligible next to an HVP) instead of only at full ``m`` like ARPACK, so it stops earlier.
+    ``cancel`` is checked before every product (raises :class:`Cancelled`); ``progress`` gets a
+    :class:`SolverProgress` after every product.
     """
     # 1. Check inputs
     check_target(target)
@@ -308,11 +342,12 @@ def krylov_schur(
     V = torch.zeros(m + 1, d, dtype=dtype, device=device)
     H = torch.zeros(m + 1, m, dtype=dtype, device=device)
     V[0] = v / v.norm()
-    j, scale, steps = 0, 0.0, 0
+    j, scale, steps, nconv = 0, 0.0, 0, 0
 
     # 3. Expand / extract / restart
     for restart in range(max_restarts + 1):
         for jj in range(j, m):
+            check_cancel(cancel, name, steps)
             w = _apply(op, V[jj], steps, name)
             steps += 1
             wnorm = float(w.norm())
@@ -327,13 +362,17 @@ def krylov_schur(
                                breakdown=True)
             V[jj + 1] = w / beta
             n = jj + 1
-            if n > k and (n == m or check_every_step):  # Ritz pairs of the current decomposition
+            checked = n > k and (n == m or check_every_step)
+            if checked:  # Ritz pairs of the current decomposition
                 theta, s = _ritz(H[:n, :n], symmetric)
                 order = order_by(theta, target)
                 rel = _relative((H[n, :n].double().to(torch.complex128) @ s).abs(), theta, scale, dtype)
-                if bool((rel[order[:k]] <= tol).all()) or (n == m and restart == max_restarts):
-                    return _finish(op, V[:n], H[:n, :n], H[n, :n], k, target, symmetric, tol, scale, name, start,
-                                   hvp0, restart, verify, return_vectors, theta_s=(theta, s))
+                nconv = int((rel[order[:k]] <= tol).sum())
+            if progress is not None:
+                progress(SolverProgress(name, steps, restart, nconv, k, time.perf_counter() - start))
+            if checked and (nconv == k or (n == m and restart == max_restarts)):
+                return _finish(op, V[:n], H[:n, :n], H[n, :n], k, target, symmetric, tol, scale, name, start,
+                               hvp0, restart, verify, return_vectors, theta_s=(theta, s))
         # thick restart: keep the invariant subspace of the p best Ritz vectors
         nconv = int((rel[order[:k]] <= tol).sum())
         sel = _conjugate_closed(order, theta, p if keep is not None else _adaptive_keep(k, m, nconv, p))
@@ -409,15 +448,18 @@ def lanczos(op: LinearOp, k: int, *, assume_symmetric: bool = False, **kwargs) -
 # Dense exact path
 # ----------------------------------------------------------------------------------------------
 def dense_spectrum(op: LinearOp, k: int | None = None, *, target: Target = "magnitude", chunk: int | None = 64,
-                   tol: float | None = None, mode: str = "auto") -> Spectrum:
+                   tol: float | None = None, mode: str = "auto", cancel: Any = None) -> Spectrum:
     """All (or the best ``k``) eigenvalues from the full matrix built with ``d`` batched products
-    (``mode``: see :func:`~sailscope.core.spectra.operators.dense_matrix`)."""
+    (``mode``: see :func:`~sailscope.core.spectra.operators.dense_matrix`). ``cancel`` is checked before the
+    products and before the eigen-decomposition."""
     check_target(target)
     d = op.dim
     if k is not None and (not isinstance(k, int) or k < 1 or k > d):
         raise UserInputError(f"k must be between 1 and the dimension {d}, got {k!r}")
     start, hvp0 = time.perf_counter(), op.counter.hvps
+    check_cancel(cancel, "dense", 0)
     a = dense_matrix(op, chunk=chunk, mode=mode)
+    check_cancel(cancel, "dense", op.counter.hvps - hvp0)
     if not torch.isfinite(a).all():
         raise NonFiniteError("non-finite Hessian-vector product while building the dense Jacobian")
     a = a.double()
@@ -440,12 +482,14 @@ def dense_spectrum(op: LinearOp, k: int | None = None, *, target: Target = "magn
 # Stochastic Lanczos quadrature
 # ----------------------------------------------------------------------------------------------
 def slq(op: LinearOp, *, probes: int = 8, steps: int = 40, sigma: float | None = None,
-        generator: torch.Generator | None = None, breakdown_tol: float | None = None) -> SpectralDensity:
+        generator: torch.Generator | None = None, breakdown_tol: float | None = None, cancel: Any = None,
+        progress: ProgressFn | None = None) -> SpectralDensity:
     """Spectral density by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; PyHessian ``density``).
 
     ``probes`` Rademacher vectors run ``steps`` Lanczos steps *together* (one batched product per step, full
     re-orthogonalization per probe). Nodes/weights are the eigenvalues and squared first eigenvector
     components of each tridiagonal. ``sigma`` defaults to 1 % of the node range. Needs a symmetric operator.
+    ``cancel`` is checked before every (batched) product; ``progress`` is called after each.
     """
     d = op.dim
     if not op.symmetric:
@@ -465,7 +509,10 @@ def slq(op: LinearOp, *, probes: int = 8, steps: int = 40, sigma: float | None =
     alpha = torch.zeros(probes, steps, dtype=torch.float64)
     beta = torch.zeros(probes, max(steps - 1, 0), dtype=torch.float64)
     for j in range(steps):
+        check_cancel(cancel, "slq", j)
         w = _apply(op, V[j], j, "slq")
+        if progress is not None:
+            progress(SolverProgress("slq", j + 1, 0, None, steps, time.perf_counter() - start, bound=steps))
         wnorm = w.norm(dim=1)
         c = torch.einsum("jnd,nd->jn", V[: j + 1], w)
         w = w - torch.einsum("jn,jnd->nd", c, V[: j + 1])

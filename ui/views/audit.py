@@ -50,7 +50,7 @@ def audit_handler(ctx: AppContext, prompts: str, upload: Any, memorized: str, se
                   name: str, request: Any = None) -> Iterator[dict[str, Any]]:
     """Score a prompt list (streamed, resumable from ``<outputs>/audit/<name>.jsonl``); ROC when marked."""
     session = session_of(request)
-    cancel = ctx.cancels.start(session)
+    cancel = ctx.cancels.start(session, "an Audit")
     rows: list[dict] = []
     try:
         pipe = ctx.models.require()

@@ -36,7 +36,7 @@ def compare_handler(ctx: AppContext, prompts: str, seeds: str, steps: Any, guida
                     method: str, k: Any, request: Any = None) -> Iterator[dict[str, Any]]:
     """Step-1 sharpness and the ``H_Δ`` spectrum at step 1 of each prompt (and seed), on one plot."""
     session = session_of(request)
-    cancel = ctx.cancels.start(session)
+    cancel = ctx.cancels.start(session, "Compare prompts")
     rows: list[dict] = []
     try:
         pipe = ctx.models.require()

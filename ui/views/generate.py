@@ -26,12 +26,12 @@ from sailscope.ui.jobs import (
     SPECTRUM_METHODS, AppContext, JobView, detection_threshold, free_memory, in_background, run_job,
 )
 from sailscope.ui.outputs import save_outputs
-from sailscope.ui.widgets import bind, risk_html, session_of, status_html, wire_cancel
+from sailscope.ui.widgets import bind, risk_html, session_of, status_html, wire_busy_note, wire_cancel
 
 log = logging.getLogger("sailscope.ui")
 
 GENERATE_OUTPUTS = ("status", "risk", "image_original", "image_sail", "image_slider", "metrics_plot", "spectrum_plot",
-                    "spectrum_step", "sail_plot", "report_file", "state")
+                    "spectrum_step", "sail_plot", "report_file", "state", "queue_note")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
 def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -> Iterator[dict[str, Any]]:
     """Run one job (plain or SAIL pair) and stream the view: live plots every ``live_interval`` seconds."""
     session = session_of(request)
-    cancel = ctx.cancels.start(session)
+    cancel = ctx.cancels.start(session, "Generate")
     view: JobView | None = None
     threshold: tuple[float | None, str] = (None, "")
     ok = False
@@ -95,7 +95,8 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         warnings = check_settings_for(pipe, settings)
         threshold = detection_threshold(pipe)
         view = JobView(settings=settings, sail=sail, compare=bool(form.compare), warnings=list(warnings))
-        yield render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else ""))
+        yield dict(render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else "")),
+                   queue_note="")
         # 2. Stream the job; save as soon as sampling is over (spectra, when asked, come after the images)
         last = 0.0
         info = getattr(pipe, "sailscope_info", None)
@@ -108,11 +109,12 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
                     kind = view.apply(item)
                     if kind == "pair" or (sail is None and kind == "result"):
                         save_outputs(view, ctx.config.outputs, info, threshold)
-                        more = " · computing spectra…" if spectrum is not None else ""
-                        # the report is offered once it is complete (spectra come after the images)
+                        more = " · computing eigen-spectra (Cancel stops them; the images stay saved)…" \
+                            if spectrum is not None else ""
+                        # the report is offered at once; it is rewritten with the spectra when they are done
                         now = time.perf_counter()
                         yield render_generate(view, threshold, f"images saved at {now - view.started:.1f} s{more}",
-                                              final=True, with_report=spectrum is None)
+                                              final=True)
                         last, urgent = now, False
                         continue
                     first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
@@ -121,6 +123,7 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
                 if urgent or now - last >= ctx.config.live_interval:
                     last = now
                     _, _, label = view.progress()
+                    ctx.cancels.describe(session, f"Generate ({label})")
                     yield render_generate(view, threshold, f"{label} · {now - view.started:.1f} s")
         # 3. The report with everything (spectra included), and the final view
         view.phase = "done"
@@ -136,7 +139,11 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         ok = True
         yield render_generate(view, threshold, msg, "ok", final=True)
     except Cancelled as exc:
-        yield render_generate(view, threshold, f"cancelled ({exc}); nothing was saved", "warn")
+        if view is not None and view.files.get("report"):  # cancelled while computing spectra: the images stay
+            yield render_generate(view, threshold, f"spectra cancelled after {time.perf_counter() - view.started:.1f} s "
+                                  f"({exc}); the images and the report (without spectra) are saved", "warn", final=True)
+        else:
+            yield render_generate(view, threshold, f"cancelled ({exc}); nothing was saved", "warn")
     except (UserInputError, NonFiniteError, SailScopeError) as exc:
         compat.warn(str(exc))
         yield render_generate(view, threshold, str(exc), "error")
@@ -221,7 +228,11 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                     c["sail_lr"] = compat.make(gr.Number, value=form.sail_lr, label="Learning rate", elem_id="ss-sail-lr")
                     c["sail_rounds"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=form.sail_rounds,
                                                    label="Rounds (fresh noise when a round fails)", elem_id="ss-sail-rounds")
-            with compat.make(gr.Accordion, label="Spectrum", open=False, elem_id="ss-spectrum-settings"):
+            c["spectra_on"] = compat.make(
+                gr.Checkbox, label="Eigen-spectra of the Hessian (slow: minutes on a CPU)", value=form.spectra_on,
+                elem_id="ss-spectra-on",
+                info="Computed after the images are saved, with a progress bar; Cancel stops them. Settings below.")
+            with compat.make(gr.Accordion, label="Spectrum settings", open=False, elem_id="ss-spectrum-settings"):
                 c["spectrum_steps"] = compat.make(gr.Textbox, value=form.spectrum_steps,
                                                   label="Steps (comma-separated, empty = none)", elem_id="ss-spectrum-steps")
                 with gr.Row():
@@ -236,6 +247,7 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
             c["cancel_note"] = compat.make(gr.HTML, value="", elem_id="ss-cancel-note")
         with gr.Column(scale=3, min_width=420):
             c["status"] = compat.make(gr.HTML, value=status_html("ready"), elem_id="ss-status")
+            c["queue_note"] = compat.make(gr.HTML, value="", elem_id="ss-queue-note")
             c["risk"] = compat.make(gr.HTML, value=risk_html(None, None, ""), elem_id="ss-risk")
             with gr.Row():
                 c["image_original"] = compat.make(gr.Image, label="Original", type="filepath", interactive=False,
@@ -274,6 +286,7 @@ def wire_generate(ctx: AppContext, c: dict[str, Any]) -> None:
          **compat.event_kwargs(model_job=True, progress_on=c["status"], api_name="generate"))
     wire_cancel(ctx, c["cancel"], c["cancel_note"], api_name="cancel")
     c["generate"].click(lambda: "", None, [c["cancel_note"]], **compat.event_kwargs(queue=False))
+    wire_busy_note(ctx, c["generate"], c["queue_note"])
     c["random_seed"].click(random_seed, None, [c["seed"]], **compat.event_kwargs(queue=False))
     for trigger in (c["spectrum_step"], c["spectrum_run"]):
         trigger.change(spectrum_view_handler, [c["state"], c["spectrum_run"], c["spectrum_step"]], [c["spectrum_plot"]],
