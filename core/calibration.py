@@ -32,7 +32,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from sailscope.core.io.files import write_text_atomic
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
 from sailscope.core.io.prompts import read_heldout, read_memorized
 from sailscope.core.models import DEMO_MODEL_DIR
-from sailscope.core.sampling import GenerationSettings, encode, initial_noise, seed_generators
+from sailscope.core.sampling import GenerationSettings, encode, initial_noise, output_size, seed_generators
 from sailscope.core.score import DiffusersScoreModel
 
 CALIBRATION_FILE = "calibration.json"
@@ -52,6 +52,8 @@ DEFAULT_QUANTILE = 0.5  # SAIL threshold "auto": the flatness of a typical non-m
 TRIGGER_QUANTILE = 0.9  # SAIL trigger "auto": starts below this are left alone
 DETECTION_QUANTILE = 0.99
 FORMAT_VERSION = 1
+CALIBRATED_GUIDANCE = 7.5  # GenerationSettings' default: what every record so far was meant for
+OPTIONAL_FIELDS = ("guidance", "width", "height")
 
 # Published thresholds (paper App. D.2 / the authors' code): reference objective only, in its units.
 # name (hub id basename) -> (prediction type, threshold, alpha it was used with)
@@ -132,13 +134,28 @@ class Calibration:
     t: float
     sigma: float
     values: dict  # {"paper": {"delta", "sharpness", "prior"}, "reference": {"sharpness", "prior"}, "detection": {"sharpness"}}
+    # the generation settings the thresholds are meant for (records written before these fields existed were
+    # measured at GenerationSettings' default guidance and the model's native size: None = native size)
+    guidance: float = CALIBRATED_GUIDANCE
+    width: int | None = None
+    height: int | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d or k not in OPTIONAL_FIELDS})
+
+    def settings(self, pipe: Any = None) -> dict:
+        """The generation settings this record was measured at: scheduler, steps, guidance, width, height (the
+        size filled in from ``pipe``'s native size when the record leaves it to the model)."""
+        width, height = self.width, self.height
+        if pipe is not None and (width is None or height is None):
+            native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+            width, height = width or native, height or native
+        return {"scheduler": self.scheduler, "steps": int(self.steps), "guidance": float(self.guidance),
+                "width": width, "height": height}
 
     @property
     def n(self) -> int:
@@ -279,6 +296,56 @@ def resolve_trigger(pipe: Any, sail: Any, *, alpha: float, delta: float | None =
     return level if level is not None else (None, "same as the threshold (no calibration for this model)")
 
 
+@dataclass(frozen=True)
+class DetectionCalibration:
+    """The detection threshold of a model with what the user needs to judge it, free of local paths."""
+
+    threshold: float
+    quantile: float
+    n: int  # calibration values (non-memorized prompt × seed)
+    where: str  # "shipped with the model" or "your calibration file"
+    created: str  # date of the calibration (YYYY-MM-DD)
+    settings: dict  # Calibration.settings(pipe): scheduler, steps, guidance, width, height
+
+    def source(self) -> str:
+        """``q0.99 of 192 non-memorized values (shipped with the model, 2026-11-24)``: no path."""
+        return f"q{self.quantile:g} of {self.n} non-memorized values ({self.where}, {self.created})"
+
+
+def detection_calibration(pipe: Any, quantile: float = DETECTION_QUANTILE) -> DetectionCalibration | None:
+    """This model's detection threshold with its provenance and calibrated settings, or None if uncalibrated."""
+    found = find_calibration(pipe)
+    if found is None:
+        return None
+    rec, path = found
+    where = "your calibration file" if Path(path) == calibration_path() else "shipped with the model"
+    return DetectionCalibration(rec.detection_threshold(quantile), quantile, rec.n, where, rec.created[:10],
+                                rec.settings(pipe))
+
+
+def settings_mismatch(calibrated: Mapping[str, Any], settings: Any, pipe: Any = None) -> list[str]:
+    """How a run's settings differ from those a calibration was measured at, in words (empty: they match).
+
+    ``calibrated``: :meth:`Calibration.settings`; ``settings``: a ``GenerationSettings`` (its size filled in from
+    ``pipe``'s native size when it leaves it to the model). Steps, scheduler and size change the step-1 latent's
+    noise level and shape, so the step-1 sharpness scale; guidance changes whether the final image copies."""
+    out: list[str] = []
+    if settings.scheduler != calibrated.get("scheduler"):
+        out.append(f"scheduler {settings.scheduler} (calibrated: {calibrated.get('scheduler')})")
+    if int(settings.steps) != int(calibrated.get("steps", 0)):
+        out.append(f"{settings.steps} steps (calibrated: {calibrated.get('steps')})")
+    if not math.isclose(float(settings.guidance), float(calibrated.get("guidance", CALIBRATED_GUIDANCE)), rel_tol=1e-6):
+        out.append(f"guidance {float(settings.guidance):g} (calibrated: {float(calibrated.get('guidance')):g})")
+    width, height = settings.width, settings.height
+    if pipe is not None:
+        native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        width, height = width or native, height or native
+    cw, ch = calibrated.get("width"), calibrated.get("height")
+    if None not in (width, height, cw, ch) and (int(width), int(height)) != (int(cw), int(ch)):
+        out.append(f"size {width}×{height} (calibrated: {cw}×{ch})")
+    return out
+
+
 def detection_threshold(pipe: Any, quantile: float = DETECTION_QUANTILE) -> tuple[float, str] | None:
     """Step-1 sharpness ``‖HΔ sΔ‖²`` threshold (score space, fd HVP) for this model, or None if uncalibrated."""
     found = find_calibration(pipe)
@@ -356,14 +423,15 @@ def measure(
     return Calibration(
         key=model_key(pipe), name=model_name(pipe), created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
         prompts=list(prompts), seeds=seeds, scheduler=scheduler, steps=steps, t=float(first.t),
-        sigma=first.sigma, values=vals,
+        sigma=first.sigma, values=vals, guidance=base.guidance, width=output_size(pipe, base)[1],
+        height=output_size(pipe, base)[0],
     )
 
 
 __all__ = [
     "Calibration", "measure", "save_calibration", "load_calibrations", "find_calibration", "resolve_threshold",
     "resolve_alpha",
-    "detection_threshold", "published_threshold", "model_key", "model_fingerprint", "settings_dir",
+    "detection_threshold", "detection_calibration", "DetectionCalibration", "settings_mismatch", "published_threshold", "model_key", "model_fingerprint", "settings_dir",
     "calibration_path", "DEFAULT_QUANTILE", "TRIGGER_QUANTILE", "resolve_trigger", "DETECTION_QUANTILE", "PUBLISHED",
 ]
 

@@ -114,3 +114,147 @@ def test_waiting_user_is_told_what_runs_and_unload_cancels_the_closed_tab(ctx):
     rest = list(gen)
     assert "cancelled" in text(rest[-1])
     assert busy_html(ctx, request("next")) == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The verdict in plain words; settings off the calibration; no silent clamping
+# ----------------------------------------------------------------------------------------------
+def test_verdict_words_ratio_and_exact_numbers_in_the_expander():
+    from sailscope.ui.widgets import risk_html
+
+    cal = {"scheduler": "ddim", "steps": 50, "guidance": 7.5, "width": 64, "height": 64}
+    high = html.unescape(risk_html(0.1235, 0.06398, "q0.99 of 192 non-memorized values (shipped with the model)",
+                                   0.006308, calibrated=cal))
+    assert "Likely reproduces a training image: 1.9× the alarm level" in high
+    assert "After SAIL: 0.099× the alarm level" in high and "How is this computed?" in high
+    assert "0.1235" in high and "0.06398" in high and "50 DDIM steps, guidance 7.5, 64×64" in high
+    assert 'data-risk="high"' in high
+    low = html.unescape(risk_html(0.0192, 0.06398, "src", calibrated=cal))
+    assert "No sign of memorization: 0.3× the alarm level" in low and 'data-risk="low"' in low
+    off = html.unescape(risk_html(0.0695, 0.06398, "src", calibrated=cal, mismatch=["150 steps (calibrated: 50)"]))
+    assert "Not calibrated for these settings" in off and "150 steps (calibrated: 50)" in off
+    assert "Likely reproduces" not in off and 'data-risk="uncalibrated"' in off
+    unknown = html.unescape(risk_html(0.1, None, "model not calibrated: run `sailscope calibrate`"))
+    assert "Memorization check unavailable" in unknown and "sailscope calibrate" in unknown
+
+
+def _calibrate(pipe, value: float = 0.01):
+    """A detection calibration record for the tiny model at 3 DDIM steps (values, not a measurement)."""
+    from sailscope.core import calibration
+
+    rec = calibration.Calibration(key=calibration.model_key(pipe), name="tiny", created="2026-01-01T00:00:00",
+                                  prompts=["p"], seeds=[0], scheduler="ddim", steps=3, t=999.0, sigma=1.0,
+                                  values={"detection": {"sharpness": [value] * 10}}, width=None, height=None)
+    return calibration.save_calibration(rec)
+
+
+def test_settings_mismatch_is_a_core_answer_and_old_records_read():
+    from sailscope.core.calibration import Calibration, settings_mismatch
+    from sailscope.core.sampling import GenerationSettings
+
+    old = {"key": "k", "name": "n", "created": "c", "prompts": [], "seeds": [], "scheduler": "ddim", "steps": 50,
+           "t": 981.0, "sigma": 1.0, "values": {}}  # a record written before guidance/size were stored
+    rec = Calibration.from_dict(old)
+    assert rec.guidance == 7.5 and rec.width is None
+    cal = dict(rec.settings(), width=64, height=64)
+    same = GenerationSettings(prompt="p", steps=50, width=64, height=64)
+    assert settings_mismatch(cal, same) == []
+    diff = settings_mismatch(cal, GenerationSettings(prompt="p", steps=150, guidance=3, scheduler="euler", width=128,
+                                                     height=64))
+    assert diff == ["scheduler euler (calibrated: ddim)", "150 steps (calibrated: 50)", "guidance 3 (calibrated: 7.5)",
+                    "size 128×64 (calibrated: 64×64)"]
+
+
+def test_not_calibrated_note_and_no_local_paths_on_screen_or_in_files(ctx, pipe, tmp_path):
+    path = _calibrate(pipe)
+    final = last(generate_handler(ctx, form(steps=4), request=request("c")))
+    badge = text(final, "risk")
+    assert "Not calibrated for these settings" in badge and "4 steps (calibrated: 3)" in badge
+    matched = last(generate_handler(ctx, form(steps=3), request=request("c")))
+    badge = text(matched, "risk")
+    assert "Not calibrated" not in badge and "the alarm level" in badge
+    home = str(Path(path).parent)
+    for update in (final, matched):
+        for key in ("risk", "status"):
+            assert home not in text(update, key) and str(tmp_path) not in text(update, key)
+        info = read_infotext(update["image_original"])
+        assert "/" not in info.split("\n")[-1].replace("Size: ", ""), info  # no path in any infotext value
+        assert "Detection threshold" in info
+    report = json.loads(Path(final["report_file"]).read_text())
+    assert report["detection"]["settings_mismatch"] == ["4 steps (calibrated: 3)"]
+
+
+@pytest.mark.parametrize("over, expected", [
+    (dict(steps=0), "steps must be an integer in [1, 1000], got 0"),
+    (dict(steps=10000), "steps must be an integer in [1, 1000], got 10000"),
+    (dict(guidance=-5), "guidance must be a finite number >= 0, got -5"),
+    (dict(steps=2.5), "steps must be a whole number"),
+    (dict(sail_on=True, sail_max_steps=5000), "max_steps must be an integer in [0, 1000]"),
+    (dict(spectra_on=True, spectrum_k=0), "spectrum k must be an integer in [1, 256]"),
+])
+def test_out_of_range_values_get_a_message_not_a_clamp(ctx, over, expected):
+    updates = list(generate_handler(ctx, form(**over), request=request("v")))
+    assert len(updates) == 1 and "ss-error" in updates[0]["status"] and expected in text(updates[0])
+
+
+def test_generate_view_has_no_clamping_sliders_for_typed_settings():
+    from sailscope.ui import app as ui_app
+
+    demo = ui_app.build_ui(AppConfig(model=None))
+    c = demo.sailscope_components
+    for name in ("steps", "guidance", "sail_max_steps", "sail_candidates", "sail_rounds", "spectrum_k"):
+        assert type(c[name]).__name__ == "Number", name
+        assert getattr(c[name], "minimum", None) is None and getattr(c[name], "maximum", None) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# 4/5/8. SAIL not needed: one sampling, one image on screen; the original early; files
+# ----------------------------------------------------------------------------------------------
+def test_sail_not_needed_samples_once_and_shows_one_image(ctx, monkeypatch):
+    from sailscope.core.mitigation import pair
+
+    runs = []
+    real = pair.generate
+
+    def counting(*args, **kwargs):
+        runs.append(kwargs.get("run"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pair, "generate", counting)
+    updates = list(generate_handler(ctx, form(sail_on=True, sail_threshold="1e12", steps=3), request=request("n")))
+    final = updates[-1]
+    assert runs == ["original"]  # SAIL kept the seed's noise: its run is not sampled again
+    assert "SAIL not needed: this seed's start is already flat" in text(final)
+    assert "SAIL not needed" in text(final, "risk")
+    assert final["sail_box"]["visible"] is False  # one image on screen
+    report = json.loads(Path(final["report_file"]).read_text())
+    assert report["sail_not_needed"] is True and report["sail"]["steps"] == [0]
+    info = read_infotext(final["image_sail"])  # the file that re-derives it: SAIL on with its settings
+    assert "SAIL: on" in info and "SAIL Scope reproduce" in info and "--sail-threshold 1000000000000.0" in info
+    assert "SAIL not needed" in info
+
+
+def test_pair_shows_the_original_before_sails_run_and_records_what_reproduces_the_sail_image(ctx):
+    updates = list(generate_handler(ctx, form(sail_on=True, sail_threshold="1e-30", sail_max_steps=2, steps=3),
+                                    request=request("p")))
+    first_image = next(i for i, u in enumerate(updates) if u.get("image_original"))
+    sail_records = [i for i, u in enumerate(updates) if "SAIL run: step" in text(u)]
+    assert sail_records and first_image < sail_records[0]  # the original is on screen while SAIL's run samples
+    assert "original saved" in text(updates[first_image]) and not updates[first_image].get("image_sail")
+    final = updates[-1]
+    assert final["sail_box"]["visible"] is True and Path(final["image_sail"]).is_file()
+    from sailscope.core.io.infotext import parse_png_text
+
+    params = parse_png_text(read_infotext(final["image_sail"]))
+    command = params["SAIL Scope reproduce"]
+    assert command.startswith("sailscope generate --seed 0 --steps 3 ") and "--sail-threshold 1e-30" in command
+    assert "--sail-rounds" in command and "--sail-alpha" in command
+    assert params["Seed"] == "0" and params["SAIL"] == "on"
+
+
+def test_outputs_are_0644_like_other_tools(ctx):
+    final = last(generate_handler(ctx, form(), request=request("m")))
+    umask = os.umask(0)
+    os.umask(umask)
+    for key in ("image_original", "report_file"):
+        assert stat.S_IMODE(os.stat(final[key]).st_mode) == 0o666 & ~umask, key

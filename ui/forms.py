@@ -143,7 +143,10 @@ class GenerateForm:
         steps = parse_steps(self.spectrum_steps, total_steps)
         if not steps:
             return None
-        return SpectrumRequest(steps=steps, k=whole_number(self.spectrum_k, "spectrum k"), method=self.spectrum_method)
+        k = whole_number(self.spectrum_k, "spectrum k")
+        if not 1 <= k <= 256:
+            raise UserInputError(f"spectrum k must be an integer in [1, 256], got {k}")
+        return SpectrumRequest(steps=steps, k=k, method=self.spectrum_method)
 
 
 GENERATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateForm))

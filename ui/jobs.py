@@ -11,7 +11,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -22,7 +23,7 @@ from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
 from sailscope.core.io import infotext
 from sailscope.core.mitigation import PairResult, SailResult, SailSettings, SailStep, generate_pair, infotext_fields
 from sailscope.core.models import list_local_models, load_pipeline
-from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate
+from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate, initial_noise
 from sailscope.core.spectra import SolverProgress, spectrum_at
 
 log = logging.getLogger("sailscope.ui")
@@ -178,16 +179,32 @@ class AppContext:
 # Detection threshold
 # ----------------------------------------------------------------------------------------------
 def detection_threshold(pipe: Any) -> tuple[float | None, str]:
-    """The model's step-1 sharpness threshold and where it came from (``core.calibration``); ``(None, reason)``
-    when the model is not calibrated or its calibration cannot be read."""
+    """The model's step-1 sharpness threshold and where it came from (``core.calibration``; no local paths);
+    ``(None, reason)`` when the model is not calibrated or its calibration cannot be read."""
+    found = detection_calibration(pipe)
+    if isinstance(found, str):
+        return None, found
+    return float(found.threshold), found.source()
+
+
+def detection_calibration(pipe: Any) -> Any:
+    """``core.calibration.detection_calibration`` (threshold, provenance, calibrated settings), or the reason as
+    a string when there is none."""
     try:
-        found = calibration.detection_threshold(pipe)
+        found = calibration.detection_calibration(pipe)
     except (SailScopeError, OSError, KeyError, ValueError) as exc:
-        return None, f"calibration unreadable: {exc}"
+        return f"calibration unreadable: {str(exc).splitlines()[0]}"
     if found is None:
-        return None, "model not calibrated: run `sailscope calibrate`"
-    value, source = found
-    return float(value), str(source)
+        return "model not calibrated: run `sailscope calibrate`"
+    return found
+
+
+def calibration_mismatch(pipe: Any, settings: GenerationSettings) -> tuple[dict | None, list[str]]:
+    """(the calibrated settings, how ``settings`` differ from them in words) — ``(None, [])`` when uncalibrated."""
+    found = detection_calibration(pipe)
+    if isinstance(found, str):
+        return None, []
+    return found.settings, calibration.settings_mismatch(found.settings, settings, pipe)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,20 +381,40 @@ def _stream_calls(fn: Callable[[], None], updates: queue.SimpleQueue, wrap: Call
 # ----------------------------------------------------------------------------------------------
 # A generation job and its view
 # ----------------------------------------------------------------------------------------------
+def sail_kept_seed(pipe: Any, settings: GenerationSettings, result: SailResult) -> bool:
+    """SAIL kept the seed's own noise (the start was accepted at step 0, no re-draw): its image is the
+    original's, so a second sampling would be work for nothing."""
+    kept = (result.steps[:1] == [0] and result.chosen[:1] == [0]
+            and (not result.chosen_round or result.chosen_round[0] == 0))
+    return bool(kept) and torch.equal(result.x_T[:1].cpu(), initial_noise(pipe, settings)[:1])
+
+
+SAIL_NOT_NEEDED = ("sail_not_needed",)  # job item: SAIL kept the seed's noise; one run is sampled
+
+
 def run_job(pipe: Any, settings: GenerationSettings, *, sail: SailSettings | None = None, compare: bool = True,
             spectrum: SpectrumRequest | None = None, cancel: threading.Event | None = None) -> Iterator[Any]:
     """Stream core items: SAIL progress (when ``sail``), step records, results, a pair result, then
-    ``("spectra", run, step, dict)`` tuples for the requested steps (computed after sampling)."""
+    :class:`SpectraProgress` items and ``("spectra", run, step, dict)`` tuples for the requested steps (computed
+    after sampling). When SAIL keeps the seed's noise, :data:`SAIL_NOT_NEEDED` follows its result and only one
+    run is sampled (the original, or with ``compare`` off the SAIL run, which is the same image)."""
     deferred = DeferredSpectra(spectrum) if spectrum is not None and spectrum.steps else None
     probes = [deferred] if deferred is not None else []
     if sail is None:
         items = generate(pipe, settings, probes=probes, cancel=cancel, run="original")
     else:
         items = generate_pair(pipe, settings, sail, probes=probes, cancel=cancel, run_original=compare)
-    for item in items:
-        if deferred is not None and isinstance(item, StepRecord):
-            deferred.tag(item)
-        yield item
+    not_needed = False
+    with closing(items):
+        for item in items:
+            if deferred is not None and isinstance(item, StepRecord):
+                deferred.tag(item)
+            yield item
+            if isinstance(item, SailResult) and sail_kept_seed(pipe, settings, item):
+                not_needed = True
+                yield SAIL_NOT_NEEDED
+            if not_needed and isinstance(item, GenerationResult):
+                break  # the one run is done: skip sampling the same noise again
     if deferred is not None:
         yield from deferred.compute(cancel)
 
@@ -466,11 +503,20 @@ class JobView:
     first_point_seconds: float | None = None
     shown: dict = field(default_factory=dict)  # what the UI last drew (to skip unchanged plots)
     spectra_progress: SpectraProgress | None = None
+    sail_not_needed: bool = False  # SAIL kept the seed's noise: one run, one image
+    calibrated: dict | None = None  # the settings the detection threshold was measured at (None: uncalibrated)
+    mismatch: list[str] = field(default_factory=list)  # how this run's settings differ from them
 
     @property
     def runs(self) -> list[str]:
+        if self.sail_not_needed:  # one run: SAIL kept the seed's noise
+            return ["original"] if self.compare else ["sail"]
         runs = ["original"] if (self.sail is None or self.compare) else []
         return runs + (["sail"] if self.sail is not None else [])
+
+    def images_done(self) -> bool:
+        """Every run of the job has its images."""
+        return all(r in self.results and self.results[r].images for r in self.runs)
 
     def apply(self, item: Any) -> str:
         """Record one core item; returns its kind (``record``, ``result``, ``sail_step``, ``sail_result``, ``pair``)."""
@@ -484,6 +530,10 @@ class JobView:
             return "record"
         if isinstance(item, GenerationResult):
             self.results[item.run] = item
+            if self.sail_not_needed and item.run == "original":
+                # SAIL kept the seed's noise: its run would repeat this one exactly, so it is this one
+                self.results["sail"] = replace(item, run="sail")
+                self.records["sail"] = [replace(r, run="sail") for r in self.records.get("original", [])]
             self.warnings += [w for w in item.warnings if w not in self.warnings]
             return "result"
         if isinstance(item, SailStep):
@@ -496,6 +546,9 @@ class JobView:
         if isinstance(item, PairResult):
             self.pair = item
             return "pair"
+        if item is SAIL_NOT_NEEDED:
+            self.sail_not_needed = True
+            return "sail_not_needed"
         if isinstance(item, SpectraProgress):
             self.spectra_progress = item
             self.phase = "spectra"
@@ -593,10 +646,12 @@ class JobView:
             "app": "sailscope",
             "model": model_info.__dict__ if model_info is not None and hasattr(model_info, "__dict__") else model_info,
             "settings": self.settings.to_dict(),
-            "detection": {"threshold": thr, "threshold_source": src, "runs": {}},
+            "detection": {"threshold": thr, "threshold_source": src, "calibrated_settings": self.calibrated,
+                          "settings_mismatch": list(self.mismatch), "runs": {}},
             "runs": {run: res.report() for run, res in self.results.items()},
             "sail": self.sail_result.report() if self.sail_result is not None else None,
             "sail_settings": self.sail.to_dict() if self.sail is not None else None,
+            "sail_not_needed": self.sail_not_needed,
             "spectra": {run: {str(k): v for k, v in steps.items()} for run, steps in self.spectra.items()},
             "warnings": self.warnings,
             "files": dict(self.files),
@@ -608,16 +663,24 @@ class JobView:
         return out
 
     def infotext_extra(self, run: str, model_info: Any, threshold: tuple[float | None, str]) -> dict:
-        """The run's infotext entries (core/infotext.py's keys) besides the generation settings."""
+        """The run's infotext entries (core/infotext.py's keys) besides the generation settings: no local paths;
+        a SAIL image records the command that re-derives it (SAIL is deterministic given seed and settings)."""
         s1, w1 = self.step1(run)
         thr, src = threshold
+        risk = risk_level(s1, thr) if s1 is not None else None
+        if risk in ("high", "low") and self.mismatch:
+            risk += " (settings differ from the calibration)"
         extra: dict[str, Any] = {"Model": getattr(model_info, "name", None), **infotext.fields(
-            run=run, sharpness=s1, wen=w1, risk=risk_level(s1, thr) if s1 is not None else None,
+            run=run, sharpness=s1, wen=w1, risk=risk,
             detection_threshold=f"{thr:.4g} ({src})" if thr is not None else None,
         )}
         if self.sail is not None:
-            if run == "sail" and self.sail_result is not None:
+            if self.sail_result is not None and run == "sail":
                 extra.update(infotext_fields(self.sail_result))
+                extra.update(infotext.fields(reproduce=self.reproduce_command()))
+                if self.sail_not_needed:
+                    extra.update(infotext.fields(status="SAIL not needed: this seed's start is already flat "
+                                                        "(its noise kept, one image)"))
             else:
                 sail = self.sail
                 extra.update(infotext.fields(
@@ -626,3 +689,19 @@ class JobView:
                     sphere=sail.sphere,
                 ))
         return extra
+
+    def reproduce_command(self) -> str | None:
+        """``sailscope generate`` options that re-derive the SAIL image: the seed, the sampling settings and SAIL's
+        resolved settings (threshold and trigger as numbers, so a later calibration cannot change the result)."""
+        r, s = self.sail_result, self.settings
+        if r is None:
+            return None
+        size = f" --size {s.width}x{s.height}" if s.width and s.height else ""
+        trigger = "none" if r.trigger is None else repr(float(r.trigger))  # shortest exact form
+        opts = r.settings
+        return (f"sailscope generate --seed {s.seed} --steps {s.steps} --guidance {s.guidance:g} "
+                f"--scheduler {s.scheduler}{size} --sail --sail-objective {r.objective} "
+                f"--sail-threshold {float(r.threshold)!r} --sail-trigger {trigger} --sail-alpha {float(r.alpha)!r} "
+                f"--sail-max-steps {opts.max_steps} --sail-candidates {opts.candidates} --sail-rounds {opts.rounds} "
+                f"--sail-lr {opts.lr:g}" + ("" if opts.sphere else " --sail-no-sphere")
+                + " (plus --model and --prompt)")

@@ -60,11 +60,15 @@ def save_report(stem: Path, report: Mapping[str, Any]) -> Path:
 
 def save_outputs(view: Any, outputs: str | os.PathLike, model_info: Any,
                  threshold: tuple[float | None, str]) -> dict[str, str]:
-    """Every finished image of a :class:`~sailscope.ui.jobs.JobView` as PNG (infotext) plus the job's JSON
-    report; records the paths in ``view.files`` and returns them."""
-    stem = new_stem(outputs, view.settings.seed)
+    """Every finished image of a :class:`~sailscope.ui.jobs.JobView` not saved yet as PNG (infotext) plus the
+    job's JSON report (rewritten); records the paths in ``view.files`` and returns them. Called again as more
+    runs finish (the original is saved before SAIL's run is sampled), it keeps the job's file stem."""
+    stem = Path(view.files["stem"]) if view.files.get("stem") else new_stem(outputs, view.settings.seed)
+    view.files["stem"] = str(stem)
     settings = dict(view.settings.to_dict(), model=getattr(model_info, "name", None))
     for run, res in view.results.items():
+        if view.files.get(run):
+            continue
         for i, image in enumerate(res.images):
             text = infotext(dict(settings, width=image.width, height=image.height, seed=view.settings.seed + i),
                             view.infotext_extra(run, model_info, threshold))

@@ -37,16 +37,65 @@ def status_html(message: str, kind: str = "info", done: int | None = None, total
     return f'<div class="ss-status ss-{kind}">{bar}<div class="ss-status-text">{escape(message)}</div></div>'
 
 
-def risk_html(sharpness: float | None, threshold: float | None, source: str, after: float | None = None) -> str:
-    """The memorization-risk badge: level (``core.detect.risk_level``), step-1 sharpness, threshold and its source."""
+VERDICT_WORDS = {  # risk level -> (headline, one-line explanation)
+    "high": ("Likely reproduces a training image",
+             "Prompts the model memorized make its first denoising step unusually sharp; this prompt's step-1 "
+             "sharpness is above the alarm level, which about 1 in 100 ordinary prompts reach."),
+    "low": ("No sign of memorization",
+            "Its step-1 sharpness (how sharp the first denoising step is) is in the range of ordinary prompts the "
+            "model did not memorize."),
+}
+
+
+def _settings_words(cal: Mapping[str, Any]) -> str:
+    size = f", {cal['width']}×{cal['height']}" if cal.get("width") else ""
+    return f"{cal.get('steps')} {cal.get('scheduler', '').upper()} steps, guidance {float(cal.get('guidance', 0)):g}{size}"
+
+
+def risk_html(sharpness: float | None, threshold: float | None, source: str, after: float | None = None, *,
+              mismatch: Sequence[str] = (), calibrated: Mapping[str, Any] | None = None,
+              sail_not_needed: bool = False) -> str:
+    """The verdict badge in plain words (level by ``core.detect.risk_level``): a headline with the step-1
+    sharpness as a multiple of the alarm level, a one-line explanation, and a "How is this computed?" expander with
+    the exact numbers. Off the settings the threshold was calibrated at (``mismatch``) it says so instead of
+    giving a verdict."""
     if sharpness is None:
-        return '<div class="ss-risk ss-risk-none">Memorization risk: not measured yet (step-1 sharpness)</div>'
+        return ('<div class="ss-risk ss-risk-none" data-risk="none"><b>Memorization check:</b> runs at the first '
+                'denoising step (step-1 sharpness)</div>')
     level = risk_level(sharpness, threshold)
-    cmp = {"high": "≥", "low": "<"}.get(level, "vs")
-    thr = f"{cmp} threshold {threshold:.4g} ({escape(source)})" if threshold is not None else f"(no threshold: {escape(source)})"
-    extra = f" · after SAIL {after:.4g}" if after is not None else ""
-    return (f'<div class="ss-risk ss-risk-{level}" data-risk="{level}"><b>Memorization risk: {level.upper()}</b> · '
-            f'step-1 sharpness {sharpness:.4g} {thr}{extra}</div>')
+    rows = [("step-1 sharpness ‖H_Δ s_Δ‖² (how sharply the prompt pulls the first step)", f"{sharpness:.4g}")]
+    if level == "unknown":
+        head, line = "Memorization check unavailable", f"No alarm level for this model: {source}."
+        ratio = None
+    else:
+        ratio = sharpness / threshold
+        head, line = VERDICT_WORDS[level]
+        head = f"{head}: {ratio:.2g}× the alarm level"
+        rows += [("alarm level (detection threshold)", f"{threshold:.4g}"), ("ratio", f"{ratio:.3g}×"),
+                 ("alarm level from", source)]
+        if calibrated:
+            rows.append(("calibrated at", _settings_words(calibrated)))
+    if mismatch and level != "unknown":
+        level = "uncalibrated"
+        head = f"Not calibrated for these settings: {ratio:.2g}× the alarm level"
+        line = ("The alarm level was measured at " + _settings_words(calibrated or {}) + "; this run uses "
+                + ", ".join(mismatch) + ". The step-1 sharpness is shown, but no verdict: regenerate at the calibrated "
+                "settings, or calibrate for these (`sailscope calibrate`).")
+    if after is not None:
+        rows.append(("after SAIL: step-1 sharpness", f"{after:.4g}" + (f" ({after / threshold:.2g}× the alarm level)"
+                                                                      if threshold else "")))
+        if threshold and level != "uncalibrated":
+            line += f" After SAIL: {after / threshold:.2g}× the alarm level."
+    if sail_not_needed:
+        line += " SAIL not needed: this seed's start is already flat, so its image is kept."
+    table = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows)
+    return (f'<div class="ss-risk ss-risk-{level}" data-risk="{level}"><div class="ss-risk-head"><b>{escape(head)}</b>'
+            f'</div><div class="ss-risk-line">{escape(line)}</div><details class="ss-risk-details"><summary>How is '
+            f'this computed?</summary><table>{table}</table><p>The score is the squared norm of the Hessian of the '
+            f'log-density difference (conditional − unconditional) applied to the score difference, at the first '
+            f'sampling step (finite-difference product). The alarm level is the 99th percentile of the same number '
+            f'over prompts the model did not memorize; at or above it the verdict is "likely reproduces".</p>'
+            f'</details></div>')
 
 
 def header_markdown(ctx: AppContext) -> str:

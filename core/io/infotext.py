@@ -80,6 +80,8 @@ RESULTS = {
     "rta_tokens": Key("RTA tokens", "random tokens the RTA baseline added to the prompt"),
     "rta_prompt": Key("RTA prompt", "the prompt the RTA baseline sampled with"),
     "run": Key("SAIL Scope run", "which run of a pair this image is: original or sail"),
+    "reproduce": Key("SAIL Scope reproduce", "the command that re-derives this image: SAIL is deterministic given "
+                     "the seed and the SAIL settings recorded here (no noise file needed)"),
     "status": Key("SAIL Scope status", "messages: why something was skipped or not available"),
 }
 KEYS = {**SETTINGS, **RESULTS}
@@ -142,11 +144,21 @@ def parse_png_text(infotext: str) -> dict[str, str]:
 
 
 __all__ = ["Key", "SETTINGS", "RESULTS", "KEYS", "text", "format_value", "fields", "parse_settings", "parse_line",
-           "parse_png_text"]
+           "parse_png_text", "format_infotext", "strip_paths"]
+
+
+_PATH = re.compile(r'(?<![\w.])(?:~|[A-Za-z]:)?(?:[\\/][^\\/\s\]\)\[(,;"]+){2,}[\\/]?')
+
+
+def strip_paths(text: str) -> str:
+    """``/home/u/models/demo/sail_calibration.json`` -> ``sail_calibration.json``: no local paths in a file that
+    leaves the machine (absolute, home-relative and Windows paths of two or more parts)."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1], str(text))
 
 
 def format_infotext(settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
-    """A1111's PNG ``parameters`` text: prompt line, negative prompt line, then ``Key: value`` pairs."""
+    """A1111's PNG ``parameters`` text: prompt line, negative prompt line, then ``Key: value`` pairs (local paths
+    in the values are reduced to their last part: :func:`strip_paths`)."""
     lines = [str(settings.get("prompt", ""))]
     if settings.get("negative_prompt"):
         lines.append(f"Negative prompt: {settings['negative_prompt']}")
@@ -163,7 +175,7 @@ def format_infotext(settings: Mapping[str, Any], extra: Mapping[str, Any] | None
     for key, value in pairs.items():
         if value is None:
             continue
-        text = str(value)
+        text = strip_paths(str(value))
         if any(c in text for c in ",:\n\""):
             text = json.dumps(text)
         items.append(f"{key}: {text}")

@@ -19,19 +19,21 @@ import gradio as gr
 from sailscope.core.choices import SCHEDULER_LABELS
 from sailscope.core.errors import Cancelled, NonFiniteError, SailScopeError, UserInputError
 from sailscope.core.io.files import write_json_atomic
-from sailscope.core.sampling import SCHEDULERS, check_settings_for
+from sailscope.core.sampling import MAX_STEPS, SCHEDULERS, check_settings_for
 from sailscope.ui import compat, plots
 from sailscope.ui.forms import GENERATE_FIELDS, SHARPNESS_CHOICES, GenerateForm, whole_number
 from sailscope.ui.jobs import (
-    SPECTRUM_METHODS, AppContext, JobView, detection_threshold, free_memory, in_background, run_job,
+    SPECTRUM_METHODS, AppContext, JobView, calibration_mismatch, detection_threshold, free_memory, in_background,
+    run_job,
 )
 from sailscope.ui.outputs import save_outputs
 from sailscope.ui.widgets import bind, risk_html, session_of, status_html, wire_busy_note, wire_cancel
 
 log = logging.getLogger("sailscope.ui")
 
+IMAGE_HEIGHT = 400  # px on screen: a 64-px demo image is shown about 6× larger
 GENERATE_OUTPUTS = ("status", "risk", "image_original", "image_sail", "image_slider", "metrics_plot", "spectrum_plot",
-                    "spectrum_step", "sail_plot", "report_file", "state", "queue_note")
+                    "spectrum_step", "sail_plot", "report_file", "state", "queue_note", "sail_box")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,9 +50,12 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
     after, _ = view.step1("sail")
     if s1 is None:
         s1, after = after, None
+    if view.sail_not_needed:
+        after = None  # the same image: the verdict says SAIL was not needed
     out: dict[str, Any] = {
         "status": status_html(status, kind, done, total),
-        "risk": risk_html(s1, thr, src, after),
+        "risk": risk_html(s1, thr, src, after, mismatch=view.mismatch, calibrated=view.calibrated,
+                          sail_not_needed=view.sail_not_needed),
         "metrics_plot": plots.metrics_figure({r: view.records.get(r, []) for r in view.runs}, view.settings.steps, thr,
                                              "detection threshold"),
     }
@@ -71,7 +76,9 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
         for run in ("original", "sail"):
             if view.files.get(run):
                 out[f"image_{run}"] = view.files[run]
-        if view.files.get("original") and view.files.get("sail"):
+        # SAIL not needed: one image on screen (the SAIL file, same pixels, still records SAIL's settings)
+        out["sail_box"] = gr.update(visible=not (view.sail_not_needed and view.files.get("original")))
+        if view.files.get("original") and view.files.get("sail") and not view.sail_not_needed:
             out["image_slider"] = gr.update(value=(view.files["original"], view.files["sail"]), visible=True)
         if with_report:
             out["report_file"] = view.files.get("report") or None
@@ -94,7 +101,9 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         spectrum = form.spectrum(settings.steps)
         warnings = check_settings_for(pipe, settings)
         threshold = detection_threshold(pipe)
-        view = JobView(settings=settings, sail=sail, compare=bool(form.compare), warnings=list(warnings))
+        calibrated, mismatch = calibration_mismatch(pipe, settings)
+        view = JobView(settings=settings, sail=sail, compare=bool(form.compare), warnings=list(warnings),
+                       calibrated=calibrated, mismatch=mismatch)
         yield dict(render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else "")),
                    queue_note="")
         # 2. Stream the job; save as soon as sampling is over (spectra, when asked, come after the images)
@@ -107,14 +116,21 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
                 urgent = False
                 for item in batch:
                     kind = view.apply(item)
-                    if kind == "pair" or (sail is None and kind == "result"):
+                    if kind == "result" and item.images:
+                        # save each run as soon as it exists: the original is shown before SAIL's run is sampled
                         save_outputs(view, ctx.config.outputs, info, threshold)
-                        more = " · computing eigen-spectra (Cancel stops them; the images stay saved)…" \
-                            if spectrum is not None else ""
-                        # the report is offered at once; it is rewritten with the spectra when they are done
                         now = time.perf_counter()
-                        yield render_generate(view, threshold, f"images saved at {now - view.started:.1f} s{more}",
-                                              final=True)
+                        if not view.images_done():
+                            msg = f"original saved at {now - view.started:.1f} s · sampling SAIL's image next…"
+                        else:
+                            msg = f"images saved at {now - view.started:.1f} s"
+                            if view.sail_not_needed:
+                                msg = f"SAIL not needed: this seed's start is already flat · image saved at " \
+                                      f"{now - view.started:.1f} s"
+                            if spectrum is not None:
+                                msg += " · computing eigen-spectra (Cancel stops them; the images stay saved)…"
+                        # the report is offered at once; it is rewritten when the job ends
+                        yield render_generate(view, threshold, msg, final=True)
                         last, urgent = now, False
                         continue
                     first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
@@ -129,9 +145,11 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         view.phase = "done"
         if "report" not in view.files:
             save_outputs(view, ctx.config.outputs, info, threshold)
-        elif view.spectra:
+        else:
             write_json_atomic(view.files["report"], view.report(info, threshold))
         msg = f"done in {time.perf_counter() - view.started:.1f} s · seed {settings.seed} · saved {Path(view.files['report']).name}"
+        if view.sail_not_needed:
+            msg = "SAIL not needed: this seed's start is already flat, so its image is kept (sampled once) · " + msg
         if view.sail_result is not None and not all(view.sail_result.converged):
             msg += " · SAIL did not reach its threshold (best noise used, see the report)"
         if view.warnings:
@@ -139,9 +157,12 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         ok = True
         yield render_generate(view, threshold, msg, "ok", final=True)
     except Cancelled as exc:
-        if view is not None and view.files.get("report"):  # cancelled while computing spectra: the images stay
+        if view is not None and view.files.get("report") and view.images_done():  # during spectra: the images stay
             yield render_generate(view, threshold, f"spectra cancelled after {time.perf_counter() - view.started:.1f} s "
                                   f"({exc}); the images and the report (without spectra) are saved", "warn", final=True)
+        elif view is not None and view.files.get("report"):
+            yield render_generate(view, threshold, f"cancelled ({exc}): SAIL's image was not made; the original and "
+                                  "its report are saved", "warn", final=True)
         else:
             yield render_generate(view, threshold, f"cancelled ({exc}); nothing was saved", "warn")
     except (UserInputError, NonFiniteError, SailScopeError) as exc:
@@ -192,10 +213,12 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                                         elem_id="ss-seed")
                 c["random_seed"] = compat.make(gr.Button, value="🎲", elem_id="ss-random-seed", scale=0, min_width=48)
             with gr.Row():
-                c["steps"] = compat.make(gr.Slider, minimum=1, maximum=150, step=1, value=form.steps, label="Steps",
-                                         elem_id="ss-steps")
-                c["guidance"] = compat.make(gr.Slider, minimum=0, maximum=20, step=0.5, value=form.guidance,
-                                            label="Guidance (CFG)", elem_id="ss-guidance")
+                # number boxes, not sliders: a value out of range gets a message, never a silent clamp
+                c["steps"] = compat.make(gr.Number, value=form.steps, label="Steps", elem_id="ss-steps",
+                                         info=f"sampling steps, 1–{MAX_STEPS}; more = slower")
+                c["guidance"] = compat.make(gr.Number, value=form.guidance, label="Guidance (CFG)",
+                                            elem_id="ss-guidance",
+                                            info="how strongly the image follows the prompt, ≥ 0 (7.5 is usual)")
             with gr.Row():
                 c["width"] = compat.make(gr.Number, label="Width (0 = model default)", value=default_size or form.width,
                                          precision=0, elem_id="ss-width")
@@ -206,40 +229,58 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                                              if compat.GRADIO_MAJOR >= 4 else list(SCHEDULERS), value=form.scheduler,
                                              label="Scheduler", elem_id="ss-scheduler")
                 c["sharpness_at"] = compat.make(gr.Dropdown, choices=list(SHARPNESS_CHOICES), value=form.sharpness_at,
-                                                label="Sharpness at", elem_id="ss-sharpness-at")
+                                                label="Measure sharpness at", elem_id="ss-sharpness-at",
+                                                info="step 1 is what the memorization check reads")
             c["sail_on"] = compat.make(gr.Checkbox, label="SAIL (mitigate memorization)", value=form.sail_on,
-                                       elem_id="ss-sail")
-            c["compare"] = compat.make(gr.Checkbox, label="Compare with original", value=form.compare, elem_id="ss-compare")
+                                       elem_id="ss-sail",
+                                       info="moves the starting noise to a flatter spot so the model does not "
+                                            "reproduce a training image; the prompt and the model stay as they are")
+            c["compare"] = compat.make(gr.Checkbox, label="Compare with original", value=form.compare, elem_id="ss-compare",
+                                       info="also make the image without SAIL, side by side")
             with compat.make(gr.Accordion, label="SAIL advanced", open=False, elem_id="ss-sail-advanced"):
-                c["sail_objective"] = compat.make(gr.Radio, choices=["paper", "reference"], value=form.sail_objective,
-                                                  label="Objective", elem_id="ss-sail-objective")
+                c["sail_objective"] = compat.make(
+                    gr.Radio, choices=["paper", "reference"], value=form.sail_objective, label="What SAIL minimizes",
+                    elem_id="ss-sail-objective",
+                    info="paper: the sharpness the paper defines (‖H_Δ s_Δ‖², by finite differences); reference: "
+                         "the authors' code's cheaper stand-in in noise space (‖ε_c − ε_u‖ change). Both add a "
+                         "term that keeps the noise Gaussian.")
                 with gr.Row():
-                    c["sail_threshold"] = compat.make(gr.Textbox, value=form.sail_threshold,
-                                                      label="Threshold (auto = calibrated median)",
-                                                      elem_id="ss-sail-threshold")
-                    c["sail_trigger"] = compat.make(gr.Textbox, value=form.sail_trigger,
-                                                    label="Trigger: keep starts at or below (auto = calibrated q0.9, none)",
-                                                    elem_id="ss-sail-trigger")
+                    c["sail_threshold"] = compat.make(
+                        gr.Textbox, value=form.sail_threshold, label="Target flatness (threshold)",
+                        elem_id="ss-sail-threshold",
+                        info="SAIL stops once the loss is at or below this; auto = as flat as a typical ordinary "
+                             "prompt's start (the calibrated median)")
+                    c["sail_trigger"] = compat.make(
+                        gr.Textbox, value=form.sail_trigger, label="Leave alone below (trigger)",
+                        elem_id="ss-sail-trigger",
+                        info="a start this flat is kept unchanged; auto = the level 90 % of ordinary prompts stay "
+                             "under; none = same as the target")
                 with gr.Row():
-                    c["sail_max_steps"] = compat.make(gr.Slider, minimum=0, maximum=50, step=1, value=form.sail_max_steps,
-                                                      label="Max steps", elem_id="ss-sail-max-steps")
-                    c["sail_candidates"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=form.sail_candidates,
-                                                       label="Candidates", elem_id="ss-sail-candidates")
-                    c["sail_lr"] = compat.make(gr.Number, value=form.sail_lr, label="Learning rate", elem_id="ss-sail-lr")
-                    c["sail_rounds"] = compat.make(gr.Slider, minimum=1, maximum=8, step=1, value=form.sail_rounds,
-                                                   label="Rounds (fresh noise when a round fails)", elem_id="ss-sail-rounds")
+                    c["sail_max_steps"] = compat.make(gr.Number, value=form.sail_max_steps, label="Max steps",
+                                                      elem_id="ss-sail-max-steps",
+                                                      info="optimizer steps per starting noise (0–1000)")
+                    c["sail_candidates"] = compat.make(gr.Number, value=form.sail_candidates, label="Candidates",
+                                                       elem_id="ss-sail-candidates",
+                                                       info="starting noises tried at once, 1–64 (the seed's own first)")
+                    c["sail_lr"] = compat.make(gr.Number, value=form.sail_lr, label="Step size (learning rate)",
+                                               elem_id="ss-sail-lr", info="> 0")
+                    c["sail_rounds"] = compat.make(gr.Number, value=form.sail_rounds, label="Rounds",
+                                                   elem_id="ss-sail-rounds",
+                                                   info="1–16: fresh noise when no candidate gets flat enough")
             c["spectra_on"] = compat.make(
                 gr.Checkbox, label="Eigen-spectra of the Hessian (slow: minutes on a CPU)", value=form.spectra_on,
                 elem_id="ss-spectra-on",
                 info="Computed after the images are saved, with a progress bar; Cancel stops them. Settings below.")
             with compat.make(gr.Accordion, label="Spectrum settings", open=False, elem_id="ss-spectrum-settings"):
                 c["spectrum_steps"] = compat.make(gr.Textbox, value=form.spectrum_steps,
-                                                  label="Steps (comma-separated, empty = none)", elem_id="ss-spectrum-steps")
+                                                  label="At sampling steps (comma-separated)", elem_id="ss-spectrum-steps")
                 with gr.Row():
-                    c["spectrum_method"] = compat.make(gr.Dropdown, choices=list(SPECTRUM_METHODS), value=form.spectrum_method,
-                                                       label="Method", elem_id="ss-spectrum-method")
-                    c["spectrum_k"] = compat.make(gr.Slider, minimum=2, maximum=32, step=1, value=form.spectrum_k,
-                                                  label="Eigenvalues k", elem_id="ss-spectrum-k")
+                    c["spectrum_method"] = compat.make(
+                        gr.Dropdown, choices=list(SPECTRUM_METHODS), value=form.spectrum_method, label="Method",
+                        elem_id="ss-spectrum-method",
+                        info="arnoldi: largest |λ| (the paper's); lanczos: symmetric part; slq: density")
+                    c["spectrum_k"] = compat.make(gr.Number, value=form.spectrum_k, label="Eigenvalues k",
+                                                  elem_id="ss-spectrum-k", info="more = slower")
             with gr.Row():
                 c["generate"] = compat.make(gr.Button, value="Generate", variant="primary", elem_id="ss-generate")
                 c["cancel"] = compat.make(gr.Button, value="Cancel", variant="stop", elem_id="ss-cancel")
@@ -249,14 +290,20 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
             c["status"] = compat.make(gr.HTML, value=status_html("ready"), elem_id="ss-status")
             c["queue_note"] = compat.make(gr.HTML, value="", elem_id="ss-queue-note")
             c["risk"] = compat.make(gr.HTML, value=risk_html(None, None, ""), elem_id="ss-risk")
-            with gr.Row():
-                c["image_original"] = compat.make(gr.Image, label="Original", type="filepath", interactive=False,
-                                                  elem_id="ss-image-original", height=320)
-                c["image_sail"] = compat.make(gr.Image, label="SAIL (mitigated)", type="filepath", interactive=False,
-                                              elem_id="ss-image-sail", height=320)
+            # small models' images are upscaled with nearest-neighbour (pixels stay crisp) to a size one can judge
+            pixel = ["ss-pixelated"] if default_size is not None and default_size <= 256 else []
+            with gr.Row(elem_classes=["ss-images"]):
+                with gr.Column(min_width=240):
+                    c["image_original"] = compat.make(gr.Image, label="Original", type="filepath", interactive=False,
+                                                      elem_id="ss-image-original", height=IMAGE_HEIGHT, elem_classes=pixel)
+                with compat.make(gr.Column, min_width=240, elem_id="ss-sail-box") as c["sail_box"]:
+                    c["image_sail"] = compat.make(gr.Image, label="SAIL (mitigated)", type="filepath",
+                                                  interactive=False, elem_id="ss-image-sail", height=IMAGE_HEIGHT,
+                                                  elem_classes=pixel)
             if compat.HAS_IMAGE_SLIDER:
                 c["image_slider"] = compat.make(gr.ImageSlider, label="Original ↔ SAIL", type="filepath",
-                                                interactive=False, visible=False, elem_id="ss-image-slider")
+                                                interactive=False, visible=False, elem_id="ss-image-slider",
+                                                elem_classes=pixel)
             else:
                 c["image_slider"] = compat.make(gr.HTML, value="", visible=False, elem_id="ss-image-slider")
             c["metrics_plot"] = compat.make(gr.Plot, label="Per-step metrics (live)", elem_id="ss-metrics-plot",
