@@ -6,6 +6,7 @@ A1111 tab and the saved reports.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -16,12 +17,35 @@ RUN_STYLE = {  # run name -> (label, colour, dash)
     "sail": ("SAIL", "#e4572e", "solid"),
 }
 WHICH_STYLE = {"cond": ("conditional", "#2e86de"), "uncond": ("unconditional", "#8e8e93"), "delta": ("difference", "#e4572e")}
-# resolved once: figures built without validation must carry the template itself, not its name
+# resolved once: figures built without validation must carry the template itself, not its name. Transparent
+# backgrounds and grey grid lines read on the light and the dark theme; in the dark theme the stylesheet turns the
+# text light (assets/css/app.css, ".dark .js-plotly-plot").
 TEMPLATE = pio.templates["plotly_white"].to_plotly_json()
+GRID = "rgba(128,128,128,0.25)"
+for _axis in ("xaxis", "yaxis"):
+    TEMPLATE["layout"][_axis].update(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
 LAYOUT = dict(
-    template=TEMPLATE, margin=dict(l=50, r=20, t=40, b=40), height=360,
-    legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0), font=dict(size=12),
+    template=TEMPLATE, margin=dict(l=50, r=20, t=40, b=40), height=360, paper_bgcolor="rgba(0,0,0,0)",
+    plot_bgcolor="rgba(0,0,0,0)", legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0,
+                                              bgcolor="rgba(0,0,0,0)"), font=dict(size=12),
 )
+
+
+def sig(value: Any, digits: int = 4) -> Any:
+    """A number rounded to ``digits`` significant digits for tables (None and non-numbers unchanged)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def log_axis(values: Iterable[float]) -> dict:
+    """A log axis labelled at powers of ten only (no "5, 2" minor-tick labels) when the data span a decade or more;
+    within one decade, 2-3 plain labels."""
+    vals = [v for v in values if v and v > 0]
+    span = math.log10(max(vals) / min(vals)) if vals else 0.0
+    if span >= 1.0:
+        return dict(type="log", dtick=1, exponentformat="power", minor=dict(showgrid=False))
+    return dict(type="log", nticks=3, tickformat=".2g")
 
 
 def _as_dict(record: Any) -> dict:
@@ -88,9 +112,10 @@ def metrics_figure(
     x_range = [0.5, total_steps + 0.5] if total_steps else None
     layout = dict(height=420,
                   xaxis=dict(anchor="y2", range=x_range, title=dict(text="step")),
-                  yaxis=dict(domain=[0.56, 1.0], title=dict(text="Wen ‖ε_c − ε_u‖")),
-                  yaxis2=dict(domain=[0.0, 0.44], title=dict(text="sharpness ‖H_Δ s_Δ‖²"),
-                              type="log" if _positive(sharp_all + ([threshold] if threshold else [])) else "linear"))
+                  yaxis=dict(domain=[0.56, 1.0], title=dict(text="guidance strength (Wen)")),
+                  yaxis2=dict(domain=[0.0, 0.44], title=dict(text="sharpness (log)"),
+                              **(log_axis(sharp_all + ([threshold] if threshold else []))
+                                 if _positive(sharp_all + ([threshold] if threshold else [])) else {})))
     if threshold is not None:
         traces.append(dict(type="scatter", x=[0.5, (total_steps or 1) + 0.5], y=[threshold, threshold], mode="lines",
                            name=f"{threshold_label} {threshold:.4g}", line=dict(color="#c0392b", dash="dash", width=1),
@@ -178,7 +203,8 @@ def compare_figure(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
                   xaxis=dict(domain=[0.0, 0.55], title=dict(text="index (by |λ|)")),
                   yaxis=dict(title=dict(text="Re λ of H_Δ at step 1")),
                   xaxis2=dict(domain=[0.65, 1.0], anchor="y2"),
-                  yaxis2=dict(anchor="x2", type="log" if log else "linear", title=dict(text="step-1 sharpness")))
+                  yaxis2=dict(anchor="x2", title=dict(text="step-1 sharpness"),
+                              **(log_axis(r.get("sharpness") for r in rows) if log else {})))
     return _figure(traces, layout)
 
 

@@ -16,21 +16,23 @@ from sailscope.ui import compat, plots
 from sailscope.ui.forms import marked_prompts, read_prompt_list, whole_number
 from sailscope.ui.jobs import AppContext, detection_threshold
 from sailscope.ui.outputs import audit_base, save_audit_exports
+from sailscope.ui.plots import sig
 from sailscope.ui.widgets import bind, session_of, status_html, wire_cancel
 
 log = logging.getLogger("sailscope.ui")
 
 AUDIT_INPUTS = ("prompts", "upload", "memorized", "seeds", "steps", "metric", "name")
 AUDIT_OUTPUTS = ("status", "table", "histogram", "roc", "export")
-AUDIT_HEADERS = ["prompt", "score", "per seed", "known memorized", "risk", "seconds"]
+AUDIT_HEADERS = ["prompt", "memorization risk", "score", "per seed", "known memorized", "seconds"]
 
 
 def audit_update(rows: list[dict], threshold: float | None, metric: str, message: str, done: int | None = None,
                  total: int | None = None, kind: str = "info") -> dict[str, Any]:
     """Status, table, histogram and ROC for the rows scored so far (ROC from ``core.detect``)."""
-    table = [[r["prompt"], r["score"], ", ".join(f"{v:.4g}" for v in r.get("per_seed", [])),
-              {True: "yes", False: "no"}.get(r.get("memorized"), ""),
-              detect.risk_level(r["score"], threshold) if metric == "sharpness" else "", round(r.get("seconds", 0.0), 2)]
+    # the risk next to the prompt (never pushed off screen), numbers to 4 significant digits
+    table = [[r["prompt"], detect.risk_level(r["score"], threshold) if metric == "sharpness" else "",
+              sig(r["score"]), ", ".join(f"{v:.4g}" for v in r.get("per_seed", [])),
+              {True: "yes", False: "no"}.get(r.get("memorized"), ""), round(r.get("seconds", 0.0), 2)]
              for r in rows]
     scores = [r["score"] for r in rows]
     hist = plots.histogram_figure(scores, [r.get("memorized") for r in rows], threshold if metric == "sharpness" else None)
