@@ -172,7 +172,8 @@ def test_generate_with_sail_live_plot_images_spectrum_and_report(server, browser
     page.locator("#ss-prompt textarea").fill(server["prompt"])
     set_number(page, "ss-steps", server["steps"])
     page.locator("#ss-sail input[type=checkbox]").check()
-    page.get_by_text("Spectrum", exact=True).click()
+    page.locator("#ss-spectra-on input[type=checkbox]").check()  # spectra are opt-in
+    page.get_by_text("Spectrum settings", exact=True).click()
     set_number(page, "ss-spectrum-k", 4)
     if not server["calibrated"]:  # no calibration for this model: give SAIL a threshold it reaches
         page.get_by_text("SAIL advanced").click()
@@ -279,3 +280,144 @@ def test_bad_input_oversize_upload_and_two_sessions(server, browser, tmp_path):
         report = json.loads(Path(dl.value.path()).read_text())
         assert report["settings"]["prompt"] == f"session {i} prompt" and report["settings"]["seed"] == 100 + i
         p.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 20: the app as a new user meets it
+# ----------------------------------------------------------------------------------------------
+def wait_finished(page, timeout: float, elem_id: str = "ss-status") -> str:
+    end = time.time() + timeout
+    while not finished(page, elem_id):
+        assert time.time() < end, status_text(page, elem_id)
+        time.sleep(0.2)
+    return status_text(page, elem_id)
+
+
+def test_default_generate_finishes_without_spectra(server, browser):
+    page = open_page(browser, server)
+    assert not page.locator("#ss-spectra-on input[type=checkbox]").is_checked()
+    page.locator("#ss-prompt textarea").fill("a small green square")
+    page.locator("#ss-generate").click()
+    text = wait_finished(page, 300)
+    assert "done" in text and "spectra" not in text
+    page.wait_for_selector("#ss-report a[download]", timeout=30_000)
+    page.close()
+
+
+def test_cancel_during_spectra_stops_within_one_krylov_step(server, browser):
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill("a small green square")
+    set_number(page, "ss-steps", 3)
+    page.locator("#ss-spectra-on input[type=checkbox]").check()
+    page.locator("#ss-generate").click()
+    wait_status(page, ("matrix-vector products",), 300)
+    products_before = int(__import__("re").search(r"(\d+) matrix-vector", status_text(page)).group(1))
+    clicked = time.time()
+    page.locator("#ss-cancel").dispatch_event("click")
+    text = wait_status(page, ("spectra cancelled",), 120)
+    took = time.time() - clicked
+    print(f"cancel during spectra: stopped {took:.2f} s after the click (at >= {products_before} products)")
+    assert "images and the report (without spectra) are saved" in text
+    assert took < 15  # one Krylov step (a product through the UNet) plus the page's round trip
+    assert page.locator("#ss-image-original img").count() == 1
+    page.close()
+
+
+def test_closed_tab_cancels_its_job_and_the_next_user_starts_soon(server, browser):
+    first = open_page(browser, server)
+    first.locator("#ss-prompt textarea").fill("a small green square")
+    set_number(first, "ss-steps", 1000)
+    first.locator("#ss-generate").click()
+    end = time.time() + 120
+    while wen_points(first) == 0:
+        assert time.time() < end, status_text(first)
+        time.sleep(0.1)
+    second = open_page(browser, server)
+    second.locator("#ss-prompt textarea").fill("a red circle")
+    set_number(second, "ss-steps", 2)
+    second.locator("#ss-generate").click()
+    wait_status(second, ("Waiting for the model",), 30, "ss-queue-note")  # told why it waits
+    closed = time.time()
+    first.close()  # the tab goes away mid-run
+    wait_status(second, ("step", "done"), 60)
+    started = time.time() - closed
+    print(f"closed tab: the next user's job started {started:.2f} s after the close")
+    assert started < 10
+    wait_finished(second, 120)
+    second.close()
+
+
+def test_not_calibrated_note_and_clamping_messages(server, browser):
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill("a small green square")
+    for value, expected in ((0, "got 0"), (10000, "got 10000")):
+        set_number(page, "ss-steps", value)
+        page.locator("#ss-generate").click()
+        assert expected in wait_status(page, ("must be",), 60)
+        assert page.locator("#ss-steps input[type=number]").input_value() == str(value)  # never changed
+    set_number(page, "ss-steps", 3)
+    set_number(page, "ss-guidance", -5)
+    page.locator("#ss-generate").click()
+    assert "guidance must be a finite number >= 0, got -5" in wait_status(page, ("must be",), 60)
+    set_number(page, "ss-guidance", 7.5)
+    page.locator("#ss-generate").click()  # 3 steps: off the calibration (50 steps) when the model is calibrated
+    wait_finished(page, 120)
+    badge = page.locator("#ss-risk").inner_text()
+    if server["calibrated"]:
+        assert "Not calibrated for these settings" in badge and "3 steps (calibrated: 50)" in badge
+    else:
+        assert "Memorization check unavailable" in badge
+    assert "/" not in badge.replace("‖", "")  # no local paths on screen
+    shoot(page, "app-not-calibrated")
+    page.close()
+
+
+def test_sail_not_needed_shows_one_image(server, browser):
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill("a small green square")
+    set_number(page, "ss-steps", 3)
+    page.locator("#ss-sail input[type=checkbox]").check()
+    page.get_by_text("SAIL advanced").click()
+    page.locator("#ss-sail-threshold textarea, #ss-sail-threshold input").first.fill("1e12")
+    page.locator("#ss-generate").click()
+    text = wait_finished(page, 300)
+    assert "SAIL not needed: this seed's start is already flat" in text
+    assert page.locator("#ss-image-original img").count() == 1
+    assert not page.locator("#ss-sail-box").is_visible()
+    page.close()
+
+
+def _luminance(rgb) -> float:
+    def channel(c):
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(float(v)) for v in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _rgb(css: str) -> tuple[float, ...]:
+    import re
+
+    return tuple(float(v) for v in re.findall(r"[\d.]+", css)[:3])
+
+
+def test_dark_mode_badge_contrast(server, browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    page.goto(server["url"] + "?__theme=dark", wait_until="load")
+    page.wait_for_selector("#ss-generate", timeout=60_000)
+    page.locator("#ss-prompt textarea").fill(server["prompt"])
+    page.locator("#ss-generate").click()
+    wait_finished(page, 300)
+    colours = page.evaluate("""() => { const b = document.querySelector('#ss-risk .ss-risk');
+        const s = getComputedStyle(b); let bg = s.backgroundColor, el = b;
+        while ((bg === 'rgba(0, 0, 0, 0)' || bg === 'transparent') && el.parentElement) {
+            el = el.parentElement; bg = getComputedStyle(el).backgroundColor; }
+        return {fg: s.color, bg: bg, dark: document.querySelector('.dark') !== null,
+                level: b.dataset.risk}; }""")
+    assert colours["dark"], colours
+    l1, l2 = sorted((_luminance(_rgb(colours["fg"])), _luminance(_rgb(colours["bg"]))), reverse=True)
+    ratio = (l1 + 0.05) / (l2 + 0.05)
+    print(f"dark mode badge ({colours['level']}): {colours['fg']} on {colours['bg']}: contrast {ratio:.2f}")
+    assert ratio >= 4.5, colours
+    shoot(page, "app-dark")
+    page.close()

@@ -57,7 +57,7 @@ for line in sys.stdin:
     total = time.perf_counter() - t0
     final = job.outputs()[-1]
     done = re.search(r"done in ([0-9.]+) s", str(final[0]))  # the handler's own clock, from its final status
-    ref = final[9]
+    ref = final[int(sys.argv[3])]  # the report_file output
     report = ref if isinstance(ref, str) else (ref.get("path") if isinstance(ref, dict) else getattr(ref, "path", None))
     gen = json.loads(open(report).read())["runs"]["original"]["seconds"] if report else None
     print(json.dumps({"total": total, "first": total if first is None else first,
@@ -83,8 +83,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from sailscope.core.sampling import GenerationSettings, run_generation
-    from sailscope.ui.app import GEN_INPUTS, AppContext, build_ui, generate_handler, launch
+    from sailscope.ui.app import AppContext, build_ui, launch
+    from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm
     from sailscope.ui.jobs import AppConfig
+    from sailscope.ui.views.generate import GENERATE_OUTPUTS, generate_handler
 
     tmp = Path(tempfile.mkdtemp(prefix="sailscope-bench-"))
     os.environ.setdefault("SAILSCOPE_HOME", str(tmp / "home"))
@@ -109,13 +111,12 @@ def main() -> int:
 
     # The client runs in its own process (as a browser does): polling from this process would take the GIL
     # from the server's generation thread and bill the client's work to the app.
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, "1" if args.client_downloads else "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, bufsize=1)
-    values = dict(prompt=prompt, negative="", seed=0, steps=args.steps, guidance=7.5, width=0, height=0,
-                  scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
-                  sail_threshold="auto", sail_max_steps=6, sail_candidates=1, compare=True, spectrum_steps="",
-                  spectrum_method="arnoldi", spectrum_k=8, sail_trigger="auto", sail_lr=0.3)
-    request = json.dumps([values[k] for k in GEN_INPUTS])
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, "1" if args.client_downloads else "0",
+                               str(GENERATE_OUTPUTS.index("report_file"))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, bufsize=1)
+    # the Generate form at its defaults (what a user gets: step-1 sharpness, no SAIL, no spectra), this prompt/steps
+    form = GenerateForm(prompt=prompt, seed=0, steps=args.steps, width=0, height=0)
+    request = json.dumps([getattr(form, k) for k in GENERATE_FIELDS])
 
     inside: list[dict] = []  # per app run: the handler's clock and the generation's clock inside the app
 
@@ -150,7 +151,7 @@ def main() -> int:
     handler_ratios = []
     for i in range(args.repeats):
         t0 = time.perf_counter()
-        for _ in generate_handler(ctx, *json.loads(request)):
+        for _ in generate_handler(ctx, GenerateForm.from_values(json.loads(request))):
             pass
         h = time.perf_counter() - t0
         handler_ratios.append(h / core_once())

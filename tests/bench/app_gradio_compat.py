@@ -23,8 +23,10 @@ def main() -> int:
     args = parser.parse_args()
     import gradio as gr
 
-    from sailscope.ui.app import GEN_INPUTS, GEN_OUTPUTS, AppContext, build_ui, generate_panel, launch, wire_generate
+    from sailscope.ui.app import AppContext, build_ui, launch
+    from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm
     from sailscope.ui.jobs import AppConfig
+    from sailscope.ui.views.generate import GENERATE_OUTPUTS, generate_panel, wire_generate
 
     tmp = tempfile.mkdtemp()
     os.environ.setdefault("SAILSCOPE_HOME", tmp)
@@ -35,7 +37,7 @@ def main() -> int:
             c = generate_panel(ctx)
             wire_generate(ctx, c)
         out["panel_components"] = len(c)
-        out["ok"] = all(k in c for k in GEN_INPUTS + GEN_OUTPUTS)
+        out["ok"] = all(k in c for k in GENERATE_FIELDS + GENERATE_OUTPUTS)
         print(json.dumps(out))
         return 0 if out["ok"] else 1
     from sailscope.core.testing import tiny_pipeline  # needs diffusers/transformers that fit this gradio
@@ -49,12 +51,9 @@ def main() -> int:
     from gradio_client import Client
 
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-    values = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0,
-                  scheduler="ddim", sharpness_at="step 1 (detection)", sail_on=False, sail_objective="paper",
-                  sail_threshold="auto", sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="",
-                  spectrum_method="arnoldi", spectrum_k=4, sail_trigger="auto", sail_lr=0.3)
+    form = GenerateForm(prompt="a red square", seed=0, steps=3, width=0, height=0, sail_max_steps=2, spectrum_k=4)
     t0 = time.perf_counter()
-    result = client.predict(*[values[k] for k in GEN_INPUTS], api_name="/generate")
+    result = client.predict(*[getattr(form, k) for k in GENERATE_FIELDS], api_name="/generate")
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out["status"] = str(result[0])[-160:]
     out["ok"] = "ss-ok" in str(result[0])
