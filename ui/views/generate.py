@@ -77,7 +77,8 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
             if view.files.get(run):
                 out[f"image_{run}"] = view.files[run]
         # SAIL not needed: one image on screen (the SAIL file, same pixels, still records SAIL's settings)
-        out["sail_box"] = gr.update(visible=not (view.sail_not_needed and view.files.get("original")))
+        out["sail_box"] = gr.update(visible=view.sail is not None and not (view.sail_not_needed
+                                                                          and view.files.get("original")))
         if view.files.get("original") and view.files.get("sail") and not view.sail_not_needed:
             out["image_slider"] = gr.update(value=(view.files["original"], view.files["sail"]), visible=True)
         if with_report:
@@ -296,7 +297,7 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                 with gr.Column(min_width=240):
                     c["image_original"] = compat.make(gr.Image, label="Original", type="filepath", interactive=False,
                                                       elem_id="ss-image-original", height=IMAGE_HEIGHT, elem_classes=pixel)
-                with compat.make(gr.Column, min_width=240, elem_id="ss-sail-box") as c["sail_box"]:
+                with compat.make(gr.Column, min_width=240, elem_id="ss-sail-box", visible=False) as c["sail_box"]:
                     c["image_sail"] = compat.make(gr.Image, label="SAIL (mitigated)", type="filepath",
                                                   interactive=False, elem_id="ss-image-sail", height=IMAGE_HEIGHT,
                                                   elem_classes=pixel)
