@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lab.add_argument("--not-memorized", default=None, metavar="FILE", help="non-memorized prompts, one per line")
     lab.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"],
+                   help="process-group backend under accelerate launch (default: accelerate's, nccl on GPUs); gloo "
+                        "with --device cuda:0 lets several processes share one GPU")
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     entries = read_prompt_file(args.prompts)
     prompts = prompts_of(entries)
     labels = read_labels(args, entries)
-    state = audit.process_state()
+    state = audit.process_state(args.dist_backend)
     say = (lambda msg: print(f"sailscope: {msg}", file=sys.stderr, flush=True)) if state.is_main else (lambda msg: None)
     if state.device is not None and args.device is None:
         args.device = state.device  # one GPU per process under `accelerate launch`

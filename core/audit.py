@@ -97,9 +97,10 @@ class ProcessState:
         return self.rank == 0
 
 
-def process_state() -> ProcessState:
+def process_state(backend: str | None = None) -> ProcessState:
     """Rank, world size and barrier from ``accelerate.PartialState`` (works under ``accelerate launch`` on GPUs,
-    CPU processes or several nodes); a single process when accelerate is not installed."""
+    CPU processes or several nodes); a single process when accelerate is not installed. ``backend`` overrides
+    accelerate's process-group backend (``gloo`` lets several processes share one GPU, which NCCL refuses)."""
     launched = _launched_world_size()
     try:
         from accelerate import PartialState
@@ -112,7 +113,8 @@ def process_state() -> ProcessState:
 
     # accelerate treats a multi-process launch on a machine without CUDA as one process unless told `cpu=True`
     # (each process would then score every prompt)
-    state = PartialState(cpu=launched > 1 and not torch.cuda.is_available())
+    kwargs = {"backend": backend} if backend and launched > 1 else {}
+    state = PartialState(cpu=launched > 1 and not torch.cuda.is_available(), **kwargs)
     if int(state.num_processes) != launched:
         raise UserInputError(f"launched as {launched} processes, but accelerate sees {state.num_processes} "
                              f"({state.distributed_type}); check the launch configuration")
