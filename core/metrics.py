@@ -44,16 +44,40 @@ def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
+def explicit_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                       dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False) -> Tensor:
+    """``scaled_dot_product_attention`` written out (``softmax(q kᵀ · scale + mask) v``, softmax in at least fp32): plain ops
+    whose forward-mode derivatives exist on every device and keep the inputs' dtype."""
+    if dropout_p:
+        raise ValueError("attention dropout has no place in an inference-time derivative")
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        repeat = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(repeat, dim=-3), value.repeat_interleave(repeat, dim=-3)
+    scale = 1.0 / query.shape[-1] ** 0.5 if scale is None else scale
+    scores = query @ key.transpose(-2, -1)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale
+    if is_causal:
+        keep = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return scores.softmax(dim=-1).to(query.dtype) @ value
+
+
+class _ExplicitAttentionMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            return explicit_attention(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
-def math_attention():
-    """Force the MATH scaled-dot-product kernel: the only one with a forward-mode derivative."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        with torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True):
-            yield
-        return
-    with sdpa_kernel(SDPBackend.MATH):
+def forward_ad_attention():
+    """Attention that forward-mode AD can differentiate in half precision on any device: fused SDPA kernels have no
+    forward derivative, and on CUDA the MATH kernel's derivative mixes fp32 into fp16 models (measured on an H200,
+    docs/performance.md), so every ``scaled_dot_product_attention`` call inside runs :func:`explicit_attention`."""
+    with _ExplicitAttentionMode():
         yield
 
 
@@ -83,7 +107,7 @@ def jvp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> tuple[Tensor, T
     """``(fn(x), J_fn(x) v)`` by forward-mode AD under the MATH attention kernel, in fp32."""
     x = at_least_fp32(x.detach())
     v = at_least_fp32(v.detach()).to(x.dtype)
-    with torch.enable_grad(), math_attention():
+    with torch.enable_grad(), forward_ad_attention():
         out, tangent = torch.func.jvp(fn, (x,), (v,))
     return out.detach(), tangent.detach()
 

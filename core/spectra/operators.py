@@ -20,7 +20,7 @@ from torch import Tensor
 
 from sailscope.core.choices import HVP_CHOICES, WHICH_CHOICES  # noqa: F401  (re-exports)
 from sailscope.core.errors import UserInputError
-from sailscope.core.metrics import DEFAULT_FD_STEP, at_least_fp32, fd_step_size, math_attention
+from sailscope.core.metrics import DEFAULT_FD_STEP, at_least_fp32, fd_step_size, forward_ad_attention
 from sailscope.core.score import Conditioning, GuidedScore, as_conditioning
 
 Which = Literal["cond", "uncond", "delta"]
@@ -220,7 +220,7 @@ def score_jacobian(
 
         def one_chunk(v: Tensor) -> Tensor:
             xs, vs = batch(v)
-            with torch.enable_grad(), math_attention():
+            with torch.enable_grad(), forward_ad_attention():
                 _, tangent = torch.func.jvp(fn_for(v.shape[0]), (xs,), (vs,))
             counter.jvps += v.shape[0]
             counter.calls += 1
