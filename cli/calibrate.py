@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from sailscope.cli.options import add_model_arguments, load_model_from_args
 from sailscope.core.errors import UserInputError
@@ -39,16 +40,13 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def read_prompts(path: str | None, limit: int | None, model: str = "") -> list[str]:
-    """One prompt per line (``.txt``) or ``{"caption": ...}`` per line (``.jsonl``).
-
-    Default for ``--model demo``: 48 fresh grammar captions (:func:`sailscope.core.calibration.demo_calibration_prompts`).
-    """
+    """One prompt per line (``.txt``), ``.csv`` or ``.jsonl`` (``sailscope.core.io.prompts``); without a file, the
+    default list for the model (:func:`sailscope.core.calibration.default_calibration_prompts`)."""
     if path is None:
-        if model != "demo":
-            raise UserInputError("--prompts is required: a file of non-memorized prompts, one per line")
-        from sailscope.core.calibration import demo_calibration_prompts  # torch: not for --help
+        from sailscope.core.calibration import default_calibration_prompts  # torch: not for --help
 
-        prompts = demo_calibration_prompts()
+        prompts, source = default_calibration_prompts(model)
+        print(f"sailscope: calibrating on {source}", file=sys.stderr)
         return prompts[:limit] if limit else prompts
     prompts = prompts_of(read_prompt_file(path))
     if not prompts:
@@ -59,8 +57,8 @@ def read_prompts(path: str | None, limit: int | None, model: str = "") -> list[s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--prompts", default=None,
-                        help="non-memorized prompts (.txt one per line, or .jsonl with 'caption'); default for the demo model: "
-                             "48 fresh grammar captions (not memorized, not in its held-out set)")
+                        help="non-memorized prompts (.txt one per line, .csv or .jsonl); default: 48 fresh grammar captions "
+                             "for the demo model, else the 128 shipped generic prompts (assets/prompts/README.md)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("--seeds", default="0-3", help="seeds, e.g. 0-3 or 0,1,5 (default 0-3)")
     parser.add_argument("--scheduler", default="ddim", help="scheduler whose first step is measured (default ddim)")
@@ -81,9 +79,15 @@ def run(args: argparse.Namespace) -> int:
     # 2. Measure
     pipe = load_model_from_args(args)
 
+    start = time.perf_counter()
+
     def progress(i: int, n: int) -> None:
-        if not args.json:
-            print(f"\rcalibrating: {i}/{n} prompts", end="" if i < n else "\n", file=sys.stderr, flush=True)
+        if args.json:
+            return
+        elapsed = time.perf_counter() - start
+        left = f", about {elapsed / i * (n - i):.0f} s left" if 0 < i < n else ""
+        print(f"\rcalibrating: {i}/{n} prompts, {elapsed:.0f} s{left}   ", end="" if i < n else "\n",
+              file=sys.stderr, flush=True)
 
     record = cal.measure(pipe, prompts, seeds, scheduler=args.scheduler, steps=args.steps, delta=args.delta,
                          progress=progress)

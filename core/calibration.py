@@ -41,8 +41,8 @@ from sailscope.core.demo.data import dataset_from_config, random_caption_spec
 from sailscope.core.errors import UserInputError
 from sailscope.core.io.files import write_text_atomic
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
-from sailscope.core.io.prompts import read_heldout, read_memorized
-from sailscope.core.models import DEMO_MODEL_DIR
+from sailscope.core.io.prompts import prompts_of, read_heldout, read_memorized, read_prompt_file
+from sailscope.core.models import DEMO_MODEL_DIR, PACKAGE_ROOT
 from sailscope.core.sampling import GenerationSettings, encode, initial_noise, output_size, seed_generators
 from sailscope.core.score import DiffusersScoreModel
 
@@ -455,3 +455,15 @@ def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, s
         if text not in exclude and text not in out:
             out.append(text)
     return out
+
+
+SHIPPED_PROMPTS = PACKAGE_ROOT / "assets" / "prompts" / "calibration_prompts.txt"  # source: assets/prompts/README.md
+
+
+def default_calibration_prompts(model: str) -> tuple[list[str], str]:
+    """Prompts to calibrate ``model`` on when the user gives none, and where they come from: fresh grammar
+    captions for the demo model, else the shipped list of generic prompts (assets/prompts/README.md)."""
+    if model == "demo":
+        return demo_calibration_prompts(), "48 fresh demo-grammar captions"
+    prompts = prompts_of(read_prompt_file(SHIPPED_PROMPTS, what="the shipped calibration prompts"))
+    return prompts, f"the {len(prompts)} shipped calibration prompts (assets/prompts/README.md)"

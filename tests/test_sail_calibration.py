@@ -162,8 +162,23 @@ def test_demo_calibration_prompts_exclude_evaluation_and_memorized_captions(tmp_
     (tmp_path / "memorized.jsonl").write_text(json.dumps({"caption": base[1]}) + "\n")
     fresh = demo_calibration_prompts(10, tmp_path)
     assert base[0] not in fresh and base[1] not in fresh and fresh[:8] == base[2:]
-    with pytest.raises(UserInputError, match="--prompts"):
-        read_prompts(None, None, "/some/model")
+    shipped = read_prompts(None, None, "/some/model")  # any other model: the shipped generic list
+    assert len(shipped) == len(set(shipped)) == 128 and read_prompts(None, 5, "/some/model") == shipped[:5]
+
+
+def test_calibrate_without_prompts_uses_the_shipped_list(tiny_model_dir, tmp_path, capsys):
+    """Issue 18: `sailscope calibrate --model X` works on any checkpoint without --prompts, says which prompts it
+    used, and stores the record under the model's key."""
+    from sailscope.cli import main
+    from sailscope.core.calibration import SHIPPED_PROMPTS
+
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", str(tiny_model_dir), "--limit", "2", "--seeds", "0", "--steps", "5",
+                 "--output", str(out)]) == 0
+    (rec,) = cal.load_calibrations(out).values()
+    assert rec.prompts == SHIPPED_PROMPTS.read_text().splitlines()[:2] and rec.n == 2
+    err = capsys.readouterr().err
+    assert "shipped calibration prompts" in err and "calibrating: 2/2 prompts" in err
 
 
 def test_demo_calibration_prompts_exclude_the_training_captions(tmp_path):
