@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,12 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-paths", action="store_true",
                         help="let the browser load models from any path typed in the Model tab (off by default)")
     parser.add_argument("--outputs", default="outputs", metavar="DIR", help="where images and reports are saved (default ./outputs)")
+    parser.add_argument("--reference-dir", default=None, metavar="DIR",
+                        help="folder of known images (e.g. your training set) that the app compares generated images "
+                             "with, to find copies (read once at start; the browser cannot choose another path)")
+    parser.add_argument("--reference-tau", type=float, default=None, metavar="D",
+                        help="distance under which an image counts as a copy of a --reference-dir image and two seeds "
+                             "as the same image (RMSE of 64x64 pixels in [0, 1]; default: none, distances only)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument("--dtype", default=None, type=str.lower, choices=("fp32", "fp16", "bf16", "float32", "float16", "bfloat16"),
                         help="weights' dtype (default: fp16 on CUDA, else fp32)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reference_dir and not Path(args.reference_dir).is_dir():
+        print(f"sailscope: --reference-dir {args.reference_dir} is not a folder", file=sys.stderr)
+        return 2
     from sailscope.core.errors import SailScopeError
     from sailscope.ui.app import build_ui, launch
     from sailscope.ui.jobs import AppConfig, ModelManager
@@ -42,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"sailscope: could not load {config.model}: {exc} (choose a model in the Model tab)", file=sys.stderr)
     from sailscope.ui.app import AppContext
 
-    demo = build_ui(context=AppContext(config=config, models=manager))
+    demo = build_ui(context=AppContext(config=config, models=manager), reference_dir=args.reference_dir,
+                    reference_tau=args.reference_tau)
     print(f"sailscope: serving on http://{args.host}:{args.port}", file=sys.stderr)
     launch(demo, config, host=args.host, port=args.port, share=args.share)
     return 0

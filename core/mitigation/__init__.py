@@ -21,7 +21,8 @@ Notation (docs/math.md §1):
 Rooms: :mod:`.settings` (what determines SAIL's ``x_T``), :mod:`.objectives` (the two losses, pure functions of
 an eps pair), :mod:`.optimizer` (the search over candidates and rounds, model-agnostic), :mod:`.candidates`
 (seeded, distinct noises), :mod:`.pipeline` (the diffusers edge and the host edge), :mod:`.pair` (original vs
-mitigated run), :mod:`.rta` (random token addition, the baseline).
+mitigated run), :mod:`.picks` (several SAIL results for one seed, each reproducible), :mod:`.rta` (random token
+addition, the baseline).
 """
 from sailscope.core.mitigation.candidates import PROBE_SALT, CandidateDraws, candidate_seed, draw_candidates
 from sailscope.core.mitigation.objectives import (
@@ -34,6 +35,10 @@ from sailscope.core.mitigation.pipeline import (
     FirstStep, diffusers_eps_pair, first_step, infotext_fields, iter_sail, optimize_first_step, prediction_type,
     run_sail,
 )
+from sailscope.core.mitigation.picks import (
+    SailCandidate, candidate_fields, iter_sail_candidates, pick_from_infotext, picking_settings, rank_candidates,
+    reproduce_candidate, sail_candidates,
+)
 from sailscope.core.mitigation.settings import (
     AUTO_DELTA, DEFAULT_ALPHA, OBJECTIVES, STOP_RULES, Objective, SailSettings, auto_delta, default_alpha,
 )
@@ -45,4 +50,6 @@ __all__ = [
     "iter_sail", "run_sail", "optimize_first_step", "generate_pair", "run_pair", "infotext_fields",
     "default_alpha", "auto_delta", "relative_step", "retract_to_sphere", "tangent_component",
     "OBJECTIVES", "STOP_RULES", "DEFAULT_ALPHA", "AUTO_DELTA", "PROBE_SALT",
+    "SailCandidate", "sail_candidates", "iter_sail_candidates", "rank_candidates", "reproduce_candidate",
+    "picking_settings", "candidate_fields", "pick_from_infotext",
 ]

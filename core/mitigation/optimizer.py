@@ -135,6 +135,14 @@ class SailResult:
     # whether that mean overruled the trigger (the start was under it, the prompt was not: optimized)
     prompt_loss: list[float | None] = field(default_factory=list)
     trigger_overruled: list[bool] = field(default_factory=list)
+    # every candidate row of the search (trace columns, all rounds): its final noise (the accepted iterate, else the
+    # lowest-loss one), whether it was accepted, its loss, Adam steps and round (core.mitigation.picks ranks them)
+    row_x_T: Tensor | None = None
+    row_converged: list[bool] = field(default_factory=list)
+    row_loss: list[float] = field(default_factory=list)
+    row_steps: list[int] = field(default_factory=list)
+    row_round: list[int] = field(default_factory=list)
+    row_order: list[int] = field(default_factory=list)  # rows best first: accepted (round, step, row), then by loss
 
     @property
     def all_converged(self) -> bool:
@@ -380,7 +388,18 @@ def iter_optimize(
         converged.append(ok)
         chosen.append(members.index(r))
         chosen_round.append(search.round[r])
+    rows = range(search.n_rows)
+    ok_rows = sorted((r for r in rows if search.accepted_step[r] >= 0),
+                     key=lambda r: (search.round[r], search.accepted_step[r], r))
+    other = sorted((r for r in rows if search.accepted_step[r] < 0),
+                   key=lambda r: (search.best_loss[r] if math.isfinite(search.best_loss[r]) else math.inf, r))
     yield SailResult(
+        row_x_T=torch.stack([search.accepted_z[r] if search.accepted_step[r] >= 0 else search.best_z[r].clone()
+                             for r in rows]),
+        row_converged=[search.accepted_step[r] >= 0 for r in rows],
+        row_loss=[search.accepted_loss[r] if search.accepted_step[r] >= 0 else search.best_loss[r] for r in rows],
+        row_steps=[search.accepted_step[r] if search.accepted_step[r] >= 0 else search.best_step[r] for r in rows],
+        row_round=list(search.round), row_order=ok_rows + other,
         x_T=torch.stack(x_T), converged=converged, chosen=chosen, steps=steps, loss=losses,
         initial_loss=[search.initial_loss[first_row[i]] for i in range(n_images)],
         trace=trace, threshold=threshold, threshold_source=threshold_source, objective=settings.objective,

@@ -213,6 +213,8 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                 c["seed"] = compat.make(gr.Number, label="Seed (-1 = random)", value=form.seed, precision=0,
                                         elem_id="ss-seed")
                 c["random_seed"] = compat.make(gr.Button, value="🎲", elem_id="ss-random-seed", scale=0, min_width=48)
+                # ♻ = the last run's seed (wired in ui/views/shortcuts.py)
+                c["reuse_seed"] = compat.make(gr.Button, value="♻", elem_id="ss-reuse-seed", scale=0, min_width=48)
             with gr.Row():
                 # number boxes, not sliders: a value out of range gets a message, never a silent clamp
                 c["steps"] = compat.make(gr.Number, value=form.steps, label="Steps", elem_id="ss-steps",
