@@ -238,3 +238,56 @@ def roc_figure(fpr: Sequence[float] | None, tpr: Sequence[float] | None, auc: fl
     return _figure(traces, dict(title=dict(text="ROC" + (f" (AUC {auc:.3f})" if auc is not None else "")),
                                 xaxis=dict(title=dict(text="false positive rate"), range=[0, 1]),
                                 yaxis=dict(title=dict(text="true positive rate"), range=[0, 1])))
+
+
+AUDIT_LABEL_STYLE = {"memorized": ("memorized", "#e4572e"), "not_memorized": ("not memorized", "#29a3d1"),
+                     "unlabeled": ("unlabelled", "#8c8c8c")}
+
+
+def audit_roc_figure(report: Mapping[str, Any]) -> go.Figure:
+    """ROC curves of every detector of a ``core.audit.build_report`` report, AUC in the legend and the title."""
+    dets = report.get("detectors", {})
+    curves = {name: d for name, d in dets.items() if d.get("roc")}
+    if not curves:
+        return _empty("ROC", "the report needs memorized and not-memorized prompts for an ROC curve")
+    traces = [dict(type="scatter", x=list(d["roc"]["fpr"]), y=list(d["roc"]["tpr"]), mode="lines",
+                   name=f"{name} (AUC {d['auc']:.3f})" if d.get("auc") is not None else name)
+              for name, d in curves.items()]
+    traces.append(dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"),
+                       showlegend=False, hoverinfo="skip"))
+    best = ", ".join(f"{name} {d['auc']:.3f}" for name, d in curves.items() if d.get("auc") is not None)
+    return _figure(traces, dict(title=dict(text=f"ROC (AUC: {best})"),
+                                xaxis=dict(title=dict(text="false positive rate"), range=[0, 1]),
+                                yaxis=dict(title=dict(text="true positive rate"), range=[0, 1])))
+
+
+def audit_histogram_figure(report: Mapping[str, Any]) -> go.Figure:
+    """Score histograms by label of every detector of a ``core.audit.build_report`` report (its bin edges and
+    counts; one panel per detector, stacked)."""
+    dets = report.get("detectors", {})
+    if not dets:
+        return _empty("scores by label", "no detector scores in the report")
+    n = len(dets)
+    gap = 0.08 / max(n - 1, 1) if n > 1 else 0.0
+    height = (1.0 - gap * (n - 1)) / n
+    traces, layout = [], dict(barmode="overlay", height=max(360, 170 * n + 60),
+                              title=dict(text="scores by label"))
+    for i, (name, d) in enumerate(dets.items()):
+        h = d.get("histogram") or {}
+        edges = [float(e) for e in h.get("edges", [])]
+        if len(edges) < 2:
+            continue
+        centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+        suffix = "" if i == 0 else str(i + 1)
+        top = 1.0 - i * (height + gap)
+        for group, (label, colour) in AUDIT_LABEL_STYLE.items():
+            counts = h.get(group) or []
+            if sum(c or 0 for c in counts):
+                traces.append(dict(type="bar", x=centers, y=counts, width=widths, opacity=0.6, name=label,
+                                   legendgroup=group, showlegend=group not in {t.get("legendgroup") for t in traces},
+                                   marker=dict(color=colour), xaxis=f"x{suffix}", yaxis=f"y{suffix}"))
+        layout[f"xaxis{suffix}"] = dict(anchor=f"y{suffix}", title=dict(text=name))
+        layout[f"yaxis{suffix}"] = dict(anchor=f"x{suffix}", domain=[max(0.0, top - height), top],
+                                        title=dict(text="prompts"))
+    return _figure(traces, layout)
