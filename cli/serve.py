@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public gradio share link")
     parser.add_argument("--models-dir", action="append", default=[], metavar="DIR",
                         help="folder whose diffusers folders and .safetensors files are offered in the Model tab (repeatable)")
+    parser.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
+                        help="folder whose .safetensors LoRAs are offered in the Model tab by name (repeatable)")
     parser.add_argument("--allow-paths", action="store_true",
                         help="let the browser load models from any path typed in the Model tab (off by default)")
     parser.add_argument("--outputs", default="outputs", metavar="DIR", help="where images and reports are saved (default ./outputs)")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from sailscope.ui.jobs import AppConfig, ModelManager
 
     config = AppConfig(model=None if args.model == "none" else args.model, models_dirs=tuple(args.models_dir),
-                       allow_paths=args.allow_paths, outputs=args.outputs, device=args.device, dtype=args.dtype)
+                       lora_dirs=tuple(args.lora_dir), allow_paths=args.allow_paths, outputs=args.outputs, device=args.device, dtype=args.dtype)
     manager = ModelManager(config)
     if config.model:
         try:

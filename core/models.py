@@ -304,6 +304,19 @@ def load_pipeline(
     return _finish(pipe, {"name": spec, "source": "hub", "path": spec}, dev, dt, loras, allow_pickle)
 
 
+def list_local_loras(folders: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """``{name: path}`` of the ``.safetensors`` LoRA files directly inside the configured folders (names are file
+    names without the suffix; the first folder wins a clash)."""
+    found: dict[str, str] = {}
+    for folder in folders:
+        root = Path(folder).expanduser()
+        if root.is_dir():
+            for entry in sorted(root.iterdir()):
+                if entry.suffix.lower() == ".safetensors" and entry.is_file():
+                    found.setdefault(entry.stem, str(entry))
+    return found
+
+
 def list_local_models(folders: list[str | os.PathLike]) -> list[str]:
     """``demo`` plus diffusers folders and ``.safetensors`` files directly inside the configured folders."""
     found = ["demo"] if (DEMO_MODEL_DIR / "model_index.json").is_file() else []

@@ -22,7 +22,7 @@ from sailscope.core.detect import risk_level
 from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
 from sailscope.core.io import infotext
 from sailscope.core.mitigation import PairResult, SailResult, SailSettings, SailStep, generate_pair, infotext_fields
-from sailscope.core.models import list_local_models, load_pipeline
+from sailscope.core.models import LoraSpec, list_local_loras, list_local_models, load_pipeline
 from sailscope.core.sampling import GenerationResult, GenerationSettings, StepRecord, generate, initial_noise
 from sailscope.core.spectra import SolverProgress, spectrum_at
 
@@ -43,6 +43,7 @@ class AppConfig:
 
     model: str | None = "demo"
     models_dirs: Sequence[str] = ()
+    lora_dirs: Sequence[str] = ()  # LoRA .safetensors offered in the Model tab (by name; paths never shown)
     allow_paths: bool = False  # free-form model paths typed in the browser
     outputs: str = "outputs"
     device: str | None = None
@@ -84,7 +85,23 @@ class ModelManager:
             "server to be started with --allow-paths"
         )
 
-    def load(self, model: str, device: str | None = None, dtype: str | None = None) -> Any:
+    def lora_choices(self) -> dict[str, str]:
+        """``{name: path}`` of the LoRAs in the configured folders."""
+        return list_local_loras(list(self.config.lora_dirs))
+
+    def lora_specs(self, names: Sequence[str], scales: Sequence[float]) -> list[LoraSpec]:
+        """The chosen LoRAs (by name, from the configured folders only) at their scales."""
+        found = self.lora_choices()
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise UserInputError(f"LoRA {', '.join(map(repr, unknown))} is not in the configured LoRA folders")
+        if len(scales) not in (0, 1, len(names)):
+            raise UserInputError(f"{len(names)} LoRA(s) but {len(scales)} strengths: give one per LoRA, or one for all")
+        scales = list(scales) * len(names) if len(scales) == 1 else (list(scales) or [1.0] * len(names))
+        return [LoraSpec(found[n], float(s)) for n, s in zip(names, scales)]
+
+    def load(self, model: str, device: str | None = None, dtype: str | None = None,
+             loras: Sequence[LoraSpec] = ()) -> Any:
         model = self.check_allowed(model)
         device = None if device in (None, "", "auto") else device
         dtype = None if dtype in (None, "", "auto") else dtype
@@ -92,7 +109,7 @@ class ModelManager:
             self.pipe = None
             free_memory()
             try:
-                self.pipe = load_pipeline(model, device=device, dtype=dtype)
+                self.pipe = load_pipeline(model, device=device, dtype=dtype, loras=loras)
                 self.error = None
             except SailScopeError as exc:
                 self.error = str(exc)
