@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if w not in getattr(args, "_warned", ()):
             print(f"sailscope: warning: {w}", file=sys.stderr)
     if out is not None:
-        report["images"] = save_images(result, out, pipe.sailscope_info.name)
+        report["images"] = save_images(result, out, pipe.sailscope_info.name, loras=pipe.sailscope_info.loras)
         write_json_atomic(out / "report.json", report)
     if args.json:
         print(json.dumps(json_safe(report)))
@@ -136,11 +136,13 @@ def run_pair(pipe: Any, settings: Any, mitigation: Any, args: argparse.Namespace
     info = getattr(pipe, "sailscope_info", None)
     report["model"] = info.__dict__ if info is not None else None
     name = info.name if info is not None else "model"
+    loras = getattr(info, "loras", ())
     if out is not None:
         out = Path(out)
         report["images"] = {
-            "original": save_images(pair.original, out, name, tag="original-"),
-            pair.method: save_images(pair.mitigated, out, name, extra=infotext_fields(pair.mitigation), tag=f"{pair.method}-"),
+            "original": save_images(pair.original, out, name, tag="original-", loras=loras),
+            pair.method: save_images(pair.mitigated, out, name, extra=infotext_fields(pair.mitigation),
+                                     tag=f"{pair.method}-", loras=loras),
         }
         write_json_atomic(out / "report.json", report)
     if quiet:

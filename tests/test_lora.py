@@ -87,3 +87,11 @@ def test_cli_lora_option_reaches_the_report(tmp_path):
     assert rc == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [(x["name"], x["scale"]) for x in report["model"]["loras"]] == [(lora.stem, 0.5)]
+    from sailscope.core.io.infotext import parse_png_text
+    from sailscope.core.models import file_sha256
+
+    from PIL import Image
+
+    (png,) = (tmp_path / "out").glob("*.png")
+    params = parse_png_text(Image.open(png).info["parameters"])  # A1111's format: "Lora hashes: name: <first 12 hex of sha256>"
+    assert params["Lora hashes"] == f"{lora.stem}: {file_sha256(lora)[:12]}"

@@ -3,8 +3,9 @@
 A Generate job writes to ``<outputs>/<YYYY-MM-DD>/``: ``<HHMMSS>-<id>-<seed>-<run>.png`` (one per run:
 ``original``, ``sail``) with A1111-style infotext in the PNG ``parameters`` chunk, and
 ``<HHMMSS>-<id>-<seed>-report.json`` for the job; the random id keeps concurrent sessions apart. An audit named
-``<name>`` appends to ``<outputs>/audit/<name>.jsonl`` (its resume log) and exports ``<name>.csv`` and
-``<name>.json`` next to it.
+``<name>`` is a ``sailscope audit`` folder, ``<outputs>/audit/<name>/`` (``settings.json``, ``shards/``,
+``scores.jsonl``, with labels ``report.json`` and ``report.html``: :mod:`sailscope.core.audit`), and exports
+``<name>.csv`` and ``<name>.json`` next to it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from sailscope.core.io.files import save_png_atomic, write_csv_atomic, write_jso
 from sailscope.core.io.infotext import format_infotext
 
 AUDIT_CSV_COLUMNS = ["prompt", "score", "metric", "per_seed", "memorized", "seconds"]
+# record fields after those (detector columns, the calibrated threshold and risk), in this order when present
+AUDIT_CSV_EXTRA = ["wen", "sharpness", "anisotropy", "anisotropy_norm", "anisotropy_alignment", "threshold", "risk"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,7 +68,8 @@ def save_outputs(view: Any, outputs: str | os.PathLike, model_info: Any,
     runs finish (the original is saved before SAIL's run is sampled), it keeps the job's file stem."""
     stem = Path(view.files["stem"]) if view.files.get("stem") else new_stem(outputs, view.settings.seed)
     view.files["stem"] = str(stem)
-    settings = dict(view.settings.to_dict(), model=getattr(model_info, "name", None))
+    settings = dict(view.settings.to_dict(), model=getattr(model_info, "name", None),
+                    loras=getattr(model_info, "loras", ()))
     for run, res in view.results.items():
         if view.files.get(run):
             continue
@@ -94,16 +98,26 @@ def audit_name(name: str | None) -> str:
 
 
 def audit_base(outputs: str | os.PathLike, name: str | None) -> Path:
-    """``<outputs>/audit/<name>``: the audit's files add ``.jsonl``, ``.csv`` and ``.json``."""
+    """``<outputs>/audit/<name>``: the exports add ``.csv`` and ``.json``; the audit folder is
+    :func:`audit_report_folder`."""
     return Path(outputs) / "audit" / audit_name(name)
+
+
+def audit_report_folder(base: Path) -> Path:
+    """The ``sailscope audit`` folder of an audit (``<outputs>/audit/<name>/``): its records and its report."""
+    return base.parent / base.name
 
 
 def save_audit_exports(base: Path, rows: Sequence[Mapping[str, Any]], threshold: float | None,
                        threshold_source: str) -> list[str]:
-    """``<base>.csv`` (one row per prompt) and ``<base>.json`` (the rows and the threshold); returns both paths."""
-    csv_path = write_csv_atomic(base.with_suffix(".csv"), AUDIT_CSV_COLUMNS,
+    """``<base>.csv`` (one row per prompt: :data:`AUDIT_CSV_COLUMNS`, then the detector columns and threshold/risk
+    the records have) and ``<base>.json`` (the rows and the threshold); returns both paths."""
+    extra = [k for k in AUDIT_CSV_EXTRA if any(k in r for r in rows)]
+    extra += sorted({k for r in rows for k, v in r.items() if k not in AUDIT_CSV_COLUMNS and k not in extra
+                     and isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("first_steps",)})
+    csv_path = write_csv_atomic(base.with_suffix(".csv"), AUDIT_CSV_COLUMNS + extra,
                                 [[r["prompt"], r["score"], r["metric"], json.dumps(r.get("per_seed")), r.get("memorized"),
-                                  r.get("seconds")] for r in rows])
+                                  r.get("seconds"), *[r.get(k) for k in extra]] for r in rows])
     json_path = write_json_atomic(base.with_suffix(".json"),
                                   {"threshold": threshold, "threshold_source": threshold_source, "rows": list(rows)})
     return [str(csv_path), str(json_path)]

@@ -156,6 +156,12 @@ def strip_paths(text: str) -> str:
     return _PATH.sub(lambda m: m.group(0).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1], str(text))
 
 
+def lora_hashes(loras: Any) -> str | None:
+    """A1111's ``Lora hashes`` value (``name: first 12 hex digits of the file's sha256, ...``) of the LoRAs a model
+    was loaded with (``ModelInfo.loras``); None without LoRAs."""
+    return ", ".join(f"{x['name']}: {str(x['sha256'])[:12]}" for x in loras) or None
+
+
 def format_infotext(settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
     """A1111's PNG ``parameters`` text: prompt line, negative prompt line, then ``Key: value`` pairs (local paths
     in the values are reduced to their last part: :func:`strip_paths`)."""
@@ -169,6 +175,7 @@ def format_infotext(settings: Mapping[str, Any], extra: Mapping[str, Any] | None
         "Seed": settings.get("seed"),
         "Size": f"{settings['width']}x{settings['height']}" if settings.get("width") else None,
         "Model": settings.get("model"),
+        "Lora hashes": lora_hashes(settings.get("loras") or ()),
     }
     pairs.update(extra or {})
     items = []

@@ -9,13 +9,14 @@ from sailscope.core.io.files import save_png_atomic
 from sailscope.core.io.infotext import format_infotext
 
 
-def save_images(result: Any, out: Path, model: str, extra: dict | None = None, tag: str = "") -> list[str]:
+def save_images(result: Any, out: Path, model: str, extra: dict | None = None, tag: str = "",
+                loras: Any = ()) -> list[str]:
     """``<out>/<tag><seed>-<i>.png`` per image of a ``GenerationResult``, with its settings, step-1 metrics and
     ``extra`` as infotext; returns the paths."""
     paths = []
     s = result.settings.to_dict()
     h, w = result.array.shape[1:3]
-    s.update(model=model, width=w, height=h)
+    s.update(model=model, width=w, height=h, loras=loras)
     for i, image in enumerate(result.images):
         rec = result.records[0] if result.records else None
         info = infotext.fields(wen=rec.wen[i] if rec else None, sharpness=rec.sharpness[i] if rec and rec.sharpness else None)
