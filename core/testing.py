@@ -12,13 +12,13 @@ from functools import lru_cache
 
 import torch
 
+from sailscope.core.demo.tokenizer import bytes_to_unicode
+
 
 @lru_cache(maxsize=1)
 def tiny_tokenizer_dir() -> str:
     """A folder with vocab.json/merges.txt of a byte-level CLIP tokenizer without merges (514 tokens)."""
     folder = tempfile.mkdtemp(prefix="sailscope-tiny-tok-")
-    from sailscope.core.demo.tokenizer import bytes_to_unicode
-
     chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:

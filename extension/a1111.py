@@ -574,7 +574,7 @@ class SailScopeScript(scripts.Script):
                 processed.images.append(im)
                 processed.infotexts.append(processed.infotexts[0] if processed.infotexts else "")
             if state.options.save_plots and not getattr(p, "do_not_save_samples", False):  # API save_images=false
-                from sailscope.core.io.files import save_png_atomic, write_json_atomic
+                from sailscope.core.io.files import save_png_atomic, write_json_atomic  # only when plots are saved
 
                 stem = f"{rec.seed if rec.seed is not None else index}-{int(time.time())}-{index}"
                 save_png_atomic(panel, os.path.join(outdir, f"{stem}-diagnostics.png"))

@@ -43,6 +43,7 @@ def _sail_inputs() -> dict:
 
 
 def _common():
+    """The torch side, imported when a node first runs: ComfyUI imports this module at start-up (keep it cheap)."""
     from sailscope.extension import common
 
     return common
@@ -208,7 +209,7 @@ class SailScopeNoise:
 
     def build(self, model, positive, negative, latent_image, noise_seed, cfg, sail, objective, threshold, max_steps,
               candidates, lr, sigmas=None, low_memory=False):
-        from sailscope.extension import plots
+        from sailscope.extension import plots  # plotting libraries load when a node runs, not at ComfyUI start-up
 
         common = _common()
         options = common.HostOptions(sail=bool(sail), objective=objective, threshold=float(threshold),

@@ -263,9 +263,7 @@ class HostOptions:
         self.sail_settings()  # validates the rest with core's own messages
 
     def sail_settings(self):
-        from sailscope.core.mitigation import SailSettings
-
-        return SailSettings(
+        return mitigation.SailSettings(
             objective=self.objective, threshold=float(self.threshold), max_steps=int(self.max_steps),
             candidates=int(self.candidates), lr=float(self.lr), sphere=bool(self.sphere), trigger=None, rounds=1,
             alpha=None if self.alpha in (None, "") or (isinstance(self.alpha, float) and self.alpha < 0) else float(self.alpha),
