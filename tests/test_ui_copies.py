@@ -48,8 +48,8 @@ def test_seeds_check_finds_the_known_seed_and_says_so(ctx, refs_with_seed0):
     assert "checked 3 seeds" in final["status"]
     rows = final["nearest_table"]
     assert [r[0] for r in rows] == ["seed 4", "seed 5", "seed 6"]
-    assert rows[1][1] == "known.png" and rows[1][3] == "0.000" and rows[1][4] == "yes"
-    assert rows[0][4] == "no" and rows[2][4] == "no"
+    assert rows[1][1] == "known.png" and rows[1][2] == "0.000" and rows[1][3] == "yes"
+    assert rows[0][3] == "no" and rows[2][3] == "no"
     assert "1 of 3 image(s) reproduce a known image (known.png)" in final["summary"]
     assert len(final["gallery"]) == 3 and final["gallery"][0][0].width >= 192  # shown large, nearest-neighbour
     assert [r[0] for r in final["agreement"]] == ["seed 4", "seed 5", "seed 6"] and final["agreement"][0][1] == "—"
@@ -67,7 +67,7 @@ def test_seeds_check_bad_input_and_no_references(ctx):
 def test_upload_and_report_check(ctx, refs_with_seed0, tmp_path):
     refs, img = refs_with_seed0
     up = image_check_handler(ctx, refs, np.asarray(img))
-    assert up["nearest_table"][0][1:] == ["known.png", "", "0.000", "yes"]
+    assert up["nearest_table"][0][1:] == ["known.png", "0.000", "yes", ""]
     assert image_check_handler(ctx, refs, None)["status"].count("upload")
     orig = tmp_path / "o.png"
     img.save(orig)

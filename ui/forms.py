@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from sailscope.core.errors import UserInputError
 from sailscope.core.io.prompts import PromptEntry, parse_prompts, read_prompt_file
 from sailscope.core.mitigation import SailSettings
+from sailscope.core.mitigation.defaults import model_sail_defaults
 from sailscope.core.sampling import GenerationSettings
 from sailscope.ui.jobs import SpectrumRequest
 
@@ -96,6 +97,15 @@ class GenerateForm:
     sail_lr: Any = _SAIL.lr
     sail_rounds: Any = _SAIL.rounds
     spectra_on: bool = False  # eigen-spectra are opt-in: they take far longer than the image
+
+    @classmethod
+    def for_model(cls, pipe: Any) -> GenerateForm:
+        """The form's initial values for a loaded model: the SAIL panel at the model's shipped SAIL defaults
+        (``core.mitigation.defaults``; the global ones when it ships none)."""
+        defaults, _ = model_sail_defaults(pipe) if pipe is not None else ({}, None)
+        panel = {"objective": "sail_objective", "max_steps": "sail_max_steps", "candidates": "sail_candidates",
+                 "lr": "sail_lr", "rounds": "sail_rounds"}
+        return cls(**{panel[k]: v for k, v in defaults.items() if k in panel})
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> GenerateForm:

@@ -33,7 +33,7 @@ log = logging.getLogger("sailscope.ui")
 
 DISPLAY_SIDE = 192  # small images are shown at least this large, nearest-neighbour (pixels stay sharp)
 MAX_SEEDS = 8
-NEAREST_HEADERS = ["image", "nearest known image", "its caption", "distance", "copy?"]
+NEAREST_HEADERS = ["image", "nearest known image", "distance", "copy?", "its caption"]
 
 
 @dataclass
@@ -76,12 +76,13 @@ def _yes_no(copy: bool | None) -> str:
 
 
 def nearest_rows(labels: list[str], check: CopyCheck) -> list[list]:
-    """One table row per image: its nearest known image, that image's caption, the distance, the verdict."""
+    """One table row per image: its nearest known image, the distance, the verdict, that image's caption (last:
+    long captions must not push the numbers off screen)."""
     rows = []
     for label, matches in zip(labels, check.nearest):
         if matches:
             m = matches[0]
-            rows.append([label, m.name, m.caption or "", f"{m.distance:.3f}", _yes_no(m.copy)])
+            rows.append([label, m.name, f"{m.distance:.3f}", _yes_no(m.copy), m.caption or ""])
     return rows
 
 
@@ -224,7 +225,7 @@ def copies_panel(ctx: AppContext, generate: dict[str, Any], refs: ReferenceProvi
         compat.make(gr.Markdown, value="<small>Several seeds of the same prompt: the *Check for copies* tab.</small>")
 
     def on_report(values: dict[str, Any], request: Any) -> dict[str, Any]:
-        return report_check_handler(ctx, refs, values["report_file"])
+        return report_check_handler(ctx, refs, values["report_file"]) or {"summary": gr.update()}  # {}: no change
 
     bind(c["report_file"].change, on_report, c, ("report_file",), ("summary", "nearest_table", "nearest_gallery"),
          **compat.event_kwargs(queue=False))

@@ -201,8 +201,8 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
     (:data:`GENERATE_FIELDS`, starting at :class:`GenerateForm`'s defaults), :data:`GENERATE_OUTPUTS` and the
     buttons. Uses only API shared by gradio 3.41, 4.40 and 6 (see ``compat``)."""
     c: dict[str, Any] = {}
-    form = GenerateForm()
     pipe = ctx.models.pipe
+    form = GenerateForm.for_model(pipe)  # the SAIL panel at the model's shipped SAIL defaults, if any
     default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor if pipe is not None else None
     with compat.make(gr.Row, equal_height=False):
         with gr.Column(scale=2, min_width=320):

@@ -19,7 +19,8 @@ from sailscope.ui.views.pnginfo import PASTE_FIELDS, history_paste
 from sailscope.ui.widgets import bind, status_html
 
 MAX_ENTRIES = 200  # per session; the oldest go first
-RISK_WORDS = {"high": "likely a copy (HIGH risk)", "low": "low risk", "unknown": "risk unknown"}
+RISK_WORDS = {"high": "HIGH memorization risk (step-1 sharpness over the alarm level)", "low": "low memorization risk",
+              "unknown": "memorization risk unknown"}
 
 
 def entry_from_report(path: Any) -> dict | None:
@@ -69,7 +70,7 @@ def _load(path: str) -> Any:
 
 def caption(entry: dict, image: dict) -> str:
     run = "SAIL" if image["run"] == "sail" else "original"
-    risk = RISK_WORDS.get(image.get("risk") or "unknown", image.get("risk") or "risk unknown")
+    risk = {"high": "HIGH risk", "low": "low risk"}.get(image.get("risk") or "", "risk unknown")
     return f"{entry['time']} · seed {entry['seed']} · {run} · {risk}"
 
 
@@ -142,7 +143,7 @@ def history_view(generate: dict[str, Any], tabs: Any) -> dict[str, Any]:
     c["selected"] = gr.State(None)
 
     def add(values: dict[str, Any], request: Any) -> dict[str, Any]:
-        return add_handler(values["entries"], values["report_file"])
+        return add_handler(values["entries"], values["report_file"]) or {"status": gr.update()}  # {}: no change
 
     def send(values: dict[str, Any], request: Any) -> dict[str, Any]:
         return send_handler(values["selected"])
