@@ -12,8 +12,15 @@ k=v,...`` overrides them), and a control: the stock noise rotated by SAIL's angl
 
 Definitions (demo model card): *copy distance* = RMSE in [0, 1] pixels to the memorized training image;
 *copy* = distance < ``τ_copy`` (``--tau``, default: the card's ``eval.json`` ``tau_copy``, else
-``train_info.json``'s, else 0.15); *attribute accuracy* = :func:`sailscope.core.demo.data.check_attributes`.
+``train_info.json``'s, else 0.15); *attribute accuracy* = :func:`sailscope.core.demo.data.check_attributes`
+(every phrase: a blob of the named colour in its region, enough of them, the largest of the named shape);
+*colour accuracy* / *shape accuracy* = the fraction of a caption's phrases whose colour is found in its region /
+whose largest such blob also has the named shape (the same checker's parts, per phrase: finer than all-or-nothing,
+which sits near the floor for every image of this model).
 Held-out prompts: copy = distance to the nearest memorized training image < ``τ_copy``.
+
+The reference for SAIL's attribute numbers is the model's normal generations of *held-out* prompts with the same
+form (two named objects, like every memorized caption): ``original.heldout.*_2_objects``.
 """
 from __future__ import annotations
 
@@ -56,10 +63,17 @@ def parse_args(argv=None):
                    help="seed of the timing comparison (default: the first evaluated seed)")
     p.add_argument("--sweep-seeds", type=int, default=None,
                    help="seeds for the threshold sweep and RTA stages (default: --seeds)")
-    p.add_argument("--candidates", type=int, default=1,
-                   help="SAIL candidates per image for the default and sweep stages (default 1 = the seed's own x_T)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="SAIL candidates per image for the default and sweep stages (default: the model's "
+                        "sail_defaults.json, else 1 = the seed's own x_T)")
     p.add_argument("--grid", default=None,
                    help="also write a PNG: per exact caption, its training image, the originals and SAIL's images")
+    p.add_argument("--grid-heldout", type=int, default=3,
+                   help="rows of two-object held-out prompts (originals | SAIL) under the grid's memorized rows: the "
+                        "model's normal generations, for comparison (default 3; needs --heldout > 0)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="reuse the calibration and the original (no-mitigation) images across runs: read from / written "
+                        "to DIR, keyed by prompt, seeds, steps, guidance and calibration size (probes of SAIL settings)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--skip", default="", help="comma list of stages to skip: default,control,sweep,rta,timing")
     return p.parse_args(argv)
@@ -99,12 +113,41 @@ def phrases(caption: str) -> int:
     return len(parse_caption(caption).phrases)
 
 
+def phrase_scores(img: np.ndarray, caption: str) -> tuple[float, float]:
+    """``(colour, shape)``: the fraction of the caption's phrases with a blob of the named colour in the phrase's
+    region, and with the largest such blob of the named shape (the parts of
+    :func:`sailscope.core.demo.data.attribute_failure`, per phrase instead of the first failure)."""
+    from scipy import ndimage
+
+    from sailscope.core.demo.data import COLORS, MIN_BLOB, REGIONS, classify_shape, color_labels, parse_caption
+
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = np.clip(np.round(img * 255), 0, 255)
+    spec, lab, names = parse_caption(caption), color_labels(img), list(COLORS)
+    colour = shape = 0
+    for phrase, region in zip(spec.phrases, spec.regions):
+        x0, y0, x1, y1 = REGIONS[region]
+        sub = np.zeros(lab.shape, bool)
+        sub[y0:y1, x0:x1] = lab[y0:y1, x0:x1] == names.index(phrase.color)
+        comp, n = ndimage.label(sub)
+        blobs = sorted((comp == i for i in range(1, n + 1) if (comp == i).sum() >= MIN_BLOB), key=lambda b: -b.sum())
+        if blobs:
+            colour += 1
+            shape += classify_shape(blobs[0]) == phrase.shape
+    k = max(len(spec.phrases), 1)
+    return colour / k, shape / k
+
+
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
-def write_grid(path: Path, memo, originals, mitigated, tau: float) -> None:
-    """One row per caption: training image | original per seed | SAIL per seed; copies framed red (RMSE < tau)."""
+def write_grid(path: Path, memo, originals, mitigated, tau: float, heldout=()) -> None:
+    """One row per caption: training image | original per seed | SAIL per seed; copies framed red (RMSE < tau).
+    ``heldout``: ``(prompt, originals array, SAIL array)`` rows under them, first cell blank (normal generations);
+    images that pass the attribute checker are framed green."""
+    from sailscope.core.demo.data import check_attributes
     from PIL import Image, ImageDraw
 
     def tile(a, frame=None):
@@ -118,7 +161,14 @@ def write_grid(path: Path, memo, originals, mitigated, tau: float) -> None:
         cells = [tile(m["train"], (40, 40, 40))]
         for arr in (originals[m["caption"]].array, mitigated[m["caption"]]):
             cells.append(None)  # gap
-            cells += [tile(a, (220, 30, 30) if rmse(a, m["train"]) < tau else None) for a in arr]
+            cells += [tile(a, (220, 30, 30) if rmse(a, m["train"]) < tau else
+                           (30, 160, 60) if check_attributes(a, m["caption"]) else None) for a in arr]
+        rows.append(cells)
+    for prompt, orig, sail in heldout:
+        cells = [tile(np.ones_like(orig[0]))]
+        for arr in (orig, sail):
+            cells.append(None)
+            cells += [tile(a, (30, 160, 60) if check_attributes(a, prompt) else None) for a in arr]
         rows.append(cells)
     size, gap = rows[0][0].width, 8
     width = sum(gap if c is None else size for c in rows[0])
@@ -182,6 +232,23 @@ def main(argv=None) -> int:
         gs = GenerationSettings(prompt=prompt, seed=args.seed_start, num_images=n, steps=steps, guidance=args.guidance)
         return run_generation(pipe, gs, x_T=x_T)
 
+    def gen_original(prompt):
+        """``gen(prompt)``, through ``--cache`` (only what the stages read: the images and step-1 sharpness)."""
+        if cache is None:
+            return gen(prompt)
+        import hashlib
+        from types import SimpleNamespace
+
+        key = hashlib.sha1(f"{prompt}|{args.seed_start}|{n_seeds}|{steps}|{args.guidance}".encode()).hexdigest()[:16]
+        f = cache / "originals" / f"{key}.npz"
+        if f.is_file():
+            z = np.load(f)
+            return SimpleNamespace(array=z["array"], records=[SimpleNamespace(sharpness=z["sharpness"].tolist())])
+        g = gen(prompt)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, array=g.array, sharpness=np.asarray(g.records[0].sharpness, float))
+        return g
+
     def gs_of(prompt, n=n_seeds, seed=None):
         return GenerationSettings(prompt=prompt, seed=args.seed_start if seed is None else seed, num_images=n,
                                   steps=steps, guidance=args.guidance)
@@ -191,7 +258,15 @@ def main(argv=None) -> int:
     from sailscope.core.calibration import demo_calibration_prompts
 
     calib_prompts = demo_calibration_prompts(args.calib_prompts, folder)  # same prompts as `sailscope calibrate`
-    record = cal.measure(pipe, calib_prompts, list(range(args.calib_seeds)), steps=steps)
+    cache = Path(args.cache) if args.cache else None
+    cached_cal = cache / f"calibration_{args.calib_prompts}x{args.calib_seeds}_{steps}.json" if cache else None
+    if cached_cal is not None and cached_cal.is_file():
+        record = cal.Calibration.from_dict(json.loads(cached_cal.read_text()))
+    else:
+        record = cal.measure(pipe, calib_prompts, list(range(args.calib_seeds)), steps=steps)
+        if cached_cal is not None:
+            cached_cal.parent.mkdir(parents=True, exist_ok=True)
+            cached_cal.write_text(json.dumps(record.to_dict()))
     cal.save_calibration(record)
     det_thr = record.detection_threshold()
     log(f"calibrated on {record.n} values in {time.perf_counter() - t0:.0f}s; detection threshold {det_thr:.4g}")
@@ -202,24 +277,28 @@ def main(argv=None) -> int:
 
     def score_memo(m, arr):
         d = [rmse(a, m["train"]) for a in arr]
-        return {"dist": d, "copy": [x < tau for x in d], "attr": [bool(check_attributes(a, m["caption"])) for a in arr]}
+        parts = [phrase_scores(a, m["caption"]) for a in arr]
+        return {"dist": d, "copy": [x < tau for x in d], "attr": [bool(check_attributes(a, m["caption"])) for a in arr],
+                "colour": [c for c, _ in parts], "shape": [sh for _, sh in parts]}
 
     memo_train = np.stack([m["train"] for m in memo])
 
     def score_held(p, arr, ref=None):
         near = [float(np.sqrt(((memo_train - a[None]) ** 2).mean(axis=(1, 2, 3))).min()) for a in arr]
-        r = {"near_memo": near, "copy": [x < tau for x in near], "attr": [bool(check_attributes(a, p)) for a in arr]}
+        parts = [phrase_scores(a, p) for a in arr]
+        r = {"near_memo": near, "copy": [x < tau for x in near], "attr": [bool(check_attributes(a, p)) for a in arr],
+             "colour": [c for c, _ in parts], "shape": [sh for _, sh in parts]}
         if ref is not None:
             r["dist_to_original"] = [rmse(a, b) for a, b in zip(arr, ref)]
         return r
 
     orig_memo, orig_held = {}, {}
     for m in memo:
-        g = gen(m["caption"])
+        g = gen_original(m["caption"])
         orig_memo[m["caption"]] = g
         m["orig"] = score_memo(m, g.array) | {"sharpness": g.records[0].sharpness}
     for p in heldout:
-        orig_held[p] = gen(p)
+        orig_held[p] = gen_original(p)
     log("originals done")
 
     def per_image(rows):
@@ -244,16 +323,22 @@ def main(argv=None) -> int:
     def summarize_memo(rows, kind="exact"):
         rows = [r for r, m in rows if m["kind"] == kind]
         flat = lambda key: [v for r in rows for v in r[key]]
-        return {"copy_rate": float(np.mean(flat("copy"))), "mean_dist": float(np.mean(flat("dist"))),
-                "attr_acc": float(np.mean(flat("attr"))), "n": len(flat("copy"))}
+        out = {"copy_rate": float(np.mean(flat("copy"))), "mean_dist": float(np.mean(flat("dist"))),
+               "attr_acc": float(np.mean(flat("attr"))), "n": len(flat("copy"))}
+        if rows and "colour" in rows[0]:
+            out |= {"colour_acc": float(np.mean(flat("colour"))), "shape_acc": float(np.mean(flat("shape")))}
+            # what an artist keeps: a new image (not a copy) that shows what the prompt asks for
+            out["new_and_attr"] = float(np.mean([a and not c for a, c in zip(flat("attr"), flat("copy"))]))
+        return out
 
     def attr_by_structure(scores):
         """Held-out attribute accuracy per number of named objects; every memorized caption names two, so the
         two-object held-out prompts are the like-for-like reference for SAIL's attribute accuracy."""
         out = {}
         for k in sorted({phrases(p) for p in scores}):
-            vals = [c for p, s in scores.items() if phrases(p) == k for c in s["attr"]]
-            out[f"attr_acc_{k}_objects"] = float(np.mean(vals)) if vals else None
+            for key, name in (("attr", "attr_acc"), ("colour", "colour_acc"), ("shape", "shape_acc")):
+                vals = [c for p, s in scores.items() if phrases(p) == k for c in s[key]]
+                out[f"{name}_{k}_objects"] = float(np.mean(vals)) if vals else None
             out[f"n_prompts_{k}_objects"] = sum(phrases(p) == k for p in scores)
         return out
 
@@ -261,9 +346,11 @@ def main(argv=None) -> int:
     results["original"] = {
         "memorized_exact": summarize_memo([(m["orig"], m) for m in memo]),
         "memorized_template": summarize_memo([(m["orig"], m) for m in memo], "template"),
-        "heldout": {"copy_rate": float(np.mean([c for s in held_orig_scores.values() for c in s["copy"]])),
+        "heldout": ({"copy_rate": float(np.mean([c for s in held_orig_scores.values() for c in s["copy"]])),
                     "attr_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["attr"]])),
-                    "n_prompts": len(heldout)} | attr_by_structure(held_orig_scores),
+                    "colour_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["colour"]])),
+                    "shape_acc": float(np.mean([c for s in held_orig_scores.values() for c in s["shape"]])),
+                    "n_prompts": len(heldout)} if heldout else {}) | attr_by_structure(held_orig_scores),
         "step1_sharpness_memorized": float(np.mean([v for m in memo for v in m["orig"]["sharpness"]])),
         "per_image": per_image([(m["orig"], m) for m in memo]),
     }
@@ -285,6 +372,7 @@ def main(argv=None) -> int:
         return torch.stack(out).reshape(z0.shape).float(), angles
 
     sail_images: dict = {}
+    sail_held_images: dict = {}
 
     def sail_rows(sail: SailSettings, prompts_memo, prompts_held, n=n_seeds, control=False):
         from sailscope.core.sampling import initial_noise
@@ -308,6 +396,8 @@ def main(argv=None) -> int:
         for p in prompts_held:
             r = run_sail(pipe, gs_of(p), sail)
             g = gen(p, x_T=r.x_T)
+            if control:
+                sail_held_images[p] = g.array
             held[p] = score_held(p, g.array, orig_held[p].array) | {"steps": r.steps, "converged": r.converged,
                                                                      "overruled": r.trigger_overruled,
                                                                      "round": r.chosen_round}
@@ -335,6 +425,8 @@ def main(argv=None) -> int:
             out["heldout"] = {
                 "copy_rate": float(np.mean([c for s in held.values() for c in s["copy"]])),
                 "attr_acc": float(np.mean([c for s in held.values() for c in s["attr"]])),
+                "colour_acc": float(np.mean([c for s in held.values() for c in s["colour"]])),
+                "shape_acc": float(np.mean([c for s in held.values() for c in s["shape"]])),
                 "mean_dist_to_original": float(np.mean([c for s in held.values() for c in s["dist_to_original"]])),
                 "converged_rate": float(np.mean([c for s in held.values() for c in s["converged"]])),
                 "mean_steps": float(np.mean([c for s in held.values() for c in s["steps"]])),
@@ -345,14 +437,23 @@ def main(argv=None) -> int:
             } | attr_by_structure(held)
         return out
 
-    default = SailSettings(**({"objective": args.objective, "candidates": args.candidates} | sail_overrides(args.sail)))
+    # the default stage: the model's shipped SAIL defaults (sail_defaults.json, what the app starts at), then options
+    from sailscope.core.mitigation.defaults import model_sail_defaults
+
+    model_defaults, model_defaults_source = model_sail_defaults(folder)
+    results["model_sail_defaults"] = {"settings": model_defaults, "source": model_defaults_source}
+    cand = {"candidates": args.candidates} if args.candidates is not None else {}
+    default = SailSettings(**({"objective": args.objective} | model_defaults | cand | sail_overrides(args.sail)))
+    args.candidates = default.candidates  # the sweep stage uses the same candidate count
     if "default" not in skip:
         results["sail_default"] = sail_rows(default, memo, heldout, control=True) | {"settings": default.to_dict()}
         log(f"SAIL default: {json.dumps(results['sail_default']['memorized_exact'])}")
         save()
 
     if args.grid and sail_images:
-        write_grid(Path(args.grid), [m for m in memo if m["kind"] == "exact"], orig_memo, sail_images, tau)
+        two = [p for p in heldout if phrases(p) == 2 and p in sail_held_images][: args.grid_heldout]
+        write_grid(Path(args.grid), [m for m in memo if m["kind"] == "exact"], orig_memo, sail_images, tau,
+                   [(p, orig_held[p].array, sail_held_images[p]) for p in two])
         log(f"grid written to {args.grid}")
 
     # 4. Sweeps on memorized prompts
