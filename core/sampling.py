@@ -196,6 +196,28 @@ def make_scheduler(pipe: Any, name: str):
     return getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
 
 
+def scheduled(pipe: Any, settings: GenerationSettings, device: torch.device | str = "cpu") -> Any:
+    """A fresh scheduler of the settings' kind with their number of steps set; a schedule whose timesteps leave the
+    model's training range (e.g. DDIM's 1000 steps with ``steps_offset=1`` starts at t = 1000 of 0..999, where stock
+    diffusers fails too) is refused with the largest step count that works."""
+    scheduler = make_scheduler(pipe, settings.scheduler)
+    scheduler.set_timesteps(settings.steps, device=device)
+    n_train = int(scheduler.config.num_train_timesteps)
+    if float(scheduler.timesteps.max()) > n_train - 1:
+        most = next(s for s in range(settings.steps - 1, 0, -1)
+                    if _last_timestep(pipe, settings.scheduler, s) <= n_train - 1)
+        raise UserInputError(f"steps {settings.steps} with the {settings.scheduler} scheduler start at timestep "
+                             f"{float(scheduler.timesteps.max()):g}, outside this model's 0..{n_train - 1}; "
+                             f"use at most {most} steps")
+    return scheduler
+
+
+def _last_timestep(pipe: Any, name: str, steps: int) -> float:
+    scheduler = make_scheduler(pipe, name)
+    scheduler.set_timesteps(steps)
+    return float(scheduler.timesteps.max())
+
+
 def seed_generators(seed: int, n: int) -> list[torch.Generator]:
     """CPU generators for images ``0..n-1`` (seed + i), as ``torch.Generator("cpu").manual_seed``."""
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
@@ -296,8 +318,7 @@ def generate(
     dtype = cond.dtype
 
     # 3. Timesteps from a fresh scheduler
-    scheduler = make_scheduler(pipe, settings.scheduler)
-    scheduler.set_timesteps(settings.steps, device=device)
+    scheduler = scheduled(pipe, settings, device)
     timesteps = scheduler.timesteps
 
     # 4. Initial noise (stock draw for the seed, or the caller's x_T)

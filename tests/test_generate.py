@@ -210,3 +210,14 @@ def test_cancel_stops_before_next_step(tiny_pipe):
 def test_stop_after_returns_records_without_decoding(tiny_pipe):
     items = list(generate(tiny_pipe, GenerationSettings(prompt=PROMPT, steps=50), stop_after=1))
     assert isinstance(items[-1], GenerationResult) and items[-1].images == [] and len(items[-1].records) == 1
+
+
+def test_a_schedule_outside_the_training_range_gets_a_message(tiny_pipe):
+    """DDIM with 1000 steps and steps_offset=1 starts at t = 1000 of 0..999 (stock diffusers indexes past the end):
+    a message with the largest step count that works, before any model work; 999 steps are fine."""
+    from sailscope.core.errors import UserInputError
+    from sailscope.core.sampling import scheduled
+
+    with pytest.raises(UserInputError, match=r"steps 1000 with the ddim scheduler start at timestep 1000.*at most 999"):
+        run_generation(tiny_pipe, GenerationSettings(prompt=PROMPT, steps=1000, sharpness_at="none"))
+    assert float(scheduled(tiny_pipe, GenerationSettings(prompt=PROMPT, steps=999)).timesteps.max()) <= 999

@@ -20,7 +20,7 @@ from sailscope.core.mitigation.candidates import CandidateDraws
 from sailscope.core.mitigation.objectives import EpsPair
 from sailscope.core.mitigation.optimizer import SailResult, SailStep, final_result, iter_optimize
 from sailscope.core.mitigation.settings import SailSettings
-from sailscope.core.sampling import check_settings_for, encode, initial_noise, make_scheduler, noise_level
+from sailscope.core.sampling import check_settings_for, encode, initial_noise, noise_level, scheduled
 from sailscope.core.score import Conditioning, DiffusersScoreModel, as_conditioning
 
 
@@ -36,8 +36,7 @@ class FirstStep:
 
 def first_step(pipe: Any, settings: Any) -> FirstStep:
     """``t_0``, ``abar`` and ``x = scale · z`` for the settings' scheduler (minds ``init_noise_sigma``)."""
-    scheduler = make_scheduler(pipe, settings.scheduler)
-    scheduler.set_timesteps(settings.steps, device=torch.device("cpu"))
+    scheduler = scheduled(pipe, settings)
     t0 = scheduler.timesteps[0]
     probe = torch.full((1, 1), float(scheduler.init_noise_sigma), dtype=torch.float32)
     scale = float(scheduler.scale_model_input(probe, t0).reshape(-1)[0])
