@@ -55,14 +55,25 @@ def explicit_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Ten
         repeat = query.shape[-3] // key.shape[-3]
         key, value = key.repeat_interleave(repeat, dim=-3), value.repeat_interleave(repeat, dim=-3)
     scale = 1.0 / query.shape[-1] ** 0.5 if scale is None else scale
-    scores = query @ key.transpose(-2, -1)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale
+    n_q, n_k = query.shape[-2], key.shape[-2]
     if is_causal:
-        keep = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
-        scores = scores.masked_fill(~keep, float("-inf"))
-    if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    return scores.softmax(dim=-1).to(query.dtype) @ value
+        causal = torch.ones(n_q, n_k, dtype=torch.bool, device=query.device).tril()
+        attn_mask = causal if attn_mask is None else (causal & attn_mask if attn_mask.dtype == torch.bool
+                                                      else attn_mask.masked_fill(~causal, float("-inf")))
+    # rows of the softmax are independent: query chunks bound the score matrix (SDXL at 1024²: 4096 × 4096 per head)
+    rows = max(1, ATTENTION_CHUNK_ELEMENTS // max(1, query[..., :1, :1].numel() * n_k))
+    out = []
+    for i in range(0, n_q, rows):
+        scores = query[..., i:i + rows, :] @ key.transpose(-2, -1)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale
+        if attn_mask is not None:
+            mask = attn_mask[..., i:i + rows, :] if attn_mask.dim() >= 2 and attn_mask.shape[-2] == n_q else attn_mask
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        out.append(scores.softmax(dim=-1).to(query.dtype) @ value)
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-2)
+
+
+ATTENTION_CHUNK_ELEMENTS = 2**26  # score elements per query chunk of explicit_attention (256 MiB in fp32)
 
 
 class _ExplicitAttentionMode(torch.overrides.TorchFunctionMode):

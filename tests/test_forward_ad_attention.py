@@ -27,6 +27,28 @@ def test_explicit_attention_equals_torch_sdpa(case):
     assert torch.allclose(explicit_attention(q, k, v, **kw), F.scaled_dot_product_attention(q, k, v, **kw), atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["plain", "bool_mask", "causal"])
+def test_query_chunks_give_the_same_attention_and_derivative(monkeypatch, case):
+    """Chunked over queries (to bound the score matrix) the attention and its forward derivative are unchanged."""
+    import sailscope.core.metrics as metrics
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v, dq = (torch.randn(2, 3, 10, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    kw = {"attn_mask": torch.rand(10, 10, generator=g) > 0.2, "is_causal": False} if case == "bool_mask" else {}
+    if case == "bool_mask":
+        kw["attn_mask"][:, 0] = True
+    if case == "causal":
+        kw["is_causal"] = True
+    whole = explicit_attention(q, k, v, **kw)
+    with forward_ad_attention():
+        _, t_whole = torch.func.jvp(lambda x: F.scaled_dot_product_attention(x, k, v, **kw), (q,), (dq,))
+    monkeypatch.setattr(metrics, "ATTENTION_CHUNK_ELEMENTS", 2 * 3 * 10 * 3)  # 3 query rows per chunk
+    assert torch.allclose(explicit_attention(q, k, v, **kw), whole, atol=1e-14)
+    with forward_ad_attention():
+        _, t_chunked = torch.func.jvp(lambda x: F.scaled_dot_product_attention(x, k, v, **kw), (q,), (dq,))
+    assert torch.allclose(t_chunked, t_whole, atol=1e-14)
+
+
 def test_forward_derivative_of_the_written_out_attention_matches_finite_differences():
     g = torch.Generator().manual_seed(1)
     q, k, v, dq = (torch.randn(1, 2, 5, 4, generator=g, dtype=torch.float64) for _ in range(4))
