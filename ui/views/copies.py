@@ -228,7 +228,7 @@ def copies_panel(ctx: AppContext, generate: dict[str, Any], refs: ReferenceProvi
         return report_check_handler(ctx, refs, values["report_file"]) or {"summary": gr.update()}  # {}: no change
 
     bind(c["report_file"].change, on_report, c, ("report_file",), ("summary", "nearest_table", "nearest_gallery"),
-         **compat.event_kwargs(queue=False))
+         **compat.event_kwargs(queue=False, show_progress="hidden"))
     return c
 
 

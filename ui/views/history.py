@@ -149,7 +149,7 @@ def history_view(generate: dict[str, Any], tabs: Any) -> dict[str, Any]:
         return send_handler(values["selected"])
 
     bind(c["report_file"].change, add, c, ("entries", "report_file"), ("entries", "gallery", "status"),
-         **compat.event_kwargs(queue=False))
+         **compat.event_kwargs(queue=False, show_progress="hidden"))
     bind(c["send"].click, send, c, ("selected",), PASTE_FIELDS + ("tabs", "status"), **compat.event_kwargs(queue=False))
 
     def select(entries: list, evt: gr.SelectData) -> tuple:
