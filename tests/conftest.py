@@ -40,3 +40,22 @@ def tiny_model_dir(tmp_path_factory, tiny_pipe):
     path = tmp_path_factory.mktemp("tiny-sd")
     tiny_pipe.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny pipeline per test module (the app tests hand it to an app context; no module sees another's)."""
+    from sailscope.core.testing import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+@pytest.fixture()
+def ctx(pipe, tmp_path, monkeypatch):
+    """An app context on ``pipe`` with its own outputs folder and calibration home, live updates unthrottled."""
+    from sailscope.ui.jobs import AppConfig, AppContext
+
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
+    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
+    c.models.pipe = pipe
+    return c

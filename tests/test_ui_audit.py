@@ -8,7 +8,6 @@ import html
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,32 +15,14 @@ gr = pytest.importorskip("gradio")
 
 from sailscope.core import audit, detect  # noqa: E402
 from sailscope.core.io.files import json_safe  # noqa: E402
-from sailscope.core.testing import tiny_pipeline  # noqa: E402
-from sailscope.ui.jobs import AppConfig, AppContext  # noqa: E402
 from sailscope.ui.plots import sig  # noqa: E402
 from sailscope.ui.views.audit import (  # noqa: E402
     AUDIT_INPUTS, AUDIT_OUTPUTS, OPEN_INPUTS, OPEN_OUTPUTS, audit_handler, open_report_handler, summary_rows,
 )
 from sailscope.ui.widgets import cancel_handler  # noqa: E402
+from ui_support import request  # noqa: E402
 
 PROMPTS = ["a cat", "a dog", "a bird", "a red square"]
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture()
-def ctx(pipe, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
-    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
-    c.models.pipe = pipe
-    return c
-
-
-def request(session: str):
-    return SimpleNamespace(session_hash=session)
 
 
 def run(ctx, prompts=PROMPTS, memorized="a dog", name="t", detectors=("wen", "sharpness"), metric="sharpness",

@@ -11,25 +11,11 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 from sailscope.core.sampling import GenerationSettings, run_generation  # noqa: E402
-from sailscope.core.testing import tiny_pipeline  # noqa: E402
 from sailscope.ui import app as ui_app  # noqa: E402
-from sailscope.ui.jobs import AppConfig, AppContext  # noqa: E402
+from sailscope.ui.jobs import AppConfig  # noqa: E402
 from sailscope.ui.views.copies import (  # noqa: E402
     ReferenceProvider, display_image, image_check_handler, report_check_handler, seeds_check_handler,
 )
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture()
-def ctx(pipe, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
-    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
-    c.models.pipe = pipe
-    return c
 
 
 @pytest.fixture()

@@ -11,14 +11,12 @@ import re
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 gr = pytest.importorskip("gradio")
 
 from sailscope.core.io.infotext import parse_png_text  # noqa: E402
-from sailscope.core.testing import tiny_pipeline  # noqa: E402
 from sailscope.ui import app as ui_app  # noqa: E402
 from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm, parse_steps, read_prompt_list  # noqa: E402
 from sailscope.ui.jobs import AppConfig, AppContext, JobView  # noqa: E402
@@ -28,23 +26,7 @@ from sailscope.ui.views.compare import compare_handler  # noqa: E402
 from sailscope.ui.views.generate import generate_handler, spectrum_view_handler  # noqa: E402
 from sailscope.ui.views.model import load_model_handler  # noqa: E402
 from sailscope.ui.widgets import cancel_handler  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture()
-def ctx(pipe, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
-    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
-    c.models.pipe = pipe
-    return c
-
-
-def request(session: str):
-    return SimpleNamespace(session_hash=session)
+from ui_support import last, request  # noqa: E402
 
 
 def gen_args(**over) -> GenerateForm:
@@ -62,13 +44,6 @@ def build_sail(enabled, objective, threshold, max_steps, candidates, trigger="au
     """The SAIL settings the advanced panel's values give (the form's other fields do not matter)."""
     return GenerateForm(sail_on=enabled, sail_objective=objective, sail_threshold=threshold, sail_max_steps=max_steps,
                         sail_candidates=candidates, sail_trigger=trigger, sail_lr=lr, sail_rounds=rounds).sail_settings()
-
-
-def last(gen):
-    out = None
-    for out in gen:
-        pass
-    return out
 
 
 def status_of(update) -> str:

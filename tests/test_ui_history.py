@@ -9,26 +9,12 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from sailscope.core.io.pnginfo import parse_infotext, read_pnginfo  # noqa: E402
-from sailscope.core.testing import tiny_pipeline  # noqa: E402
+from sailscope.core.io.pnginfo import parse_infotext  # noqa: E402
 from sailscope.ui import app as ui_app  # noqa: E402
 from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm  # noqa: E402
-from sailscope.ui.jobs import AppConfig, AppContext  # noqa: E402
+from sailscope.ui.jobs import AppConfig  # noqa: E402
 from sailscope.ui.views import history, pnginfo  # noqa: E402
 from sailscope.ui.views.generate import generate_handler  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture()
-def ctx(pipe, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
-    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
-    c.models.pipe = pipe
-    return c
 
 
 def run_generate(ctx, **over):

@@ -8,38 +8,19 @@ import html
 import json
 import os
 import stat
-import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 gr = pytest.importorskip("gradio")
 
-from sailscope.core.testing import tiny_pipeline  # noqa: E402
 from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm  # noqa: E402
-from sailscope.ui.jobs import AppConfig, AppContext  # noqa: E402
+from sailscope.ui.jobs import AppConfig  # noqa: E402
 from sailscope.ui.outputs import read_infotext  # noqa: E402
 from sailscope.ui.views.generate import generate_handler  # noqa: E402
 from sailscope.ui.widgets import busy_html, cancel_handler  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture()
-def ctx(pipe, tmp_path, monkeypatch):
-    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path / "home"))
-    c = AppContext(AppConfig(outputs=str(tmp_path / "out"), live_interval=0.0))
-    c.models.pipe = pipe
-    return c
-
-
-def request(session: str):
-    return SimpleNamespace(session_hash=session)
+from ui_support import last, request  # noqa: E402
 
 
 def form(**over) -> GenerateForm:
@@ -51,13 +32,6 @@ def form(**over) -> GenerateForm:
 
 def text(update, key: str = "status") -> str:
     return html.unescape(update.get(key) or "")
-
-
-def last(gen):
-    out = None
-    for out in gen:
-        pass
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
