@@ -7,14 +7,19 @@ browser. :func:`bind` connects one to gradio: it maps the names to the view's co
 from __future__ import annotations
 
 import inspect
+import logging
+import traceback
 from html import escape
 from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
 
 from sailscope.core.detect import risk_level
+from sailscope.core.errors import Cancelled, SailScopeError
 from sailscope.ui import compat
 from sailscope.ui.jobs import AppContext
+
+log = logging.getLogger("sailscope.ui")
 
 Components = Mapping[str, Any]  # a view's components by name
 
@@ -27,6 +32,18 @@ def session_of(request: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 # HTML read-outs
 # ----------------------------------------------------------------------------------------------
+def failure_update(exc: BaseException, what: str) -> dict[str, Any]:
+    """What a view shows when its job stops early: a cancel as a warning, a user error's own message (also as a
+    toast), anything else as an internal error whose traceback goes to the server log; the app keeps serving."""
+    if isinstance(exc, Cancelled):
+        return {"status": status_html(f"cancelled ({exc})", "warn")}
+    if isinstance(exc, SailScopeError):
+        compat.warn(str(exc))
+        return {"status": status_html(str(exc), "error")}
+    log.error("%s failed:\n%s", what, "".join(traceback.format_exception(exc)))
+    return {"status": status_html(f"internal error: {type(exc).__name__}: {exc}", "error")}
+
+
 def status_html(message: str, kind: str = "info", done: int | None = None, total: int | None = None) -> str:
     """A message with an optional progress bar (``kind``: info, ok, warn, error)."""
     bar = ""

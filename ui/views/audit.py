@@ -10,13 +10,11 @@ settings. The browser never names a path: an existing report is opened by upload
 from __future__ import annotations
 
 import json
-import logging
 import math
 import queue
 import re
 import threading
 import time
-import traceback
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -25,15 +23,14 @@ from typing import Any, Iterator, Mapping, Sequence
 import gradio as gr
 
 from sailscope.core import audit, detect
-from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
+from sailscope.core.errors import Cancelled, UserInputError
 from sailscope.ui import compat, plots
 from sailscope.ui.forms import marked_prompts, read_prompt_list, whole_number
 from sailscope.ui.jobs import AppContext, detection_threshold
 from sailscope.ui.outputs import audit_base, audit_report_folder, save_audit_exports
 from sailscope.ui.plots import sig
-from sailscope.ui.widgets import bind, session_of, status_html, wire_cancel
+from sailscope.ui.widgets import bind, failure_update, session_of, status_html, wire_cancel
 
-log = logging.getLogger("sailscope.ui")
 
 # the last two inputs are new: positional callers of the older seven-input handler keep working
 AUDIT_INPUTS = ("prompts", "upload", "memorized", "seeds", "steps", "metric", "name", "detectors")
@@ -301,12 +298,8 @@ def audit_handler(ctx: AppContext, prompts: str, upload: Any, memorized: str, se
         partial = [dict(rows[p], memorized=labels.get(p)) for p in order if p in rows]
         yield audit_update(partial, threshold, metric, f"cancelled after {len(partial)} of {total} prompts; run again "
                            "to resume", len(partial), total, kind="warn")
-    except SailScopeError as exc:
-        compat.warn(str(exc))
-        yield {"status": status_html(str(exc), "error")}
-    except Exception as exc:
-        log.error("audit failed:\n%s", traceback.format_exc())
-        yield {"status": status_html(f"internal error: {type(exc).__name__}: {exc}", "error")}
+    except Exception as exc:  # user errors too: failure_update tells them apart
+        yield failure_update(exc, "audit")
     finally:
         ctx.cancels.finish(session, cancel)
 
@@ -399,12 +392,8 @@ def open_report_handler(ctx: AppContext, report_upload: Any, memorized: str = ""
         except (KeyError, TypeError, ValueError, IndexError):
             raise UserInputError("the uploaded report could not be rendered (is it a SAIL Scope report.json?)") from None
         return dict(report_update(report, files), status=status_html(f"opened {what}", "ok"))
-    except SailScopeError as exc:
-        compat.warn(str(exc))
-        return {"status": status_html(str(exc), "error")}
-    except Exception as exc:
-        log.error("opening an audit report failed:\n%s", traceback.format_exc())
-        return {"status": status_html(f"internal error: {type(exc).__name__}: {exc}", "error")}
+    except Exception as exc:  # user errors too: failure_update tells them apart
+        return failure_update(exc, "opening an audit report")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,22 +2,19 @@
 table. Each item stops after step 1 (``generate(..., stop_after=1)``)."""
 from __future__ import annotations
 
-import logging
-import traceback
 from typing import Any, Iterator
 
 import gradio as gr
 
-from sailscope.core.errors import Cancelled, SailScopeError
+from sailscope.core.errors import Cancelled
 from sailscope.core.sampling import SCHEDULERS, GenerationSettings, StepRecord, generate
 from sailscope.core.detect import risk_level
 from sailscope.ui import compat, plots
 from sailscope.ui.plots import sig
 from sailscope.ui.forms import compare_items, number, whole_number
 from sailscope.ui.jobs import SPECTRUM_METHODS, AppContext, SpectrumRequest, detection_threshold, spectrum_probe
-from sailscope.ui.widgets import bind, session_of, status_html, wire_cancel
+from sailscope.ui.widgets import bind, failure_update, session_of, status_html, wire_cancel
 
-log = logging.getLogger("sailscope.ui")
 
 COMPARE_INPUTS = ("prompts", "seeds", "steps", "guidance", "scheduler", "method", "k")
 COMPARE_OUTPUTS = ("status", "plot", "table")
@@ -63,14 +60,8 @@ def compare_handler(ctx: AppContext, prompts: str, seeds: str, steps: Any, guida
             yield {"plot": plots.compare_figure(rows), "table": compare_table(rows, threshold)}
         yield {"status": status_html(f"compared {len(rows)} item(s)", "ok", len(rows), len(rows)),
                "plot": plots.compare_figure(rows), "table": compare_table(rows, threshold)}
-    except Cancelled as exc:
-        yield {"status": status_html(f"cancelled ({exc})", "warn")}
-    except SailScopeError as exc:
-        compat.warn(str(exc))
-        yield {"status": status_html(str(exc), "error")}
-    except Exception as exc:
-        log.error("compare failed:\n%s", traceback.format_exc())
-        yield {"status": status_html(f"internal error: {type(exc).__name__}: {exc}", "error")}
+    except Exception as exc:  # cancels and user errors too: failure_update tells them apart
+        yield failure_update(exc, "compare")
     finally:
         ctx.cancels.finish(session, cancel)
 

@@ -10,9 +10,7 @@ started with (``sailscope serve --reference-dir DIR``), never a path typed in th
 from __future__ import annotations
 
 import json
-import logging
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,15 +19,14 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from sailscope.core.copies import CopyCheck, ReferenceSet, check_copies, nearest_known, references_for
-from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
+from sailscope.core.copies import CopyCheck, ReferenceSet, check_copies, references_for
+from sailscope.core.errors import SailScopeError, UserInputError
 from sailscope.core.sampling import GenerationSettings, run_generation
 from sailscope.ui import compat
 from sailscope.ui.forms import number, whole_number
 from sailscope.ui.jobs import AppContext
-from sailscope.ui.widgets import bind, session_of, status_html, wire_cancel
+from sailscope.ui.widgets import bind, failure_update, session_of, status_html, wire_cancel
 
-log = logging.getLogger("sailscope.ui")
 
 DISPLAY_SIDE = 192  # small images are shown at least this large, nearest-neighbour (pixels stay sharp)
 MAX_SEEDS = 8
@@ -194,14 +191,8 @@ def seeds_check_handler(ctx: AppContext, refs: ReferenceProvider, prompt: str, s
                "nearest_table": nearest_rows(labels, check),
                "nearest_gallery": nearest_gallery(check, references, labels),
                "agreement": agreement_rows(check)}
-    except Cancelled as exc:
-        yield {"status": status_html(f"cancelled ({exc})", "warn")}
-    except SailScopeError as exc:
-        compat.warn(str(exc))
-        yield {"status": status_html(str(exc), "error")}
-    except Exception as exc:
-        log.error("copy check failed:\n%s", traceback.format_exc())
-        yield {"status": status_html(f"internal error: {type(exc).__name__}: {exc}", "error")}
+    except Exception as exc:  # cancels and user errors too: failure_update tells them apart
+        yield failure_update(exc, "copy check")
     finally:
         ctx.cancels.finish(session, cancel)
 

@@ -5,14 +5,12 @@ gallery; selecting one shows its numbers and its file."""
 from __future__ import annotations
 
 import json
-import logging
-import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 
-from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
+from sailscope.core.errors import Cancelled, UserInputError
 from sailscope.core.mitigation import SailResult, SailSettings, SailStep
 from sailscope.core.mitigation.picks import MAX_PICKS, candidate_fields, iter_sail_candidates
 from sailscope.core.sampling import GenerationSettings, run_generation
@@ -21,9 +19,8 @@ from sailscope.ui.forms import whole_number
 from sailscope.ui.jobs import AppContext, detection_threshold
 from sailscope.ui.outputs import infotext, new_stem, save_image
 from sailscope.ui.views.copies import display_image
-from sailscope.ui.widgets import bind, session_of, status_html, wire_cancel
+from sailscope.ui.widgets import bind, failure_update, session_of, status_html, wire_cancel
 
-log = logging.getLogger("sailscope.ui")
 
 PICKS_INPUTS = ("report_file", "k")
 PICKS_OUTPUTS = ("status", "gallery", "picks")
@@ -95,14 +92,8 @@ def picks_handler(ctx: AppContext, report_file: Any, k: Any, request: Any = None
         yield {"status": status_html(f"{len(picks)} SAIL candidate(s) for seed {settings.seed}{note}; select one "
                                      "to see its numbers and file (each PNG records what reproduces it)", "ok"),
                "gallery": gallery, "picks": picks}
-    except Cancelled as exc:
-        yield {"status": status_html(f"cancelled ({exc})", "warn")}
-    except SailScopeError as exc:
-        compat.warn(str(exc))
-        yield {"status": status_html(str(exc), "error")}
-    except Exception as exc:
-        log.error("SAIL candidates failed:\n%s", traceback.format_exc())
-        yield {"status": status_html(f"internal error: {type(exc).__name__}: {exc}", "error")}
+    except Exception as exc:  # cancels and user errors too: failure_update tells them apart
+        yield failure_update(exc, "SAIL candidates")
     finally:
         ctx.cancels.finish(session, cancel)
 
