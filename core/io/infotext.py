@@ -83,6 +83,9 @@ RESULTS = {
     "reproduce": Key("SAIL Scope reproduce", "the command that re-derives this image: SAIL is deterministic given "
                      "the seed and the SAIL settings recorded here (no noise file needed)"),
     "status": Key("SAIL Scope status", "messages: why something was skipped or not available"),
+    "stop": Key("SAIL stop", "the search's stop rule (all: every candidate runs its steps, as a pick needs)"),
+    "pick": Key("SAIL pick", "which candidate of the search this image is (0 = the seed's own noise)"),
+    "pick_start_seed": Key("SAIL pick start seed", "the torch seed of the picked candidate's start noise"),
 }
 KEYS = {**SETTINGS, **RESULTS}
 

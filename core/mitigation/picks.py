@@ -31,9 +31,9 @@ from sailscope.core.mitigation.settings import SailSettings
 
 # infotext keys of a picked candidate (not in core/io/infotext.py's registry yet: they are read by
 # :func:`pick_from_infotext` only)
-PICK_KEY = "SAIL pick"  # the candidate's row in the search (0 = the seed's own noise)
-STOP_KEY = "SAIL stop"  # the search's stop rule: "all" for a pick
-START_SEED_KEY = "SAIL pick start seed"  # the torch seed of the candidate's start noise (information only)
+PICK_KEY = infotext.text("pick")  # the candidate's row in the search (0 = the seed's own noise)
+STOP_KEY = infotext.text("stop")  # the search's stop rule: "all" for a pick
+START_SEED_KEY = infotext.text("pick_start_seed")  # the torch seed of the candidate's start noise (information only)
 MAX_PICKS = 16
 
 
