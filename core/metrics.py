@@ -115,10 +115,12 @@ def _score_fn(gs: GuidedScore, which: Which) -> Callable[[Tensor], Tensor]:
 
 
 def jvp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """``(fn(x), J_fn(x) v)`` by forward-mode AD under the MATH attention kernel, in fp32."""
+    """``(fn(x), J_fn(x) v)`` by forward-mode AD (attention written out), in fp32. Under ``no_grad``: forward mode
+    needs no tape, and with one (weights that require grad) every activation would be kept for a backward pass that
+    never comes."""
     x = at_least_fp32(x.detach())
     v = at_least_fp32(v.detach()).to(x.dtype)
-    with torch.enable_grad(), forward_ad_attention():
+    with torch.no_grad(), forward_ad_attention():
         out, tangent = torch.func.jvp(fn, (x,), (v,))
     return out.detach(), tangent.detach()
 

@@ -220,7 +220,7 @@ def score_jacobian(
 
         def one_chunk(v: Tensor) -> Tensor:
             xs, vs = batch(v)
-            with torch.enable_grad(), forward_ad_attention():
+            with torch.no_grad(), forward_ad_attention():  # forward mode needs no tape (see metrics.jvp)
                 _, tangent = torch.func.jvp(fn_for(v.shape[0]), (xs,), (vs,))
             counter.jvps += v.shape[0]
             counter.calls += 1
