@@ -332,11 +332,12 @@ def wire_generate(ctx: AppContext, c: dict[str, Any]) -> None:
     def generate(values: dict[str, Any], request: Any) -> Iterator[dict[str, Any]]:
         yield from generate_handler(ctx, GenerateForm(**values), request)
 
+    # outside the queue, registered before the queued job: they answer at once even while the job waits
+    wire_busy_note(ctx, c["generate"], c["queue_note"])
+    c["generate"].click(lambda: "", None, [c["cancel_note"]], **compat.event_kwargs(queue=False))
     bind(c["generate"].click, generate, c, GENERATE_FIELDS, GENERATE_OUTPUTS,
          **compat.event_kwargs(model_job=True, progress_on=c["status"], api_name="generate"))
     wire_cancel(ctx, c["cancel"], c["cancel_note"], api_name="cancel")
-    c["generate"].click(lambda: "", None, [c["cancel_note"]], **compat.event_kwargs(queue=False))
-    wire_busy_note(ctx, c["generate"], c["queue_note"])
     c["random_seed"].click(random_seed, None, [c["seed"]], **compat.event_kwargs(queue=False))
     for trigger in (c["spectrum_step"], c["spectrum_run"]):
         trigger.change(spectrum_view_handler, [c["state"], c["spectrum_run"], c["spectrum_step"]], [c["spectrum_plot"]],
