@@ -45,9 +45,8 @@ def test_the_app_form_starts_at_the_model_defaults(tmp_path):
     assert on.candidates == 4
 
 
-@pytest.mark.skipif(not (DEMO_MODEL_DIR / DEFAULTS_FILE).is_file(), reason="the demo ships no SAIL defaults")
-def test_demo_ships_valid_defaults():
-    got, source = model_sail_defaults(DEMO_MODEL_DIR)
-    assert got and source.startswith(f"the model's {DEFAULTS_FILE}")
-    data = json.loads((DEMO_MODEL_DIR / DEFAULTS_FILE).read_text())
-    assert data["command"] and data["measured"]  # how they were chosen travels with them
+def test_the_demo_runs_at_the_global_defaults():
+    """docs/mitigation.md: no setting tried kept the prompt's shapes and colours better without copying more, so the
+    demo ships no sail_defaults.json and SAIL runs at SailSettings' own defaults there."""
+    assert not (DEMO_MODEL_DIR / DEFAULTS_FILE).exists()
+    assert model_sail_defaults(DEMO_MODEL_DIR) == ({}, None) and sail_settings_for(DEMO_MODEL_DIR) == SailSettings()
