@@ -160,6 +160,8 @@ def wait_status(page, words: tuple[str, ...], timeout: float, elem_id: str = "ss
 
 def shoot(page, name: str, doc: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
+    if doc:  # earlier steps' warning toasts would cover the view in the docs
+        page.evaluate("() => document.querySelectorAll('.toast-wrap').forEach(e => e.remove())")
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     if doc and os.environ.get("SAILSCOPE_DOC_SCREENSHOTS") == "1":

@@ -20,12 +20,13 @@ COMPARE_INPUTS = ("prompts", "seeds", "steps", "guidance", "scheduler", "method"
 COMPARE_OUTPUTS = ("status", "plot", "table")
 # no "top eigenvalue" column: on the demo model it did not separate memorized from held-out prompts; the
 # spectra stay in the plot. Numbers to 4 significant digits; the risk by core.detect.risk_level.
-COMPARE_HEADERS = ["prompt", "seed", "step-1 sharpness", "guidance strength (Wen)", "memorization risk"]
+COMPARE_HEADERS = ["prompt", "memorization risk", "step-1 sharpness", "guidance strength (Wen)", "seed"]
 
 
 def compare_table(rows: list[dict], threshold: float | None = None) -> list[list]:
-    """One table row per compared item: prompt, seed, step-1 sharpness and Wen, the risk (``core.detect``)."""
-    return [[r["prompt"], r["seed"], sig(r["sharpness"]), sig(r["wen"]), risk_level(r["sharpness"], threshold)]
+    """One table row per compared item: prompt, the risk (``core.detect``; next to the prompt, so it stays on screen),
+    step-1 sharpness and Wen, seed."""
+    return [[r["prompt"], risk_level(r["sharpness"], threshold), sig(r["sharpness"]), sig(r["wen"]), r["seed"]]
             for r in rows]
 
 
