@@ -47,7 +47,7 @@ Checks (per arch unless marked):
   (``core/io/infotext.py``, loaded by path from this working tree).
 * ``diagnostics``: ComfyUI: the SAIL node's plot IMAGE saved (and compare of off/on); Forge: the diagnostics
   image appended to ``images``.
-* ``infotext_roundtrip`` (Forge): PNG Info of the returned PNG, read back with ``core.infotext.parse_settings``
+* ``infotext_roundtrip`` (Forge): PNG Info of the returned PNG, read back with ``core.io.infotext.parse_settings``
   (what A1111's paste uses) -> the SAIL settings equal those sent.
 * ``show_original`` (Forge): with "render the original" a comparison image is added and the SAIL image is
   bit-identical to the run without it.
@@ -1345,7 +1345,7 @@ def infotext_registry():
     if _INFOTEXT is None:
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("_sailscope_infotext", os.path.join(REPO, "core", "infotext.py"))
+        spec = importlib.util.spec_from_file_location("_sailscope_infotext", os.path.join(REPO, "core", "io", "infotext.py"))
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod  # dataclasses look the module up while the class is made
         spec.loader.exec_module(mod)
