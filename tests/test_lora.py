@@ -95,3 +95,38 @@ def test_cli_lora_option_reaches_the_report(tmp_path):
     (png,) = (tmp_path / "out").glob("*.png")
     params = parse_png_text(Image.open(png).info["parameters"])  # A1111's format: "Lora hashes: name: <first 12 hex of sha256>"
     assert params["Lora hashes"] == f"{lora.stem}: {file_sha256(lora)[:12]}"
+
+
+def test_a_kohya_format_lora_equals_its_hand_merged_weights(tmp_path):
+    """An A1111/kohya-format file (``lora_unet_<module path with _>.lora_down/.lora_up/.alpha``, the layout
+    sd-scripts writes) applied at scale s gives the same image as the base model with every targeted weight
+    replaced by ``W + s * (alpha / rank) * up @ down``, merged here by hand."""
+    from safetensors.torch import save_file
+
+    rank, alpha, scale = 4, 2.0, 0.7
+    base = tiny_pipeline()
+    base.save_pretrained(tmp_path / "model")
+    gen = torch.Generator().manual_seed(3)
+    tensors, deltas = {}, {}
+    for name, module in base.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")):
+            key = "lora_unet_" + name.replace(".", "_")
+            down = torch.randn(rank, module.in_features, generator=gen) * 0.3
+            up = torch.randn(module.out_features, rank, generator=gen) * 0.3
+            tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                            f"{key}.alpha": torch.tensor(alpha)})
+            deltas[name] = scale * (alpha / rank) * up @ down
+    assert len(deltas) >= 8
+    lora = tmp_path / "kohya_style.safetensors"
+    save_file(tensors, str(lora))
+
+    merged = tiny_pipeline()
+    with torch.no_grad():
+        for name, module in merged.unet.named_modules():
+            if name in deltas:
+                module.weight += deltas[name]
+    s = GenerationSettings(prompt=PROMPT, seed=2, steps=4, sharpness_at="none")
+    on = load_pipeline(str(tmp_path / "model"), device="cpu", dtype="fp32", loras=[LoraSpec(str(lora), scale)])
+    got, want = run_generation(on, s).array, run_generation(merged, s).array
+    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(got - run_generation(tiny_pipeline(), s).array).max() > 1e-3
