@@ -126,3 +126,39 @@ def test_checkpointing_changes_memory_not_results(sdxl):
     assert torch.allclose(with_ckpt.x_T, without.x_T, rtol=0, atol=1e-5)
     assert [s.loss[0] for s in with_ckpt.trace] == pytest.approx([s.loss[0] for s in without.trace], rel=1e-5)
     assert not sdxl.unet.is_gradient_checkpointing
+
+
+def test_rta_on_sdxl_samples_the_edited_prompt_like_stock_sdxl(sdxl):
+    """RTA edits only the prompt; the mitigated run on SDXL is stock SDXL's image of the edited prompt (both text
+    encoders see the inserted words)."""
+    from sailscope.core.mitigation.rta import RtaSettings, iter_rta
+
+    settings = GenerationSettings(prompt=PROMPT, seed=3, steps=4)
+    (res,) = list(iter_rta(sdxl, settings, RtaSettings(tokens=3, salt=1)))
+    assert res.prompt != PROMPT and res.prompt.split() != PROMPT.split() and len(res.added) == 3
+    ours = run_generation(sdxl, res.settings).array
+    stock = sdxl(res.prompt, num_inference_steps=4, guidance_scale=settings.guidance,
+                 generator=torch.Generator("cpu").manual_seed(3), output_type="np").images
+    assert np.abs(ours - stock).max() <= 1e-4
+    assert np.abs(ours - run_generation(sdxl, settings).array).max() > 1e-3
+
+
+def test_calibration_on_sdxl_stores_what_detection_and_sail_compute(sdxl, tmp_path, monkeypatch):
+    """``calibrate`` on SDXL: its detection values are the step-1 sharpness that generation records, its paper
+    terms are SAIL's at the seed's noise, and the record is found again for the same SDXL weights only."""
+    from sailscope.core import calibration as cal
+
+    monkeypatch.setenv("SAILSCOPE_HOME", str(tmp_path))
+    record = cal.measure(sdxl, [PROMPT, "two blue squares"], [0, 6], steps=10)
+    assert record.n == 4
+    gs = GenerationSettings(prompt="two blue squares", seed=6, steps=10, sharpness_at="first")
+    g = run_generation(sdxl, gs)
+    assert record.values["detection"]["sharpness"][3] == pytest.approx(g.records[0].sharpness[0], rel=2e-2)
+    sail = run_sail(sdxl, gs, SailSettings(threshold=1e9, max_steps=0, alpha=0.0))
+    assert record.values["paper"]["sharpness"][3] == pytest.approx(sail.trace[0].sharpness[0], rel=2e-2)
+    cal.save_calibration(record)
+    found = cal.find_calibration(sdxl)
+    assert found is not None and found[0].key == cal.model_key(sdxl)
+    threshold, source = cal.detection_threshold(sdxl)
+    assert threshold == pytest.approx(float(np.quantile(record.values["detection"]["sharpness"], cal.DETECTION_QUANTILE)))
+    assert cal.find_calibration(tiny_sdxl_pipeline(seed=2)) is None  # other weights: not this calibration
