@@ -262,6 +262,16 @@ class HostOptions:
             )
         self.sail_settings()  # validates the rest with core's own messages
 
+    def threshold_note(self) -> str | None:
+        """A warning when the threshold is the paper's SD 1.4 value: it is in the reference objective's units for
+        SD 1.4 (α = 0.05) and means something else for any other model or for the paper objective."""
+        if self.threshold != DEFAULT_HOST_THRESHOLD["reference"]:
+            return None
+        unit = ("it is a reference-objective value, and the paper objective's losses are in other units"
+                if self.objective == "paper" else "other checkpoints (SD 1.5, SDXL, fine-tunes, LoRAs) have other scales")
+        return (f"SAIL threshold {self.threshold:g} is the paper's value for SD 1.4 (reference objective, alpha 0.05); "
+                f"{unit}. For this model run `sailscope calibrate --model <checkpoint>` and enter its threshold.")
+
     def sail_settings(self):
         return mitigation.SailSettings(
             objective=self.objective, threshold=float(self.threshold), max_steps=int(self.max_steps),
@@ -310,7 +320,8 @@ def run_sail(
     """
     settings = options.sail_settings()
     scale = first_step_scale(sigma_k, noise_scaling)
-    rows, results, warnings = [], [], []
+    rows, results = [], []
+    warnings = [note] if (note := options.threshold_note()) else []
     for i in range(noise.shape[0]):
         gs = make_gs(i)
         try:

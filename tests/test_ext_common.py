@@ -194,6 +194,11 @@ def test_sail_candidates_and_acceptance(setup):
     out = common.run_sail(make_gs, setup["noise"], setup["sigma_k"], "sigma", opts, seeds=[5, 6])
     assert [s["accepted"] for s in out.summary] == [True, True]  # threshold 1e9: the seed's own noise at step 0
     close(out.noise, setup["noise"], 0)
+    assert out.warnings == []  # a threshold of the user's own: no note
+    paper_default = common.HostOptions(sail=True, max_steps=0)  # the hosts' default: the paper's SD 1.4 value
+    out = common.run_sail(make_gs, setup["noise"][:1], setup["sigma_k"], "sigma", paper_default, seeds=[5])
+    assert out.warnings[0].startswith("SAIL threshold 8.2 is the paper's value for SD 1.4") and "calibrate" in out.warnings[0]
+    assert "other units" in common.HostOptions(objective="paper").threshold_note()
     with pytest.raises(common.HostError, match="seeds"):
         common.run_sail(lambda i: a1111_gs(setup)[0], setup["noise"], setup["sigma_k"], "sigma", opts)
     with pytest.raises(ValueError, match="threshold"):
