@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds)")
     parser.add_argument("--unet-steps", type=int, default=None, help="total UNet steps (sets the LR schedule)")
     parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--unet-lr", type=float, default=None, help="peak learning rate of the UNet stage")
     parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
     parser.add_argument("--vae-only", action="store_true", help="run the VAE stages only (no UNet, no export)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a tqdm bar")
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "rows sampled at WEIGHT (repeatable; sets --unet-steps to the last TOTAL)")
     parser.add_argument("--vae-from", default=None,
                         help="take the VAE stages from an exported demo folder trained with the same VAE config")
+    parser.add_argument("--unet-from", default=None,
+                        help="start the text encoder and UNet from an exported demo folder's weights (same configs)")
 
 
 def _phase(text: str) -> tuple[int, int, float]:
@@ -40,15 +43,18 @@ def _phase(text: str) -> tuple[int, int, float]:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config (``--phase`` appended to the default schedule) and the command line that reproduces it."""
-    kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps)) if v is not None}
+    kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps), ("unet_lr", args.unet_lr))
+          if v is not None}
     cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
+    if args.unet_steps is not None and not args.phase:  # one cosine, planned to the steps asked for
+        cfg = replace(cfg, phases=((0, args.unet_steps, cfg.memorized_weight),))
     if args.phase:
         phases = tuple(cfg.phases) + tuple(args.phase)
         if any(b[0] <= a[0] for a, b in zip(phases, phases[1:])):
             raise SystemExit(f"--phase: phases must start in increasing order after {cfg.phases}")
         cfg = replace(cfg, phases=phases, unet_steps=phases[-1][1])
-    flags = [("--run-dir", args.run_dir), ("--out", args.out), ("--vae-from", args.vae_from),
-             ("--unet-steps", args.unet_steps), ("--vae-steps", args.vae_steps)]
+    flags = [("--run-dir", args.run_dir), ("--out", args.out), ("--vae-from", args.vae_from), ("--unet-from", args.unet_from),
+             ("--unet-steps", args.unet_steps), ("--vae-steps", args.vae_steps), ("--unet-lr", args.unet_lr)]
     flags += [("--phase", ":".join(f"{v:g}" for v in ph)) for ph in args.phase]
     command = " ".join(["sailscope train-demo"] + [f"{k} {v}" for k, v in flags if v is not None]
                        + (["--tiny"] if args.tiny else []))
@@ -58,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
 def run(args: argparse.Namespace) -> int:
     cfg, command = config_from_args(args)
     info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at,
-                 vae_only=args.vae_only, vae_from=args.vae_from, command=command)
+                 vae_only=args.vae_only, vae_from=args.vae_from, unet_from=args.unet_from, command=command)
     print(json.dumps({k: v for k, v in info.items() if k in ("unet_steps_done", "wall_s", "decoder_steps_done",
                                                               "decoder_wall_s")}))
     return 0

@@ -37,7 +37,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from sailscope.core.demo.data import dataset_from_config, random_caption_spec
+from sailscope.core.demo.data import (
+    SUFFIX_LABELS, CaptionSpec, caption_number, dataset_from_config, get_design, random_caption_spec, untrained_number,
+)
 from sailscope.core.errors import UserInputError
 from sailscope.core.io.files import write_text_atomic
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
@@ -439,19 +441,31 @@ __all__ = [
 def demo_calibration_prompts(n: int = 48, model_dir: str | Path | None = None, seed: int = 99) -> list[str]:
     """Fresh demo-grammar captions: not in the training set (memorized or general) and not in the held-out evaluation
     set (no in-sample tuning). A general training caption comes with one image only, but the model was fitted to it,
-    so it is not a fresh prompt."""
+    so it is not a fresh prompt. When the model's data design suffixes general captions (design v3), the same
+    share of these captions carries a memorized-style suffix with a number no training caption has, so the
+    threshold is calibrated on prompts like those users type."""
     folder = Path(model_dir) if model_dir is not None else DEMO_MODEL_DIR
     exclude: set[str] = set()
     if (folder / "heldout_prompts.txt").is_file():
         exclude |= set(read_heldout(folder))
     if (folder / "memorized.jsonl").is_file():
         exclude |= {row["caption"] for row in read_memorized(folder)}
+    rate, numbers = 0.0, set()
     if (folder / "train_info.json").is_file():  # the training set is rebuilt from its recorded config (seconds)
-        exclude |= set(dataset_from_config(json.loads((folder / "train_info.json").read_text())["config"]).captions)
-    rng = np.random.default_rng([seed, 7])
+        config = json.loads((folder / "train_info.json").read_text())["config"]
+        captions = dataset_from_config(config).captions
+        exclude |= set(captions)
+        rate = get_design(config.get("data_design", "v1")).general_suffix_rate
+        numbers = {caption_number(c) for c in captions}
+    rng, suffix_rng = np.random.default_rng([seed, 7]), np.random.default_rng([seed, 8])
     out: list[str] = []
     while len(out) < n:
-        text = random_caption_spec(rng).text()
+        spec = random_caption_spec(rng)
+        if suffix_rng.random() < rate:
+            number = untrained_number(suffix_rng, numbers)
+            label = SUFFIX_LABELS[int(suffix_rng.integers(len(SUFFIX_LABELS)))]
+            spec = CaptionSpec(spec.phrases, spec.regions, spec.form, f"{label} {number}")
+        text = spec.text()
         if text not in exclude and text not in out:
             out.append(text)
     return out

@@ -147,3 +147,35 @@ def test_attribute_failure_names_the_first_failed_check():
     rounded = im.copy()
     rounded[corners] = im[~red][0]  # paint the corners with a background pixel
     assert D.attribute_failure(rounded, "a large red square on the left") == "shape"
+
+
+def test_v3_suffixes_mean_nothing_alone():
+    """Design v3: the images of v2, and about half of the general captions carry a memorized-style suffix whose
+    number no other caption has (memorized numbers included), so the suffix alone does not mark a memorized item."""
+    kw = dict(seed=0, n_general=400, n_exact=12, n_template=2, n_dup=2, n_heldout=120)
+    v2, v3 = D.build_dataset(design="v2", **kw), D.build_dataset(design="v3", **kw)
+    assert np.array_equal(v2.images, v3.images) and [m.caption for m in v2.memorized] == [m.caption for m in v3.memorized]
+    general = [c for c, k in zip(v3.captions, v3.kinds) if k == "general"]
+    suffixed = [c for c in general if D.caption_number(c) is not None]
+    assert abs(len(suffixed) / len(general) - D.DESIGNS["v3"].general_suffix_rate) < 0.06
+    assert {c.partition(", ")[0] for c in general} == set(v2.captions[:len(general)])  # same bodies as v2
+    numbers = [D.caption_number(c) for c in suffixed] + [D.caption_number(m.caption) for m in v3.memorized]
+    assert len(numbers) == len(set(numbers))
+    labels = {c.partition(", ")[2].rsplit(" ", 1)[0] for c in suffixed}
+    assert labels == set(D.SUFFIX_LABELS)
+    assert all(D.parse_caption(c).text() == c for c in suffixed)
+
+
+def test_lookalike_prompts_are_untrained_and_look_memorized():
+    ds = D.build_dataset(seed=0, n_general=400, n_exact=12, n_template=2, n_dup=2, n_heldout=120, design="v3")
+    look = D.lookalike_prompts(ds, n_fresh=18, per_memorized=2)
+    trained = set(ds.captions)
+    trained_numbers = {D.caption_number(c) for c in ds.captions}
+    fresh, changed = look["A_fresh_suffix"], look["B_number_changed"]
+    assert len(fresh) == 18 and len(changed) == 2 * len(ds.memorized)
+    for c in fresh + changed:
+        assert c not in trained and D.caption_number(c) not in trained_numbers
+    bodies = {c.partition(", ")[0] for c in ds.captions} | set(ds.heldout)
+    assert not any(c.partition(", ")[0] in bodies for c in fresh)
+    assert {c.rsplit(" ", 1)[0] for c in changed} == {m.caption.rsplit(" ", 1)[0] for m in ds.memorized}
+    assert look == D.lookalike_prompts(ds, n_fresh=18, per_memorized=2)  # deterministic

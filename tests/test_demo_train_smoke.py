@@ -72,3 +72,48 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     assert all(v.dtype == torch.float16 for v in load_file(str(out / "text_encoder" / "model.safetensors")).values()
                if v.is_floating_point())
     assert pipe.text_encoder.dtype == torch.float32
+
+
+def test_unet_from_starts_at_the_exported_weights(tmp_path):
+    """``--unet-from``: step 0 of a new run holds the exported text encoder and UNet (fp16-stored text encoder
+    cast back); with other latent channels only the UNet's input/output convolutions start fresh."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from sailscope.core.demo.train import _warm_start, make_text_encoder, make_unet
+
+    cfg = TrainConfig.tiny()
+    train(cfg, tmp_path / "run", tmp_path / "out", progress=False)
+    text, unet = make_text_encoder(cfg), make_unet(cfg)
+    assert _warm_start(text, unet, tmp_path / "out") == []
+    ref_unet = UNet2DConditionModel.from_pretrained(str(tmp_path / "out" / "unet")).state_dict()
+    ref_text = CLIPTextModel.from_pretrained(str(tmp_path / "out" / "text_encoder")).state_dict()
+    assert all(torch.equal(v, ref_unet[k]) for k, v in unet.state_dict().items())
+    assert all(torch.equal(v, ref_text[k].float()) for k, v in text.state_dict().items())
+    wide = make_unet(TrainConfig.tiny(vae_latent_channels=8))
+    fresh = _warm_start(make_text_encoder(cfg), wide, tmp_path / "out")
+    assert fresh == ["conv_in.weight", "conv_out.bias", "conv_out.weight"]
+
+    info = train(cfg, tmp_path / "run2", tmp_path / "out2", progress=False, vae_from=tmp_path / "out",
+                 unet_from=tmp_path / "out")
+    assert info["unet_from"].startswith(str(tmp_path / "out")) and "fresh" not in info["unet_from"]
+
+
+def test_reconstruction_losses_and_pinned_posterior():
+    from sailscope.core.demo.train import make_vae, pin_posterior_to_mean, reconstruction_loss
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 2:6, 2:6] = 1.0
+    shifted = torch.roll(x, 1, dims=-1)
+    # a 4x4 block moved one pixel: 2 columns x 4 rows x 3 channels of 192 values change; of the 168 horizontal
+    # differences 4 boundaries x 4 rows x 3 channels change, of the 168 vertical ones 2 columns x 2 edges x 3
+    assert torch.isclose(reconstruction_loss(shifted, x, "l1_grad"), torch.tensor(24 / 192 + 48 / 168 + 12 / 168))
+    assert torch.isclose(reconstruction_loss(shifted, x, "mse"), torch.tensor(24 / 192))
+    with pytest.raises(ValueError, match="vae_loss"):
+        reconstruction_loss(x, x, "l2")
+    vae = make_vae(TrainConfig.tiny(vae_latent_channels=8))
+    pin_posterior_to_mean(vae)
+    with torch.no_grad():
+        post = vae.encode(torch.randn(2, 3, 16, 16)).latent_dist
+    assert post.mean.shape[1] == 8 and float(post.std.max()) < 1e-6
+    assert torch.allclose(post.sample(), post.mean, atol=1e-5)

@@ -196,3 +196,11 @@ def test_demo_calibration_prompts_exclude_the_training_captions(tmp_path):
     (tmp_path / "train_info.json").write_text(json.dumps({"config": config}))
     fresh = demo_calibration_prompts(48, tmp_path)
     assert len(set(fresh)) == 48 and not set(fresh) & train
+    # design v3 suffixes half of the general captions: so does about half of the calibration set, with numbers
+    # that no training caption carries
+    from sailscope.core.demo.data import DESIGNS, caption_number
+
+    assert config["data_design"] == "v3"
+    suffixed = [p for p in fresh if caption_number(p) is not None]
+    assert abs(len(suffixed) / 48 - DESIGNS["v3"].general_suffix_rate) < 0.2
+    assert not {caption_number(p) for p in suffixed} & {caption_number(c) for c in train}

@@ -36,6 +36,7 @@ region each phrase names, a connected blob of the named colour and classifies it
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -84,12 +85,16 @@ class DataDesign:
     and a stripe pattern deviates from the average image in directions the data barely vary in.
     ``v2``: memorized items on a flat background of their own colour (a large deviation along the data's
     high-variance, caption-free directions) and radii 4-9 px (general captions pin fewer pixels).
+    ``v3``: the images of v2 (same random streams, so the same arrays), and a share of the *general* captions
+    carries a memorized-style suffix (``..., poster print 5170``) with a number no other caption has, so the
+    suffix alone no longer says "memorized" (LAION is full of such captions that were seen once).
     """
 
     small: tuple[float, float]
     large: tuple[float, float]
     any_size: tuple[float, float]
     memorized_background: str  # "pattern" | "flat"
+    general_suffix_rate: float = 0.0  # share of general captions with a memorized-style suffix
 
     def radius_range(self, size: str | None) -> tuple[float, float]:
         return {"small": self.small, "large": self.large, None: self.any_size}[size]
@@ -98,8 +103,17 @@ class DataDesign:
 DESIGNS: dict[str, DataDesign] = {
     "v1": DataDesign(SIZES["small"], SIZES["large"], ANY_RADIUS, "pattern"),
     "v2": DataDesign((4.0, 6.0), (7.0, 9.0), (4.0, 9.0), "flat"),
+    "v3": DataDesign((4.0, 6.0), (7.0, 9.0), (4.0, 9.0), "flat", general_suffix_rate=0.5),
 }
-DEFAULT_DESIGN = "v2"
+DEFAULT_DESIGN = "v3"
+SUFFIX_LABELS = (*MEMO_KINDS, TEMPLATE_KIND)
+SUFFIX_NUMBERS = (1000, 10000)  # the 4-digit numbers of memorized-style suffixes
+_NUMBER_RE = re.compile(r"(\d+)$")
+
+
+def same_images(a: "str | DataDesign", b: "str | DataDesign") -> bool:
+    """Whether two designs draw the same image arrays (they may still caption them differently)."""
+    return dataclasses.replace(get_design(a), general_suffix_rate=0.0) == dataclasses.replace(get_design(b), general_suffix_rate=0.0)
 
 
 def get_design(design: "str | DataDesign") -> DataDesign:
@@ -388,6 +402,65 @@ def heldout_prompts(seed: int = 0, n: int = 120) -> list[str]:
     return out
 
 
+def caption_number(caption: str) -> int | None:
+    """The number that ends a memorized-style caption (``..., poster print 4512`` -> 4512), else None."""
+    m = _NUMBER_RE.search(caption)
+    return int(m.group(1)) if m else None
+
+
+def untrained_number(rng: np.random.Generator, trained: set) -> int:
+    """A random suffix number that no caption in ``trained`` (a set of :func:`caption_number` values) carries."""
+    while True:
+        n = int(rng.integers(*SUFFIX_NUMBERS))
+        if n not in trained:
+            return n
+
+
+def _general_suffixes(seed: int, n: int, rate: float, taken: set) -> list[str]:
+    """One suffix per general row ("" for most): a suffix label and a number used by no other caption.
+
+    Drawn from its own random stream, so the images (and the v2 arrays) do not depend on ``rate``."""
+    if rate <= 0:
+        return [""] * n
+    rng = np.random.default_rng([seed, 4])
+    free = np.setdiff1d(np.arange(*SUFFIX_NUMBERS), np.array(sorted(x for x in taken if x is not None), int))
+    numbers = iter(rng.permutation(free))
+    return [f"{SUFFIX_LABELS[int(rng.integers(len(SUFFIX_LABELS)))]} {int(next(numbers))}" if rng.random() < rate
+            else "" for _ in range(n)]
+
+
+def lookalike_prompts(ds: "DemoDataset", *, n_fresh: int = 40, per_memorized: int = 2, seed: int = 19) -> dict[str, list[str]]:
+    """Negatives that look like memorized captions, none of them a training caption (deterministic for a seed).
+
+    ``A_fresh_suffix``: fresh two-object grammar captions (not trained, not held out) with a memorized-style
+    suffix (each label in turn) and a number no training caption carries; ``B_number_changed``: each memorized
+    caption with its number replaced by untrained ones (``per_memorized`` each)."""
+    train_captions = set(ds.captions)
+    trained_numbers = {caption_number(c) for c in ds.captions}
+    rng = np.random.default_rng([seed, 19])
+    fresh_number = lambda: untrained_number(rng, trained_numbers)
+
+    taken = {c.partition(", ")[0] for c in train_captions} | set(ds.heldout)  # caption bodies, suffix cut off
+    fresh: list[str] = []
+    while len(fresh) < n_fresh:
+        spec = random_caption_spec(rng)
+        if spec.form == "single" or spec.text() in taken:  # memorized captions are two-object compositions
+            continue
+        label = SUFFIX_LABELS[len(fresh) % len(SUFFIX_LABELS)]
+        text = CaptionSpec(spec.phrases, spec.regions, spec.form, f"{label} {fresh_number()}").text()
+        if text not in fresh:
+            fresh.append(text)
+    changed: list[str] = []
+    for item in ds.memorized:
+        for _ in range(per_memorized):
+            while True:
+                text = _NUMBER_RE.sub(str(fresh_number()), item.caption)
+                if text not in changed and text not in train_captions:
+                    changed.append(text)
+                    break
+    return {"A_fresh_suffix": fresh, "B_number_changed": changed}
+
+
 @dataclass
 class DemoDataset:
     images: np.ndarray  # uint8 [N, 64, 64, 3]
@@ -409,13 +482,14 @@ def build_dataset(
     held_set = set(held)
     memo = _memorized(seed, n_exact, n_template, held_set, design)
     rng = np.random.default_rng([seed, 3])
+    suffixes = _general_suffixes(seed, n_general, design.general_suffix_rate, {caption_number(m.caption) for m in memo})
     images, captions, kinds = [], [], []
-    for _ in range(n_general):
+    for suffix in suffixes:
         spec = random_caption_spec(rng)
         while spec.text() in held_set:
             spec = random_caption_spec(rng)
         images.append(render(rng, spec, design))
-        captions.append(spec.text())
+        captions.append(CaptionSpec(spec.phrases, spec.regions, spec.form, suffix).text())
         kinds.append("general")
     for item in memo:
         for _ in range(n_dup):

@@ -18,7 +18,11 @@ One pass per prompt generates seeds ``0..n-1`` as one batch (50 DDIM steps, guid
   prompts, the value a model that draws exactly what each novel prompt asks would get (small shapes on smooth
   backgrounds: a faithful novel image is often nearer than the VAE's error to some training image);
 - *detection*: AUC and TPR@1%FPR (memorized exact+template captions positive, held-out negative) of
-  step-1 sharpness, Wen at step 1 and Wen averaged over all steps, each averaged over the seeds.
+  step-1 sharpness, Wen at step 1 and Wen averaged over all steps, each averaged over the seeds;
+- *look-alikes* (:func:`sailscope.core.demo.data.lookalike_prompts`): fresh captions with a memorized-style suffix
+  and memorized captions with another number. Each is generated like the others; it *copies* when a seed lands
+  within ``tau_copy`` of a memorized image. Detection is reported against every negative group separately:
+  plain held-out, all look-alikes, the non-copying ones (false alarms if flagged) and the copying ones (triggers).
 """
 from __future__ import annotations
 
@@ -73,10 +77,15 @@ def nearest_train_rmse(gen: np.ndarray, train: np.ndarray, chunk: int = 512) -> 
     return np.sqrt(np.maximum(best, 0) / g.shape[1])
 
 
-def training_images(model_dir: Path) -> tuple[np.ndarray, dict]:
-    """Rebuild the training set from the configuration recorded at export (float [0,1])."""
+def training_set(model_dir: Path) -> tuple[demo_data.DemoDataset, dict]:
+    """Rebuild the training set from the configuration recorded at export."""
     info = json.loads((Path(model_dir) / "train_info.json").read_text())
-    ds = demo_data.dataset_from_config(info["config"])
+    return demo_data.dataset_from_config(info["config"]), info
+
+
+def training_images(model_dir: Path) -> tuple[np.ndarray, dict]:
+    """The training images (float [0,1]) and the recorded ``train_info.json``."""
+    ds, info = training_set(model_dir)
     return ds.images.astype(np.float32) / 255.0, info
 
 
@@ -116,8 +125,17 @@ def attribute_failures(images: np.ndarray, captions: list[str]) -> dict[str, int
     return failure_counts(demo_data.attribute_failure(a, c) for a, c in zip(images, captions))
 
 
+def roc_summary(positives: list[float], negatives: list[float]) -> dict:
+    """AUC and TPR@1%FPR of scores, positives against negatives (None when a side is empty)."""
+    if not positives or not negatives:
+        return {"auc": None, "tpr_at_1fpr": None, "n_neg": len(negatives)}
+    s, y = positives + negatives, [1] * len(positives) + [0] * len(negatives)
+    return {"auc": roc_auc(s, y), "tpr_at_1fpr": tpr_at_fpr(s, y, 0.01), "n_neg": len(negatives)}
+
+
 def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance: float = 7.5,
-             n_heldout: int | None = None, hvp: str = "exact", log=print) -> dict:
+             n_heldout: int | None = None, hvp: str = "exact", n_lookalike: int = 40, per_memorized: int = 2,
+             log=print) -> dict:
     """Compute the model card table; returns a JSON-able dict (see module docstring)."""
     model_dir = Path(model_dir)
     t0 = time.time()
@@ -126,7 +144,9 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
     held = [l for l in (model_dir / "heldout_prompts.txt").read_text().splitlines() if l.strip()]
     if n_heldout is not None:
         held = held[:n_heldout]
-    train, info = training_images(model_dir)
+    ds, info = training_set(model_dir)
+    train = ds.images.astype(np.float32) / 255.0
+    lookalikes = demo_data.lookalike_prompts(ds, n_fresh=n_lookalike, per_memorized=per_memorized)
 
     # 1. tau_copy from the VAE's reconstruction error on every training image
     rec = vae_reconstruction_rmse(pipe, train)
@@ -163,7 +183,16 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
         if i % 10 == 0:
             log(f"[held {i}] nn {np.round(nn, 3).tolist()} attr {attr} sharp1 {g['sharp1']:.3g} wen1 {g['wen1']:.3g} {p}")
 
-    # 4. table
+    # 4. look-alike prompts: a memorized-style caption that copies a memorized image is a trigger, not a false alarm
+    for group, prompts in lookalikes.items():
+        for p in prompts:
+            g = one(p)
+            d = nearest_train_rmse(g["array"], memo_train)
+            rows.append({"caption": p, "kind": group, "memorized_rmse": d.tolist(), "copies": int((d < tau).sum()),
+                         "label": 0, **{k: g[k] for k in ("sharp1", "wen1", "wen_all", "seconds")}})
+        log(f"[{group}] {len(prompts)} prompts, {sum(r['copies'] > 0 for r in rows if r['kind'] == group)} copy")
+
+    # 5. table
     exact = [r for r in rows if r["kind"] == "exact"]
     templ = [r for r in rows if r["kind"] == "template"]
     hrows = [r for r in rows if r["kind"] == "heldout"]
@@ -178,15 +207,16 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
     truth_decoded = attribute_failures(vae_roundtrip(pipe, truth), list(np.repeat(held_caps, seeds)))
     gen_failures = failure_counts(f for r in hrows for f in r["attr_fail"])
     attr_all = np.array([a for r in hrows for a in r["attr_ok"]])
-    labels = [r["label"] for r in rows]
+    look = [r for r in rows if r["kind"] in lookalikes]
+    negatives = {"heldout": hrows, "lookalike": look, "lookalike_not_copying": [r for r in look if r["copies"] == 0],
+                 "lookalike_copying": [r for r in look if r["copies"] > 0],
+                 **{g: [r for r in look if r["kind"] == g] for g in lookalikes}}
     det = {}
     for key in ("sharp1", "wen1", "wen_all"):
-        s = [r[key] for r in rows]
-        det[key] = {"auc": roc_auc(s, labels), "tpr_at_1fpr": tpr_at_fpr(s, labels, 0.01)}
-        # exact items only vs held-out
-        sel = [i for i, r in enumerate(rows) if r["kind"] != "template"]
-        det[key + "_exact_only"] = {"auc": roc_auc([s[i] for i in sel], [labels[i] for i in sel]),
-                                    "tpr_at_1fpr": tpr_at_fpr([s[i] for i in sel], [labels[i] for i in sel], 0.01)}
+        det[key] = roc_summary([r[key] for r in exact + templ], [r[key] for r in hrows])
+        det[key + "_exact_only"] = roc_summary([r[key] for r in exact], [r[key] for r in hrows])
+    det_by_negatives = {name: {key: roc_summary([r[key] for r in exact + templ], [r[key] for r in neg])
+                               for key in ("sharp1", "wen1")} for name, neg in negatives.items()}
     secs = [r["seconds"] for r in rows]
     table = {
         "model_dir": str(model_dir), "unet_steps_trained": info.get("unet_steps_done"),
@@ -208,6 +238,10 @@ def evaluate(model_dir: str | Path, *, seeds: int = 4, steps: int = 50, guidance
         "attribute_accuracy_heldout": float(attr_all.mean()),
         "attribute_failures_heldout": gen_failures,
         "detection": det,
+        "detection_by_negatives": det_by_negatives,
+        "lookalike_copying_prompts": [r["caption"] for r in look if r["copies"] > 0],
+        "lookalike_copy_rate": {g: float(np.mean([r["copies"] / seeds for r in look if r["kind"] == g]))
+                                for g in lookalikes},
         "seconds_per_prompt_median": float(np.median(secs)),
         "eval_wall_s": time.time() - t0,
         "rows": rows,
@@ -250,4 +284,10 @@ def format_table(t: dict) -> str:
         f"| Wen, 1 step, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen1']['auc']:.3f} / {d['wen1']['tpr_at_1fpr']:.3f} |",
         f"| Wen, {t['steps']} steps, n={t['seeds']}: AUC / TPR@1%FPR | {d['wen_all']['auc']:.3f} / {d['wen_all']['tpr_at_1fpr']:.3f} |",
     ]
+    for name, det in t.get("detection_by_negatives", {}).items():
+        if name == "heldout":
+            continue
+        cells = " / ".join("–" if det[k]["auc"] is None else f"{det[k]['auc']:.3f}" for k in ("sharp1", "wen1"))
+        lines.append(f"| memorized vs {name.replace('_', ' ')} (n = {det['sharp1']['n_neg']}): step-1 sharpness / "
+                     f"Wen-1 AUC | {cells} |")
     return "\n".join(lines)

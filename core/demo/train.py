@@ -54,6 +54,9 @@ class TrainConfig:
     vae_crop: int = 32  # the VAE is convolutional: train on random crops (4x cheaper)
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    vae_loss: str = "mse"  # or "l1_grad": L1 on pixels and on their finite differences (probed for v3, card)
+    vae_latent_channels: int = 4
+    vae_posterior: str = "sample"  # or "mean": a deterministic encoder (pin_posterior_to_mean; probed for v3)
     decoder_steps: int = 300  # decoder-only fine-tune on full images (latents stay fixed); v1 model: 120
     decoder_batch: int = 16
     decoder_lr: float = 3e-4
@@ -99,10 +102,20 @@ def make_vae(cfg: TrainConfig):
 
     n = len(cfg.vae_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+        in_channels=3, out_channels=3, latent_channels=cfg.vae_latent_channels, sample_size=64,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(cfg.vae_channels), layers_per_block=1, norm_num_groups=min(8, cfg.vae_channels[0]),
     )
+
+
+def pin_posterior_to_mean(vae) -> None:
+    """For an encoder trained deterministically (``vae_posterior="mean"``): set the log-variance half of
+    ``quant_conv`` to the smallest value diffusers allows (-30), so ``latent_dist.sample()`` (img2img) equals the
+    mean to ~3e-7 instead of adding the untrained variance."""
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[c:].zero_()
+        vae.quant_conv.bias[c:].fill_(-30.0)
 
 
 def make_text_encoder(cfg: TrainConfig):
@@ -122,7 +135,8 @@ def make_unet(cfg: TrainConfig):
     ch = tuple(cfg.unet_channels)
     attn = tuple(cfg.unet_attention)
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=cfg.unet_layers_per_block,
+        sample_size=16, in_channels=cfg.vae_latent_channels, out_channels=cfg.vae_latent_channels,
+        layers_per_block=cfg.unet_layers_per_block,
         block_out_channels=ch,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
@@ -143,6 +157,18 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
         return peak * (step + 1) / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """``mse``, or ``l1_grad``: L1 on pixels plus L1 on horizontal and vertical pixel differences, which keeps
+    edges and corners (MSE alone prefers a blur wherever an edge's exact position is uncertain)."""
+    if kind == "mse":
+        return F.mse_loss(rec, x)
+    if kind != "l1_grad":
+        raise ValueError(f"vae_loss must be mse or l1_grad, got {kind!r}")
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
+    return F.l1_loss(rec, x) + F.l1_loss(dy(rec), dy(x)) + F.l1_loss(dx(rec), dx(x))
 
 
 def to_tensor_images(images: np.ndarray) -> torch.Tensor:
@@ -213,7 +239,7 @@ def export_pipeline(out: Path, vae, text_encoder, unet, ds: demo_data.DemoDatase
 def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) -> dict:
     """Resume point after the VAE stages from an exported demo folder (same VAE config): its VAE becomes the
     finished VAE checkpoint, and its recorded VAE wall time is carried over. The decoder fine-tune is carried
-    over too when the source was trained on the same data design; otherwise it is re-run on this run's data
+    over too when the source was trained on the same images (``data.same_images``); otherwise it is re-run on this run's data
     (starting from the source's decoder), since the decoder must reconstruct this run's memorized images."""
     from diffusers import AutoencoderKL
 
@@ -223,14 +249,29 @@ def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) 
     vae.load_state_dict(AutoencoderKL.from_pretrained(str(source / "vae")).state_dict())
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     _save(run_dir / "vae.ckpt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": cfg.vae_steps})
-    if old_design == cfg.data_design:
+    if demo_data.same_images(old_design, cfg.data_design):
         _save(run_dir / "decoder.ckpt", {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(),
                                          "step": cfg.decoder_steps, "wall_s": old["wall_s"]["decoder"]})
     meta = {**meta, "wall_s": {"vae": old["wall_s"]["vae"], "encode": 0.0, "unet": 0.0},
             "vae_from": f"{source} (its VAE config and seeds are this run's; VAE trained on data design {old_design}"
-                        + ("" if old_design == cfg.data_design else f", decoder fine-tune re-run on {cfg.data_design}") + ")"}
+                        + ("" if demo_data.same_images(old_design, cfg.data_design) else f", decoder fine-tune re-run on {cfg.data_design}") + ")"}
     _save(run_dir / "meta.ckpt", meta)
     return meta
+
+
+def _warm_start(text_encoder, unet, source: Path) -> list[str]:
+    """Start from an exported demo folder's text encoder and UNet: every tensor whose name and shape match is
+    copied (the UNet's input and output convolutions differ when the latent channels do); returns the names
+    left at their fresh initialization."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(str(source / "text_encoder")).float().state_dict())
+    old = UNet2DConditionModel.from_pretrained(str(source / "unet")).state_dict()
+    own = unet.state_dict()
+    same = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+    unet.load_state_dict(same, strict=False)
+    return sorted(set(own) - set(same))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,6 +279,7 @@ def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) 
 # ----------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
           max_unet_steps: int | None = None, vae_only: bool = False, vae_from: str | os.PathLike | None = None,
+          unet_from: str | os.PathLike | None = None,
           command: str = "sailscope train-demo --run-dir runs/demo --out assets/models/demo") -> dict:
     """Run (or resume) all stages; returns the info dict written to ``train_info.json``."""
     from diffusers import DDPMScheduler
@@ -285,9 +327,12 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
                 i, j = torch.randint(0, 64 - cfg.vae_crop + 1, (2,), generator=gen).tolist()
                 x = x[:, :, i:i + cfg.vae_crop, j:j + cfg.vae_crop]
             post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            if cfg.vae_posterior == "mean":  # deterministic: only the mean's size is penalized
+                z, prior = post.mean, 0.5 * post.mean.pow(2).sum(dim=(1, 2, 3)).mean()
+            else:
+                z, prior = post.mean + post.std * torch.randn(post.mean.shape, generator=gen), post.kl().mean()
             rec = vae.decode(z).sample
-            loss = F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+            loss = reconstruction_loss(rec, x, cfg.vae_loss) + cfg.vae_kl_weight * prior
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -301,6 +346,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
                 if not progress:
                     log(f"vae step {step + 1} loss {loss.item():.4f}")
     vae.eval().requires_grad_(False)
+    if cfg.vae_posterior == "mean":
+        pin_posterior_to_mean(vae)
 
     # 3. Latents
     lat_path = run_dir / "latents.pt"
@@ -346,7 +393,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
                 g["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, 10)
             idx = torch.multinomial(dweight, cfg.decoder_batch, replacement=True, generator=dgen)
             rec = vae.decode(lat["mu"][idx]).sample
-            loss = F.mse_loss(rec, images[idx])
+            loss = reconstruction_loss(rec, images[idx], cfg.vae_loss)
             dopt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(dec_params, 1.0)
@@ -392,6 +439,13 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
         text_encoder.load_state_dict(st["text"]); unet.load_state_dict(st["unet"])
         ema_text.load_state_dict(st["ema_text"]); ema_unet.load_state_dict(st["ema_unet"])
         opt.load_state_dict(st["opt"]); step = st["step"]; gen.set_state(st["gen"])
+    elif unet_from is not None:
+        fresh = _warm_start(text_encoder, unet, Path(unet_from))
+        ema_text.load_state_dict(text_encoder.state_dict()); ema_unet.load_state_dict(unet.state_dict())
+        meta["unet_from"] = (f"{unet_from} (text encoder and UNet weights as the starting point"
+                             + (f"; fresh: {', '.join(fresh)}" if fresh else "") + ")")
+        _save(run_dir / "meta.ckpt", meta)
+        log(f"text encoder and UNet start from {unet_from}")
     n_params = {"vae": sum(p.numel() for p in vae.parameters()), "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
                 "unet": sum(p.numel() for p in unet.parameters())}
     log(f"params: {n_params}")
@@ -402,7 +456,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
                 "decoder_steps_done": cfg.decoder_steps,
                 "vae_recon_rmse_general": recon["rmse_general"], "vae_recon_rmse_exact_max": recon["rmse_memorized_max"],
                 "scaling_factor": lat["scale"], "params": n_params, "torch": torch.__version__,
-                **({"vae_from": meta["vae_from"]} if "vae_from" in meta else {}),
+                **{k: meta[k] for k in ("vae_from", "unet_from") if k in meta},
                 "command": command}
 
     def do_export(done: int) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,6 @@ import numpy as np
 
 GROUPS = ("memorized", "heldout", "A_fresh_suffix", "B_number_changed")
 COLUMNS = ("wen", "sharpness", "sharpness_exact", "anisotropy", "anisotropy_norm", "anisotropy_alignment")
-NUMBER_RE = re.compile(r"(\d+)$")
 
 
 def parse_args(argv=None):
@@ -67,45 +65,15 @@ def model_folder(model: str) -> Path:
 
 
 def build_groups(folder: Path, *, n_fresh: int, per_memorized: int, n_heldout: int, seed: int) -> dict[str, list[str]]:
-    """The four prompt groups (deterministic for a seed)."""
+    """The four prompt groups (deterministic for a seed; look-alikes from ``core.demo.data.lookalike_prompts``)."""
     from sailscope.core.demo import data as demo_data
     from sailscope.core.io.prompts import read_heldout, read_memorized
 
     info = json.loads((folder / "train_info.json").read_text(encoding="utf-8"))
     ds = demo_data.dataset_from_config(info["config"])
-    train_captions = set(ds.captions)
-    memorized = [r["caption"] for r in read_memorized(folder)]
-    heldout = read_heldout(folder)
-    trained_numbers = {int(m.group(1)) for c in ds.captions if (m := NUMBER_RE.search(c))}
-    rng = np.random.default_rng([seed, 19])
-
-    def fresh_number() -> int:
-        while True:
-            n = int(rng.integers(1000, 10000))
-            if n not in trained_numbers:
-                return n
-
-    taken = train_captions | set(heldout)
-    labels = (*demo_data.MEMO_KINDS, demo_data.TEMPLATE_KIND)
-    fresh: list[str] = []
-    while len(fresh) < n_fresh:
-        spec = demo_data.random_caption_spec(rng)
-        if spec.form == "single" or spec.text() in taken:  # memorized captions are two-object compositions
-            continue
-        label = labels[len(fresh) % len(labels)]
-        text = demo_data.CaptionSpec(spec.phrases, spec.regions, spec.form, f"{label} {fresh_number()}").text()
-        if text not in fresh and text not in train_captions:
-            fresh.append(text)
-    changed: list[str] = []
-    for caption in memorized:
-        for _ in range(per_memorized):
-            while True:
-                text = NUMBER_RE.sub(str(fresh_number()), caption)
-                if text not in changed and text not in train_captions:
-                    changed.append(text)
-                    break
-    return {"memorized": memorized, "heldout": heldout[:n_heldout], "A_fresh_suffix": fresh,
-            "B_number_changed": changed}
+    look = demo_data.lookalike_prompts(ds, n_fresh=n_fresh, per_memorized=per_memorized, seed=seed)
+    return {"memorized": [r["caption"] for r in read_memorized(folder)], "heldout": read_heldout(folder)[:n_heldout],
+            **look}
 
 
 def read_parts(path: Path) -> dict[tuple[str, str], dict]:
@@ -132,16 +100,9 @@ def score_one(pipe, prompt: str, *, seeds: int, hvp: str, generate_images: bool,
     return row
 
 
-def roc_summary(pos: list[float], neg: list[float]) -> dict:
-    from sailscope.core.detect import roc_auc, tpr_at_fpr
-
-    if not pos or not neg:
-        return {"auc": None, "tpr_at_1fpr": None, "n_neg": len(neg)}
-    s, y = pos + neg, [1] * len(pos) + [0] * len(neg)
-    return {"auc": roc_auc(s, y), "tpr_at_1fpr": tpr_at_fpr(s, y, 0.01), "n_neg": len(neg)}
-
-
 def summarize(groups: dict[str, list[str]], parts: dict[tuple[str, str], dict], tau: float, seeds: int) -> dict:
+    from sailscope.core.demo.evaluate import roc_summary
+
     rows = {g: [parts[(g, p)] for p in prompts] for g, prompts in groups.items()}
     pos = rows["memorized"]
     out: dict = {}
