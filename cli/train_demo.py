@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import replace
 
+from sailscope.core.demo.data import DEFAULT_DESIGN, DESIGNS
 from sailscope.core.demo.train import TrainConfig, default_out, train
 
 HELP = "train (or resume) the embedded demo model and export it to assets/models/demo"
@@ -18,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-steps", type=int, default=None, help="total UNet steps (sets the LR schedule)")
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--unet-lr", type=float, default=None, help="peak learning rate of the UNet stage")
+    parser.add_argument("--design", choices=sorted(DESIGNS), default=None,
+                        help=f"data design (default {DEFAULT_DESIGN}; docs/demo.md)")
     parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
     parser.add_argument("--vae-only", action="store_true", help="run the VAE stages only (no UNet, no export)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a tqdm bar")
@@ -43,8 +46,8 @@ def _phase(text: str) -> tuple[int, int, float]:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """The run's config (``--phase`` appended to the default schedule) and the command line that reproduces it."""
-    kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps), ("unet_lr", args.unet_lr))
-          if v is not None}
+    kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps), ("unet_lr", args.unet_lr),
+                            ("data_design", args.design)) if v is not None}
     cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
     if args.unet_steps is not None and not args.phase:  # one cosine, planned to the steps asked for
         cfg = replace(cfg, phases=((0, args.unet_steps, cfg.memorized_weight),))
@@ -54,7 +57,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
             raise SystemExit(f"--phase: phases must start in increasing order after {cfg.phases}")
         cfg = replace(cfg, phases=phases, unet_steps=phases[-1][1])
     flags = [("--run-dir", args.run_dir), ("--out", args.out), ("--vae-from", args.vae_from), ("--unet-from", args.unet_from),
-             ("--unet-steps", args.unet_steps), ("--vae-steps", args.vae_steps), ("--unet-lr", args.unet_lr)]
+             ("--unet-steps", args.unet_steps), ("--vae-steps", args.vae_steps), ("--unet-lr", args.unet_lr),
+             ("--design", args.design)]
     flags += [("--phase", ":".join(f"{v:g}" for v in ph)) for ph in args.phase]
     command = " ".join(["sailscope train-demo"] + [f"{k} {v}" for k, v in flags if v is not None]
                        + (["--tiny"] if args.tiny else []))

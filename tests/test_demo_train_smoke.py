@@ -48,6 +48,10 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     after = torch.load(tmp_path / "run" / "unet.ckpt", weights_only=False)
     assert info_x["unet_steps_done"] == after["step"] == 4 and tuple(info_x["config"]["phases"][-1]) == (2, 4, 2.5)
     assert not all(torch.equal(before[k], after["unet"][k]) for k in before)
+    cfg_d, command_d = config_from_args(parser.parse_args(["--tiny", "--design", "v3", "--unet-steps", "3", "--unet-lr", "1e-4"]))
+    assert cfg_d.data_design == "v3" and cfg_d.unet_lr == 1e-4 and cfg_d.unet_steps == 3
+    assert cfg_d.phases == ((0, 3, cfg_d.memorized_weight),)  # one cosine planned to the steps asked for
+    assert command_d.endswith("--unet-steps 3 --unet-lr 0.0001 --design v3 --tiny")
     for bad in ("2:1:1", "0:4:1", "2:4:0", "x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--phase", bad])

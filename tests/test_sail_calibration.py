@@ -190,7 +190,7 @@ def test_demo_calibration_prompts_exclude_the_training_captions(tmp_path):
     from sailscope.core.demo.data import dataset_from_config
     from sailscope.core.demo.train import TrainConfig
 
-    config = asdict(TrainConfig())
+    config = asdict(TrainConfig(data_design="v3"))
     train = set(dataset_from_config(config).captions)
     assert set(demo_calibration_prompts(48, tmp_path)) & train  # the grammar is small: fresh draws hit the training set
     (tmp_path / "train_info.json").write_text(json.dumps({"config": config}))
