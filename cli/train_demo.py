@@ -49,7 +49,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     kw = {k: v for k, v in (("unet_steps", args.unet_steps), ("vae_steps", args.vae_steps), ("unet_lr", args.unet_lr),
                             ("data_design", args.design)) if v is not None}
     cfg = TrainConfig.tiny(**kw) if args.tiny else TrainConfig(**kw)
-    if args.unet_steps is not None and not args.phase:  # one cosine, planned to the steps asked for
+    if args.unet_steps is not None:  # the first cosine is planned to the steps asked for (--phase extends it)
         cfg = replace(cfg, phases=((0, args.unet_steps, cfg.memorized_weight),))
     if args.phase:
         phases = tuple(cfg.phases) + tuple(args.phase)

@@ -52,6 +52,8 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     assert cfg_d.data_design == "v3" and cfg_d.unet_lr == 1e-4 and cfg_d.unet_steps == 3
     assert cfg_d.phases == ((0, 3, cfg_d.memorized_weight),)  # one cosine planned to the steps asked for
     assert command_d.endswith("--unet-steps 3 --unet-lr 0.0001 --design v3 --tiny")
+    cfg_e, _ = config_from_args(parser.parse_args(["--tiny", "--unet-steps", "3", "--phase", "3:5:0.5"]))
+    assert cfg_e.phases == ((0, 3, cfg_e.memorized_weight), (3, 5, 0.5)) and cfg_e.unet_steps == 5
     for bad in ("2:1:1", "0:4:1", "2:4:0", "x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--phase", bad])
