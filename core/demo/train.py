@@ -171,6 +171,16 @@ def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, kind: str) -> torch.
     return F.l1_loss(rec, x) + F.l1_loss(dy(rec), dy(x)) + F.l1_loss(dx(rec), dx(x))
 
 
+def latent_and_prior(post, posterior: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent the decoder trains on and the prior term: ``sample`` draws from the posterior and uses its KL;
+    ``mean`` (a deterministic encoder) takes the mean and penalizes only its size, ``0.5 * ||mean||^2``."""
+    if posterior == "mean":
+        return post.mean, 0.5 * post.mean.pow(2).sum(dim=(1, 2, 3)).mean()
+    if posterior != "sample":
+        raise ValueError(f"vae_posterior must be sample or mean, got {posterior!r}")
+    return post.mean + post.std * torch.randn(post.mean.shape, generator=gen), post.kl().mean()
+
+
 def to_tensor_images(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -249,12 +259,13 @@ def _seed_vae_stages(cfg: TrainConfig, run_dir: Path, source: Path, meta: dict) 
     vae.load_state_dict(AutoencoderKL.from_pretrained(str(source / "vae")).state_dict())
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     _save(run_dir / "vae.ckpt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": cfg.vae_steps})
-    if demo_data.same_images(old_design, cfg.data_design):
+    same = demo_data.same_images(old_design, cfg.data_design)
+    if same:
         _save(run_dir / "decoder.ckpt", {"decoder": vae.decoder.state_dict(), "post_quant_conv": vae.post_quant_conv.state_dict(),
                                          "step": cfg.decoder_steps, "wall_s": old["wall_s"]["decoder"]})
     meta = {**meta, "wall_s": {"vae": old["wall_s"]["vae"], "encode": 0.0, "unet": 0.0},
             "vae_from": f"{source} (its VAE config and seeds are this run's; VAE trained on data design {old_design}"
-                        + ("" if demo_data.same_images(old_design, cfg.data_design) else f", decoder fine-tune re-run on {cfg.data_design}") + ")"}
+                        + ("" if same else f", decoder fine-tune re-run on {cfg.data_design}") + ")"}
     _save(run_dir / "meta.ckpt", meta)
     return meta
 
@@ -326,11 +337,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, out: str | os.PathLike, 
             if cfg.vae_crop < 64:
                 i, j = torch.randint(0, 64 - cfg.vae_crop + 1, (2,), generator=gen).tolist()
                 x = x[:, :, i:i + cfg.vae_crop, j:j + cfg.vae_crop]
-            post = vae.encode(x).latent_dist
-            if cfg.vae_posterior == "mean":  # deterministic: only the mean's size is penalized
-                z, prior = post.mean, 0.5 * post.mean.pow(2).sum(dim=(1, 2, 3)).mean()
-            else:
-                z, prior = post.mean + post.std * torch.randn(post.mean.shape, generator=gen), post.kl().mean()
+            z, prior = latent_and_prior(vae.encode(x).latent_dist, cfg.vae_posterior, gen)
             rec = vae.decode(z).sample
             loss = reconstruction_loss(rec, x, cfg.vae_loss) + cfg.vae_kl_weight * prior
             opt.zero_grad(set_to_none=True)

@@ -7,18 +7,31 @@ design x seeds 0-3): the q0.99 detection threshold and the per-seed medians and 
 each memorized caption's per-seed score. A model is usable by the app when its memorized captions score above the
 threshold at the seeds users start from; one initial noise that is sharp for every caption breaks that.
 """
-import json, sys, numpy as np
-from sailscope.core import calibration as cal
-from sailscope.core.models import load_pipeline
-from sailscope.core.detect import score_prompt
-folder = sys.argv[1]
-pipe = load_pipeline(folder, device="cpu", dtype="fp32")
-prompts = cal.demo_calibration_prompts(48, folder)
-rec = cal.measure(pipe, prompts, [0, 1, 2, 3])
-v = np.array(rec.values["detection"]["sharpness"]).reshape(48, 4)
-thr = float(np.quantile(v, cal.DETECTION_QUANTILE))
-print("q0.99 threshold", round(thr, 4), "per-seed median", np.round(np.median(v, 0), 4), "max", np.round(v.max(0), 4))
-rows = [json.loads(l) for l in open(folder + "/memorized.jsonl")]
-for r in rows:
-    s = score_prompt(pipe, r["caption"], seeds=4, hvp="fd")
-    print(r["kind"][:5], np.round(s.per_seed, 3) if hasattr(s, "per_seed") else "", round(s.score, 3))
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def main(folder: str) -> int:
+    from sailscope.core import calibration as cal
+    from sailscope.core.detect import score_prompt
+    from sailscope.core.io.prompts import read_memorized
+    from sailscope.core.models import load_pipeline
+
+    pipe = load_pipeline(folder, device="cpu", dtype="fp32")
+    seeds = [0, 1, 2, 3]
+    record = cal.measure(pipe, cal.demo_calibration_prompts(48, folder), seeds)
+    values = np.array(record.values["detection"]["sharpness"]).reshape(-1, len(seeds))  # prompt-major
+    threshold = float(np.quantile(values, cal.DETECTION_QUANTILE))
+    print(f"q{cal.DETECTION_QUANTILE:g} threshold {threshold:.4g}; fresh captions per seed: median "
+          f"{np.round(np.median(values, 0), 4).tolist()}, max {np.round(values.max(0), 4).tolist()}")
+    for row in read_memorized(folder):
+        score = score_prompt(pipe, row["caption"], seeds=seeds, hvp="fd")
+        print(row["kind"], np.round(score.per_seed, 3).tolist(), round(score.score, 3), row["caption"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1]))

@@ -11,7 +11,8 @@ Recipes: start from the shipped VAE (``--init shipped``), a saved state (``--ini
 wrote) or fresh weights (``--init fresh`` with ``--latent-channels`` and ``--widths``); train the decoder alone on
 the fixed encoder's latents (``--train decoder``) or the whole VAE (``--train all``) with the posterior sampled or
 its mean (``--posterior``); loss ``mse`` or ``l1_grad`` (``core.demo.train.reconstruction_loss``); full images or
-random square crops. Resumable only by ``--init`` from a saved state (``--save``).
+random square crops. Fresh VAEs and the prior term are the trainer's (``core.demo.train.make_vae``,
+``latent_and_prior``). Resumable only by ``--init`` from a saved state (``--save``).
 """
 from __future__ import annotations
 
@@ -49,15 +50,13 @@ def make_vae(args):
     import torch
     from diffusers import AutoencoderKL
 
+    from sailscope.core.demo.train import TrainConfig, make_vae as make_demo_vae
     from sailscope.core.models import DEMO_MODEL_DIR
 
     if args.init == "fresh":
-        widths = tuple(int(w) for w in args.widths.split(","))
         torch.manual_seed(0)
-        return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=args.latent_channels, sample_size=64,
-                             down_block_types=("DownEncoderBlock2D",) * len(widths),
-                             up_block_types=("UpDecoderBlock2D",) * len(widths), block_out_channels=widths,
-                             layers_per_block=1, norm_num_groups=8)
+        return make_demo_vae(TrainConfig(vae_latent_channels=args.latent_channels,
+                                         vae_channels=tuple(int(w) for w in args.widths.split(","))))
     vae = AutoencoderKL.from_pretrained(str(Path(DEMO_MODEL_DIR) / "vae"))
     if args.init != "shipped":
         vae.load_state_dict(torch.load(args.init))
@@ -117,11 +116,7 @@ def main(argv=None) -> int:
             if args.crop < 64:
                 i, j = torch.randint(0, 64 - args.crop + 1, (2,), generator=gen).tolist()
                 x = x[:, :, i:i + args.crop, j:j + args.crop]
-            post = vae.encode(x).latent_dist
-            if args.posterior == "mean":
-                z, prior = post.mean, post.mean.pow(2).mean()
-            else:
-                z, prior = post.mean + post.std * torch.randn(post.mean.shape, generator=gen), post.kl().mean()
+            z, prior = T.latent_and_prior(vae.encode(x).latent_dist, args.posterior, gen)
         loss = T.reconstruction_loss(vae.decode(z).sample, x, args.loss) + 1e-6 * prior
         opt.zero_grad(set_to_none=True)
         loss.backward()
