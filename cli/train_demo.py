@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from sailscope.core.demo.data import DEFAULT_DESIGN, DESIGNS
 from sailscope.core.demo.train import TrainConfig, default_out, train
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds)")
     parser.add_argument("--unet-steps", type=int, default=None, help="total UNet steps (sets the LR schedule)")
     parser.add_argument("--vae-steps", type=int, default=None)
-    parser.add_argument("--unet-lr", type=float, default=None, help="peak learning rate of the UNet stage")
+    parser.add_argument("--unet-lr", type=_positive, default=None, help="peak learning rate of the UNet stage")
     parser.add_argument("--design", choices=sorted(DESIGNS), default=None,
                         help=f"data design (default {DEFAULT_DESIGN}; docs/demo.md)")
     parser.add_argument("--stop-at", type=int, default=None, help="stop (and export) at this UNet step; resume later")
@@ -31,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take the VAE stages from an exported demo folder trained with the same VAE config")
     parser.add_argument("--unet-from", default=None,
                         help="start the text encoder and UNet from an exported demo folder's weights (same configs)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _phase(text: str) -> tuple[int, int, float]:
@@ -66,6 +77,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, folder in (("--vae-from", args.vae_from), ("--unet-from", args.unet_from)):
+        if folder is not None and not (Path(folder) / "model_index.json").is_file():
+            raise SystemExit(f"{flag} {folder}: not an exported demo folder (no model_index.json)")
     cfg, command = config_from_args(args)
     info = train(cfg, args.run_dir, args.out or default_out(), progress=not args.no_progress, max_unet_steps=args.stop_at,
                  vae_only=args.vae_only, vae_from=args.vae_from, unet_from=args.unet_from, command=command)

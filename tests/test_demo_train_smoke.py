@@ -54,6 +54,13 @@ def test_train_smoke_writes_loadable_pipeline(tmp_path):
     assert command_d.endswith("--unet-steps 3 --unet-lr 0.0001 --design v3 --tiny")
     cfg_e, _ = config_from_args(parser.parse_args(["--tiny", "--unet-steps", "3", "--phase", "3:5:0.5"]))
     assert cfg_e.phases == ((0, 3, cfg_e.memorized_weight), (3, 5, 0.5)) and cfg_e.unet_steps == 5
+    for bad in (["--unet-lr", "0"], ["--unet-lr", "x"], ["--design", "v9"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    from sailscope.cli.train_demo import run
+
+    with pytest.raises(SystemExit, match="--unet-from .*not an exported demo folder"):
+        run(parser.parse_args(["--tiny", "--run-dir", str(tmp_path / "never"), "--unet-from", str(tmp_path)]))
     for bad in ("2:1:1", "0:4:1", "2:4:0", "x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--phase", bad])
