@@ -306,6 +306,22 @@ def test_default_generate_finishes_without_spectra(server, browser):
     page.close()
 
 
+def test_batch_count_fills_a_captioned_gallery(server, browser):
+    page = open_page(browser, server)
+    page.locator("#ss-prompt textarea").fill("a small green square")
+    set_number(page, "ss-steps", 3)
+    set_number(page, "ss-seed", 11)
+    set_number(page, "ss-batch-count", 2)
+    page.locator("#ss-generate").click()
+    text = wait_finished(page, 300)
+    assert "batch done: 2 images (seeds 11–12)" in text, text
+    page.wait_for_selector("#ss-batch-gallery img", timeout=30_000)
+    gallery = page.locator("#ss-batch-gallery").inner_text()
+    assert "seed 11 · original" in gallery and "seed 12 · original" in gallery, gallery
+    assert page.locator("#ss-batch-gallery img").count() >= 2
+    page.close()
+
+
 def test_cancel_during_spectra_stops_within_one_krylov_step(server, browser):
     page = open_page(browser, server)
     page.locator("#ss-prompt textarea").fill("a small green square")

@@ -34,7 +34,7 @@ def gen_args(**over) -> GenerateForm:
     args = dict(prompt="a red square", negative="", seed=0, steps=3, guidance=7.5, width=0, height=0, scheduler="ddim",
                 sharpness_at="every step", sail_on=False, sail_objective="paper", sail_threshold="auto",
                 sail_max_steps=2, sail_candidates=1, compare=True, spectrum_steps="", spectrum_method="arnoldi",
-                spectrum_k=3, sail_trigger="auto", sail_lr=0.3, sail_rounds=2, spectra_on=False)
+                spectrum_k=3, sail_trigger="auto", sail_lr=0.3, sail_rounds=2, spectra_on=False, batch_count=1)
     args.update(over)
     assert set(args) == set(GENERATE_FIELDS)
     return GenerateForm(**args)

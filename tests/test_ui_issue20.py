@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -232,3 +233,65 @@ def test_outputs_are_0644_like_other_tools(ctx):
     os.umask(umask)
     for key in ("image_original", "report_file"):
         assert stat.S_IMODE(os.stat(final[key]).st_mode) == 0o666 & ~umask, key
+
+
+# ----------------------------------------------------------------------------------------------
+# 10. Batch count: seeds seed, seed+1, …; each image its own verdict, files and report
+# ----------------------------------------------------------------------------------------------
+def pixels(path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB").tobytes()
+
+
+def test_batch_count_makes_one_checked_image_per_seed_equal_to_single_runs(ctx):
+    updates = list(generate_handler(ctx, form(seed=5, batch_count=3), request=request("b")))
+    final = updates[-1]
+    assert "ss-ok" in final["status"] and "batch done: 3 images (seeds 5–7)" in text(final)
+    assert any("image 2 of 3 (seed 6)" in text(u) for u in updates)
+    gallery = final["batch_gallery"]["value"]
+    assert final["batch_gallery"]["visible"] is True and len(gallery) == 3
+    bars = [int(m) for u in updates for m in re.findall(r'aria-valuenow="(\d+)"', text(u))]
+    assert bars == sorted(bars) and max(bars) == 3 * 3  # one bar over the whole batch: 3 images × 3 steps
+    for i, (path, caption) in enumerate(gallery):
+        report = json.loads(Path(path).with_name(Path(path).name.replace("-original.png", "-report.json")).read_text())
+        assert report["settings"]["seed"] == 5 + i and caption.startswith(f"seed {5 + i} · original · ")
+        # the oracle: a single-image run at that seed gives the same pixels
+        single = last(generate_handler(ctx, form(seed=5 + i), request=request("s")))
+        assert pixels(path) == pixels(single["image_original"])
+        assert read_infotext(path).split("\n")[-1].count(f"Seed: {5 + i},") == 1
+
+
+def test_batch_with_sail_captions_both_images_and_cancel_keeps_the_finished_ones(ctx):
+    final = last(generate_handler(ctx, form(sail_on=True, sail_threshold="1e-30", batch_count=2), request=request("p")))
+    captions = [c for _, c in final["batch_gallery"]["value"]]
+    assert [c.split(" · ")[:2] for c in captions] == [["seed 0", "original"], ["seed 0", "SAIL"],
+                                                       ["seed 1", "original"], ["seed 1", "SAIL"]]
+    # cancel while image 2 of 3 samples: image 1 stays saved and is named in the message
+    gen = generate_handler(ctx, form(steps=4, batch_count=3), request=request("c"))
+    seen = []
+    for u in gen:
+        seen.append(u)
+        if "image 2 of 3" in text(u) and "step 1 of 4" in text(u):
+            cancel_handler(ctx, request("c"))
+    msg = text(seen[-1])
+    assert "cancelled" in msg and "the batch's 1 earlier image(s) are saved" in msg and "image 2 of 3" in msg
+    assert ctx.cancels._events == {}
+
+
+@pytest.mark.parametrize("over, expected", [
+    (dict(batch_count=0), "batch count must be an integer in [1, 16], got 0"),
+    (dict(batch_count=17), "batch count must be an integer in [1, 16], got 17"),
+    (dict(batch_count=1.5), "batch count must be a whole number"),
+    (dict(batch_count=2, seed=2**63 - 1), "the batch's last seed: seed must be an integer in [0, 2^63), got 9223372036854775808"),
+])
+def test_batch_count_out_of_range_is_a_message_before_any_work(ctx, over, expected):
+    updates = list(generate_handler(ctx, form(**over), request=request("v")))
+    assert len(updates) == 1 and "ss-error" in updates[0]["status"] and expected in text(updates[0])
+
+
+def test_seeds_from_the_form_are_exact_above_2_to_53():
+    assert form(seed=2**53 + 1).settings().seed == 2**53 + 1  # a float would give 2^53
+    assert form(seed=str(2**60 + 3)).settings().seed == 2**60 + 3
+    assert form(seed=7, batch_count="3").batch_seeds(7) == [7, 8, 9]

@@ -20,6 +20,7 @@ from sailscope.ui.jobs import SpectrumRequest
 
 SHARPNESS_CHOICES = {"step 1 (detection)": "first", "every step": "all", "none": "none"}
 MAX_PROMPT_CHARS = 4000
+MAX_BATCH_COUNT = 16  # images per Generate click; each has its own check, SAIL search, files and report
 _SAIL = SailSettings()  # the advanced panel starts at the engine's defaults
 
 
@@ -29,6 +30,10 @@ def whole_number(value: Any, name: str, allow_none: bool = False) -> int | None:
         if allow_none:
             return None
         raise UserInputError(f"{name} is empty")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # exact: a float would round seeds above 2^53
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -97,6 +102,7 @@ class GenerateForm:
     sail_lr: Any = _SAIL.lr
     sail_rounds: Any = _SAIL.rounds
     spectra_on: bool = False  # eigen-spectra are opt-in: they take far longer than the image
+    batch_count: Any = 1  # images one after another at seeds seed, seed+1, … (A1111's batch count)
 
     @classmethod
     def for_model(cls, pipe: Any) -> GenerateForm:
@@ -129,6 +135,14 @@ class GenerateForm:
             guidance=number(self.guidance, "guidance"), scheduler=self.scheduler, width=width, height=height,
             sharpness_at=SHARPNESS_CHOICES.get(self.sharpness_at, self.sharpness_at or "first"),
         )
+
+    def batch_seeds(self, seed: int) -> list[int]:
+        """The batch's seeds from the resolved first ``seed``: ``seed, seed+1, …`` (A1111's convention), one per
+        image of the batch count (1–:data:`MAX_BATCH_COUNT`)."""
+        count = whole_number(self.batch_count, "batch count")
+        if not 1 <= count <= MAX_BATCH_COUNT:
+            raise UserInputError(f"batch count must be an integer in [1, {MAX_BATCH_COUNT}], got {count}")
+        return [seed + i for i in range(count)]
 
     def sail_settings(self) -> SailSettings | None:
         """SAIL's settings from the advanced panel (None when SAIL is off); ``trigger``: a number, ``auto`` or

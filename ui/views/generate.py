@@ -11,17 +11,19 @@ import random
 import time
 import traceback
 from contextlib import closing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 
 from sailscope.core.choices import SCHEDULER_LABELS
+from sailscope.core.detect import risk_level
 from sailscope.core.errors import Cancelled, NonFiniteError, SailScopeError, UserInputError
 from sailscope.core.io.files import write_json_atomic
 from sailscope.core.sampling import MAX_STEPS, SCHEDULERS, check_settings_for
 from sailscope.ui import compat, plots
-from sailscope.ui.forms import GENERATE_FIELDS, SHARPNESS_CHOICES, GenerateForm, whole_number
+from sailscope.ui.forms import GENERATE_FIELDS, MAX_BATCH_COUNT, SHARPNESS_CHOICES, GenerateForm, whole_number
 from sailscope.ui.jobs import (
     SPECTRUM_METHODS, AppContext, JobView, calibration_mismatch, detection_threshold, free_memory, in_background,
     run_job,
@@ -33,17 +35,67 @@ log = logging.getLogger("sailscope.ui")
 
 IMAGE_HEIGHT = 400  # px on screen: a 64-px demo image is shown about 6× larger
 GENERATE_OUTPUTS = ("status", "risk", "image_original", "image_sail", "image_slider", "metrics_plot", "spectrum_plot",
-                    "spectrum_step", "sail_plot", "report_file", "state", "queue_note", "sail_box")
+                    "spectrum_step", "sail_plot", "report_file", "state", "queue_note", "sail_box", "batch_gallery")
 
 
 # ----------------------------------------------------------------------------------------------
 # Handlers
 # ----------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """A Generate click's images (batch count): the seeds, which one is sampling, and the finished images with
+    their captions for the batch gallery."""
+
+    seeds: list[int]
+    index: int = 0
+    gallery: list[tuple[str, str]] = field(default_factory=list)  # (file, caption)
+    levels: list[str] = field(default_factory=list)  # each finished image's verdict
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def count(self) -> int:
+        return len(self.seeds)
+
+    def label(self, message: str) -> str:
+        """``message`` prefixed with the image's place in the batch (unchanged for a single image)."""
+        if self.count == 1:
+            return message
+        return f"image {self.index + 1} of {self.count} (seed {self.seeds[self.index]}) · {message}"
+
+    def add(self, view: JobView, threshold: tuple[float | None, str]) -> None:
+        """A finished job's images into the gallery, captioned with seed, run and verdict."""
+        thr, _ = threshold
+        for run in view.runs:
+            if not view.files.get(run):
+                continue
+            s1, _ = view.step1(run)
+            level = risk_level(s1, thr)
+            words = {"high": "likely a copy", "low": "no sign of memorization"}.get(level, "no verdict")
+            if view.mismatch and level in ("high", "low"):
+                level, words = "uncalibrated", "not calibrated for these settings"
+            ratio = f" ({s1 / thr:.2g}× the alarm level)" if level in ("high", "low") and thr else ""
+            name = "SAIL" if run == "sail" else "original"
+            if view.sail_not_needed:
+                name = "SAIL not needed"
+            self.gallery.append((view.files[run], f"seed {view.settings.seed} · {name} · {words}{ratio}"))
+            if run == view.runs[0]:
+                self.levels.append(level)
+
+    def summary(self) -> str:
+        counts = {k: self.levels.count(k) for k in ("high", "low", "uncalibrated", "unknown") if k in self.levels}
+        words = {"high": "likely copies", "low": "without sign of memorization", "uncalibrated": "not calibrated",
+                 "unknown": "without a verdict"}
+        return ", ".join(f"{n} {words[k]}" for k, n in counts.items())
+
+
 def render_generate(view: JobView | None, threshold: tuple[float | None, str], status: str, kind: str = "info",
-                    final: bool = False, spectrum_run: str | None = None, with_report: bool = True) -> dict[str, Any]:
-    """A :class:`JobView` -> ``{output name: value}`` for the outputs that changed."""
+                    final: bool = False, spectrum_run: str | None = None, with_report: bool = True,
+                    batch: Batch | None = None) -> dict[str, Any]:
+    """A :class:`JobView` -> ``{output name: value}`` for the outputs that changed (``batch``: the status names the
+    image's place, the progress bar covers the whole batch, the gallery holds the finished images)."""
+    batch = batch or Batch(seeds=[view.settings.seed] if view is not None else [0])
     if view is None:
-        return {"status": status_html(status, kind)}
+        return {"status": status_html(batch.label(status), kind)}
     thr, src = threshold
     done, total, _ = view.progress()
     s1, _ = view.step1("original")
@@ -53,7 +105,7 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
     if view.sail_not_needed:
         after = None  # the same image: the verdict says SAIL was not needed
     out: dict[str, Any] = {
-        "status": status_html(status, kind, done, total),
+        "status": status_html(batch.label(status), kind, batch.index * total + done, batch.count * total),
         "risk": risk_html(s1, thr, src, after, mismatch=view.mismatch, calibrated=view.calibrated,
                           sail_not_needed=view.sail_not_needed),
         "metrics_plot": plots.metrics_figure({r: view.records.get(r, []) for r in view.runs}, view.settings.steps, thr,
@@ -84,94 +136,128 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
         if with_report:
             out["report_file"] = view.files.get("report") or None
         out["state"] = {"spectra": view.spectra, "steps": view.settings.steps}
+        if batch.count > 1:
+            out["batch_gallery"] = gr.update(value=list(batch.gallery), visible=True)
     return out
 
 
+def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, threshold: tuple[float | None, str],
+               session: str, cancel: Any, batch: Batch) -> Iterator[dict[str, Any]]:
+    """Stream one image's job (plain or SAIL pair) into ``view``: live plots every ``live_interval`` seconds, files
+    saved as soon as each run exists (spectra, when asked, come after the images), the report rewritten at the
+    end. Ends with the image's final update."""
+    def render(message: str, kind: str = "info", final: bool = False) -> dict[str, Any]:
+        return render_generate(view, threshold, message, kind, final=final, batch=batch)
+
+    settings, info = view.settings, getattr(pipe, "sailscope_info", None)
+    last = 0.0
+    # the job runs in a worker thread: drawing and sending one update overlap the next steps
+    job = run_job(pipe, settings, sail=view.sail, compare=view.compare, spectrum=spectrum, cancel=cancel)
+    with closing(in_background(job, cancel)) as batches:
+        for items in batches:
+            urgent = False
+            for item in items:
+                kind = view.apply(item)
+                if kind == "result" and item.images:
+                    # save each run as soon as it exists: the original is shown before SAIL's run is sampled
+                    save_outputs(view, ctx.config.outputs, info, threshold)
+                    now = time.perf_counter()
+                    if not view.images_done():
+                        msg = f"original saved at {now - view.started:.1f} s · sampling SAIL's image next…"
+                    else:
+                        msg = f"images saved at {now - view.started:.1f} s"
+                        if view.sail_not_needed:
+                            msg = f"SAIL not needed: this seed's start is already flat · image saved at " \
+                                  f"{now - view.started:.1f} s"
+                        if spectrum is not None:
+                            msg += " · computing eigen-spectra (Cancel stops them; the images stay saved)…"
+                    # the report is offered at once; it is rewritten when the job ends
+                    yield render(msg, final=True)
+                    last, urgent = now, False
+                    continue
+                first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
+                urgent = urgent or first_point or kind in ("sail_result", "spectra")
+            now = time.perf_counter()
+            if urgent or now - last >= ctx.config.live_interval:
+                last = now
+                _, _, label = view.progress()
+                ctx.cancels.describe(session, f"Generate ({batch.label(label)})")
+                yield render(f"{label} · {now - view.started:.1f} s")
+    # the report with everything (spectra included), and the final view
+    view.phase = "done"
+    if "report" not in view.files:
+        save_outputs(view, ctx.config.outputs, info, threshold)
+    else:
+        write_json_atomic(view.files["report"], view.report(info, threshold))
+    msg = f"done in {time.perf_counter() - view.started:.1f} s · seed {settings.seed} · saved {Path(view.files['report']).name}"
+    if view.sail_not_needed:
+        msg = "SAIL not needed: this seed's start is already flat, so its image is kept (sampled once) · " + msg
+    if view.sail_result is not None and not all(view.sail_result.converged):
+        msg += " · SAIL did not reach its threshold (best noise used, see the report)"
+    if view.warnings:
+        msg += " · " + "; ".join(view.warnings)
+    batch.add(view, threshold)
+    if batch.index + 1 < batch.count:
+        yield render(msg + " · next image…", final=True)
+    elif batch.count > 1:
+        yield render(f"batch done: {batch.count} images (seeds {batch.seeds[0]}–{batch.seeds[-1]}) in "
+                     f"{time.perf_counter() - batch.started:.1f} s, {batch.summary()} · last: " + msg,
+                     "ok", final=True)
+    else:
+        yield render(msg, "ok", final=True)
+
+
 def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -> Iterator[dict[str, Any]]:
-    """Run one job (plain or SAIL pair) and stream the view: live plots every ``live_interval`` seconds."""
+    """Run one Generate click: one job (plain or SAIL pair) per image of the batch count, at seeds seed, seed+1, …"""
     session = session_of(request)
     cancel = ctx.cancels.start(session, "Generate")
     view: JobView | None = None
     threshold: tuple[float | None, str] = (None, "")
+    batch: Batch | None = None
     ok = False
     try:
-        # 1. Check inputs (before touching the model)
+        # 1. Check inputs (before touching the model), the batch's last seed included
         pipe = ctx.models.require()
-        settings = form.settings()
+        first = form.settings()
+        seeds = form.batch_seeds(first.seed)
         sail = form.sail_settings()
-        spectrum = form.spectrum(settings.steps)
-        warnings = check_settings_for(pipe, settings)
+        spectrum = form.spectrum(first.steps)
+        warnings = check_settings_for(pipe, first)
+        try:
+            check_settings_for(pipe, replace(first, seed=seeds[-1]))
+        except UserInputError as exc:
+            raise UserInputError(f"the batch's last seed: {exc}") from None
         threshold = detection_threshold(pipe)
-        calibrated, mismatch = calibration_mismatch(pipe, settings)
-        view = JobView(settings=settings, sail=sail, compare=bool(form.compare), warnings=list(warnings),
-                       calibrated=calibrated, mismatch=mismatch)
-        yield dict(render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings else "")),
-                   queue_note="")
-        # 2. Stream the job; save as soon as sampling is over (spectra, when asked, come after the images)
-        last = 0.0
-        info = getattr(pipe, "sailscope_info", None)
-        # the job runs in a worker thread: drawing and sending one update overlap the next steps
-        job = run_job(pipe, settings, sail=sail, compare=bool(form.compare), spectrum=spectrum, cancel=cancel)
-        with closing(in_background(job, cancel)) as batches:
-            for batch in batches:
-                urgent = False
-                for item in batch:
-                    kind = view.apply(item)
-                    if kind == "result" and item.images:
-                        # save each run as soon as it exists: the original is shown before SAIL's run is sampled
-                        save_outputs(view, ctx.config.outputs, info, threshold)
-                        now = time.perf_counter()
-                        if not view.images_done():
-                            msg = f"original saved at {now - view.started:.1f} s · sampling SAIL's image next…"
-                        else:
-                            msg = f"images saved at {now - view.started:.1f} s"
-                            if view.sail_not_needed:
-                                msg = f"SAIL not needed: this seed's start is already flat · image saved at " \
-                                      f"{now - view.started:.1f} s"
-                            if spectrum is not None:
-                                msg += " · computing eigen-spectra (Cancel stops them; the images stay saved)…"
-                        # the report is offered at once; it is rewritten when the job ends
-                        yield render_generate(view, threshold, msg, final=True)
-                        last, urgent = now, False
-                        continue
-                    first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
-                    urgent = urgent or first_point or kind in ("sail_result", "spectra")
-                now = time.perf_counter()
-                if urgent or now - last >= ctx.config.live_interval:
-                    last = now
-                    _, _, label = view.progress()
-                    ctx.cancels.describe(session, f"Generate ({label})")
-                    yield render_generate(view, threshold, f"{label} · {now - view.started:.1f} s")
-        # 3. The report with everything (spectra included), and the final view
-        view.phase = "done"
-        if "report" not in view.files:
-            save_outputs(view, ctx.config.outputs, info, threshold)
-        else:
-            write_json_atomic(view.files["report"], view.report(info, threshold))
-        msg = f"done in {time.perf_counter() - view.started:.1f} s · seed {settings.seed} · saved {Path(view.files['report']).name}"
-        if view.sail_not_needed:
-            msg = "SAIL not needed: this seed's start is already flat, so its image is kept (sampled once) · " + msg
-        if view.sail_result is not None and not all(view.sail_result.converged):
-            msg += " · SAIL did not reach its threshold (best noise used, see the report)"
-        if view.warnings:
-            msg += " · " + "; ".join(view.warnings)
+        calibrated, mismatch = calibration_mismatch(pipe, first)
+        batch = Batch(seeds=seeds)
+        # 2. One job per image; each is saved as soon as it exists and stays saved whatever happens next
+        for batch.index, seed in enumerate(seeds):
+            view = JobView(settings=replace(first, seed=seed), sail=sail, compare=bool(form.compare),
+                           warnings=list(warnings), calibrated=calibrated, mismatch=mismatch)
+            if batch.index == 0:
+                yield dict(render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings
+                                                                           else ""), batch=batch), queue_note="")
+            yield from sample_one(ctx, pipe, view, spectrum, threshold, session, cancel, batch)
         ok = True
-        yield render_generate(view, threshold, msg, "ok", final=True)
     except Cancelled as exc:
+        earlier = f"; the batch's {len(batch.levels)} earlier image(s) are saved" if batch and batch.levels else ""
         if view is not None and view.files.get("report") and view.images_done():  # during spectra: the images stay
             yield render_generate(view, threshold, f"spectra cancelled after {time.perf_counter() - view.started:.1f} s "
-                                  f"({exc}); the images and the report (without spectra) are saved", "warn", final=True)
+                                  f"({exc}); the images and the report (without spectra) are saved" + earlier, "warn",
+                                  final=True, batch=batch)
         elif view is not None and view.files.get("report"):
             yield render_generate(view, threshold, f"cancelled ({exc}): SAIL's image was not made; the original and "
-                                  "its report are saved", "warn", final=True)
+                                  "its report are saved" + earlier, "warn", final=True, batch=batch)
         else:
-            yield render_generate(view, threshold, f"cancelled ({exc}); nothing was saved", "warn")
+            yield render_generate(view, threshold, f"cancelled ({exc}); nothing of this image was saved" + earlier
+                                  if earlier else f"cancelled ({exc}); nothing was saved", "warn", batch=batch)
     except (UserInputError, NonFiniteError, SailScopeError) as exc:
         compat.warn(str(exc))
-        yield render_generate(view, threshold, str(exc), "error")
+        yield render_generate(view, threshold, str(exc), "error", batch=batch)
     except Exception as exc:  # keep serving; the traceback goes to the server log
         log.error("generation failed:\n%s", traceback.format_exc())
-        yield render_generate(view, threshold, f"internal error: {type(exc).__name__}: {exc} (details in the server log)", "error")
+        yield render_generate(view, threshold, f"internal error: {type(exc).__name__}: {exc} (details in the server log)",
+                              "error", batch=batch)
     finally:
         ctx.cancels.finish(session, cancel)
         if not ok and view is not None:
@@ -227,6 +313,10 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                                          precision=0, elem_id="ss-width")
                 c["height"] = compat.make(gr.Number, label="Height", value=default_size or form.height, precision=0,
                                           elem_id="ss-height")
+                c["batch_count"] = compat.make(gr.Number, label="Batch count", value=form.batch_count, precision=0,
+                                               elem_id="ss-batch-count",
+                                               info=f"images one after another at seeds seed, seed+1, … (1–"
+                                                    f"{MAX_BATCH_COUNT}); each gets its own check and SAIL")
             with gr.Row():
                 c["scheduler"] = compat.make(gr.Dropdown, choices=[(SCHEDULER_LABELS.get(k, k), k) for k in SCHEDULERS]
                                              if compat.GRADIO_MAJOR >= 4 else list(SCHEDULERS), value=form.scheduler,
@@ -309,6 +399,10 @@ def generate_panel(ctx: AppContext) -> dict[str, Any]:
                                                 elem_classes=pixel)
             else:
                 c["image_slider"] = compat.make(gr.HTML, value="", visible=False, elem_id="ss-image-slider")
+            # batch count > 1: every finished image of the click, captioned with its seed and verdict
+            c["batch_gallery"] = compat.make(gr.Gallery, label="This batch", visible=False, columns=4, height="auto",
+                                             object_fit="contain", elem_id="ss-batch-gallery", elem_classes=pixel,
+                                             interactive=False)
             c["metrics_plot"] = compat.make(gr.Plot, label="Per-step metrics (live)", elem_id="ss-metrics-plot",
                                             value=plots.metrics_figure({}, None))
             with gr.Row():
