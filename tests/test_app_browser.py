@@ -355,6 +355,9 @@ def test_closed_tab_cancels_its_job_and_the_next_user_starts_soon(server, browse
     set_number(second, "ss-steps", 2)
     second.locator("#ss-generate").click()
     wait_status(second, ("queue: 1/1",), 30)  # queued behind the first job (its place in the queue is shown)
+    # and told what it waits for (an event outside the queue reads the app's job registry)
+    note = wait_status(second, ("Waiting for the model",), 30, elem_id="ss-queue-note")
+    assert "another session is running Generate (original run: step" in note, note
     closed = time.time()
     first.close()  # the tab goes away mid-run
     wait_status(second, ("step", "done"), 60)
@@ -362,6 +365,7 @@ def test_closed_tab_cancels_its_job_and_the_next_user_starts_soon(server, browse
     print(f"closed tab: the next user's job started {started:.2f} s after the close")
     assert started < 10
     wait_finished(second, 120)
+    assert status_text(second, "ss-queue-note").strip() == ""  # the note goes once the job runs
     second.close()
 
 
