@@ -319,6 +319,9 @@ def test_batch_count_fills_a_captioned_gallery(server, browser):
     gallery = page.locator("#ss-batch-gallery").inner_text()
     assert "seed 11 · original" in gallery and "seed 12 · original" in gallery, gallery
     assert page.locator("#ss-batch-gallery img").count() >= 2
+    # every image of the batch is a run of the session's History
+    page.get_by_role("tab", name="History", exact=True).click()
+    wait_status(page, ("2 image(s) from 2 run(s)",), 30, elem_id="ss-history-status")
     page.close()
 
 
