@@ -295,3 +295,13 @@ def test_seeds_from_the_form_are_exact_above_2_to_53():
     assert form(seed=2**53 + 1).settings().seed == 2**53 + 1  # a float would give 2^53
     assert form(seed=str(2**60 + 3)).settings().seed == 2**60 + 3
     assert form(seed=7, batch_count="3").batch_seeds(7) == [7, 8, 9]
+
+
+def test_gallery_captions_say_the_verdict_in_the_badges_terms():
+    from sailscope.ui.widgets import verdict_caption
+
+    assert verdict_caption(0.2, 0.1) == "likely a copy (2× the alarm level)"
+    assert verdict_caption(0.1, 0.1) == "likely a copy (1× the alarm level)"  # at the level counts, as risk_level
+    assert verdict_caption(0.05, 0.1) == "no sign of memorization (0.5× the alarm level)"
+    assert verdict_caption(0.05, 0.1, ["150 steps (calibrated at 50)"]) == "not calibrated for these settings"
+    assert verdict_caption(0.05, None) == verdict_caption(None, 0.1) == "no verdict"

@@ -64,6 +64,21 @@ VERDICT_WORDS = {  # risk level -> (headline, one-line explanation)
 }
 
 
+VERDICT_SHORT = {"high": "likely a copy", "low": "no sign of memorization",
+                 "uncalibrated": "not calibrated for these settings", "unknown": "no verdict"}  # captions
+
+
+def verdict_caption(sharpness: float | None, threshold: float | None, mismatch: Sequence[str] = ()) -> str:
+    """The verdict in a gallery caption's few words: ``likely a copy (1.9× the alarm level)``; off the calibrated
+    settings ``not calibrated for these settings`` (no verdict, as the badge)."""
+    level = risk_level(sharpness, threshold)
+    if level == "unknown":
+        return VERDICT_SHORT["unknown"]
+    if mismatch:
+        return VERDICT_SHORT["uncalibrated"]
+    return f"{VERDICT_SHORT[level]} ({sharpness / threshold:.2g}× the alarm level)"
+
+
 def _settings_words(cal: Mapping[str, Any]) -> str:
     size = f", {cal['width']}×{cal['height']}" if cal.get("width") else ""
     return f"{cal.get('steps')} {cal.get('scheduler', '').upper()} steps, guidance {float(cal.get('guidance', 0)):g}{size}"

@@ -29,7 +29,9 @@ from sailscope.ui.jobs import (
     run_job,
 )
 from sailscope.ui.outputs import save_outputs
-from sailscope.ui.widgets import bind, risk_html, session_of, status_html, wire_busy_note, wire_cancel
+from sailscope.ui.widgets import (
+    bind, risk_html, session_of, status_html, verdict_caption, wire_busy_note, wire_cancel,
+)
 
 log = logging.getLogger("sailscope.ui")
 
@@ -69,17 +71,12 @@ class Batch:
             if not view.files.get(run):
                 continue
             s1, _ = view.step1(run)
-            level = risk_level(s1, thr)
-            words = {"high": "likely a copy", "low": "no sign of memorization"}.get(level, "no verdict")
-            if view.mismatch and level in ("high", "low"):
-                level, words = "uncalibrated", "not calibrated for these settings"
-            ratio = f" ({s1 / thr:.2g}× the alarm level)" if level in ("high", "low") and thr else ""
-            name = "SAIL" if run == "sail" else "original"
-            if view.sail_not_needed:
-                name = "SAIL not needed"
-            self.gallery.append((view.files[run], f"seed {view.settings.seed} · {name} · {words}{ratio}"))
+            name = "SAIL not needed" if view.sail_not_needed else "SAIL" if run == "sail" else "original"
+            caption = f"seed {view.settings.seed} · {name} · {verdict_caption(s1, thr, view.mismatch)}"
+            self.gallery.append((view.files[run], caption))
             if run == view.runs[0]:
-                self.levels.append(level)
+                level = risk_level(s1, thr)
+                self.levels.append("uncalibrated" if view.mismatch and level != "unknown" else level)
 
     def summary(self) -> str:
         counts = {k: self.levels.count(k) for k in ("high", "low", "uncalibrated", "unknown") if k in self.levels}

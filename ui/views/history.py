@@ -16,11 +16,11 @@ import gradio as gr
 from sailscope.ui import compat
 from sailscope.ui.views.copies import display_image
 from sailscope.ui.views.pnginfo import PASTE_FIELDS, history_paste
-from sailscope.ui.widgets import bind, status_html
+from sailscope.ui.widgets import VERDICT_SHORT, VERDICT_WORDS, bind, status_html
 
 MAX_ENTRIES = 200  # per session; the oldest go first
-RISK_WORDS = {"high": "HIGH memorization risk (step-1 sharpness over the alarm level)", "low": "low memorization risk",
-              "unknown": "memorization risk unknown"}
+RISK_WORDS = {level: f"{VERDICT_WORDS[level][0]} (step-1 sharpness {'at or over' if level == 'high' else 'under'} the "
+                     "alarm level)" for level in ("high", "low")} | {"unknown": "no verdict (no alarm level or no step-1 sharpness)"}
 
 
 def entry_from_report(path: Any) -> dict | None:
@@ -70,7 +70,7 @@ def _load(path: str) -> Any:
 
 def caption(entry: dict, image: dict) -> str:
     run = "SAIL" if image["run"] == "sail" else "original"
-    risk = {"high": "HIGH risk", "low": "low risk"}.get(image.get("risk") or "", "risk unknown")
+    risk = VERDICT_SHORT.get(image.get("risk") or "unknown", VERDICT_SHORT["unknown"])
     return f"{entry['time']} · seed {entry['seed']} · {run} · {risk}"
 
 
