@@ -40,6 +40,7 @@ import torch
 from sailscope.core.demo.data import (
     SUFFIX_LABELS, CaptionSpec, caption_number, dataset_from_config, get_design, random_caption_spec, untrained_number,
 )
+from sailscope.core.detect import NOISE_CHECK_PROMPTS
 from sailscope.core.errors import UserInputError
 from sailscope.core.io.files import write_text_atomic
 from sailscope.core.metrics import DEFAULT_FD_STEP, sharpness
@@ -308,6 +309,7 @@ class DetectionCalibration:
     where: str  # "shipped with the model" or "your calibration file"
     created: str  # date of the calibration (YYYY-MM-DD)
     settings: dict  # Calibration.settings(pipe): scheduler, steps, guidance, width, height
+    reference_prompts: tuple[str, ...] = ()  # ordinary prompts for a noise check (core.detect.noise_check)
 
     def source(self) -> str:
         """``q0.99 of 192 non-memorized values (shipped with the model, 2026-11-24)``: no path."""
@@ -322,7 +324,7 @@ def detection_calibration(pipe: Any, quantile: float = DETECTION_QUANTILE) -> De
     rec, path = found
     where = "your calibration file" if Path(path) == calibration_path() else "shipped with the model"
     return DetectionCalibration(rec.detection_threshold(quantile), quantile, rec.n, where, rec.created[:10],
-                                rec.settings(pipe))
+                                rec.settings(pipe), tuple(rec.prompts[:NOISE_CHECK_PROMPTS]))
 
 
 def settings_mismatch(calibrated: Mapping[str, Any], settings: Any, pipe: Any = None) -> list[str]:

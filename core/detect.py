@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -39,6 +39,66 @@ def risk_level(sharpness: float | None, threshold: float | None) -> str:
     if not (math.isfinite(sharpness) and math.isfinite(threshold)):
         return "unknown"
     return "high" if sharpness >= threshold else "low"
+
+
+def verdict(sharpness: float | None, threshold: float | None, *, mismatch: Sequence[str] = (),
+            noise: "NoiseCheck | None" = None) -> str:
+    """A run's verdict: :func:`risk_level`'s ``high``/``low``/``unknown``, except ``uncalibrated`` when the run's
+    settings differ from the calibration's (``mismatch``: no verdict), and ``sharp-noise`` when it is high at a
+    starting noise where ordinary prompts reach the alarm level too (:class:`NoiseCheck`: no verdict)."""
+    level = risk_level(sharpness, threshold)
+    if level == "unknown":
+        return level
+    if mismatch:
+        return "uncalibrated"
+    if level == "high" and noise is not None and noise.sharp_noise:
+        return "sharp-noise"
+    return level
+
+
+NOISE_CHECK_PROMPTS = 4  # ordinary prompts scored at a run's own starting noise when its verdict is high
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """Step-1 sharpness of ordinary prompts (the calibration's own) at one run's starting noise and settings.
+
+    On a small model some starting noises make the first step sharp for every prompt (the demo: about 2 seeds in
+    16, docs/detection.md "Noises that are sharp for every prompt"). Where the ordinary prompts' median reaches the
+    alarm level, a high step-1 sharpness at that noise says little about the prompt: ``sharp_noise``."""
+
+    prompts: tuple[str, ...]
+    sharpness: tuple[float, ...]
+    threshold: float
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.sharpness))
+
+    @property
+    def sharp_noise(self) -> bool:
+        return risk_level(self.median, self.threshold) == "high"
+
+    def to_dict(self) -> dict:
+        return {"prompts": list(self.prompts), "sharpness": list(self.sharpness), "median": self.median,
+                "threshold": self.threshold, "sharp_noise": self.sharp_noise}
+
+
+def noise_check(pipe: Any, settings: GenerationSettings, prompts: Sequence[str], threshold: float,
+                cancel: Any = None) -> NoiseCheck:
+    """:class:`NoiseCheck` of ``settings``' starting noise: each prompt sampled one step with ``settings`` (seed,
+    steps, guidance, scheduler, size, negative prompt) and its step-1 sharpness as the run records it."""
+    if not prompts:
+        raise UserInputError("the noise check needs at least one ordinary prompt")
+    values = []
+    for prompt in prompts:
+        one = replace(settings, prompt=prompt, num_images=1, sharpness_at="first")
+        result = None
+        for item in generate(pipe, one, stop_after=1, cancel=cancel):
+            if isinstance(item, GenerationResult):
+                result = item
+        values.append(float(result.records[0].sharpness[0]))
+    return NoiseCheck(tuple(prompts), tuple(values), float(threshold))
 
 
 @dataclass

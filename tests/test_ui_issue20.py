@@ -298,10 +298,19 @@ def test_seeds_from_the_form_are_exact_above_2_to_53():
 
 
 def test_gallery_captions_say_the_verdict_in_the_badges_terms():
+    from sailscope.core.detect import NoiseCheck, verdict
     from sailscope.ui.widgets import verdict_caption
 
-    assert verdict_caption(0.2, 0.1) == "likely a copy (2× the alarm level)"
-    assert verdict_caption(0.1, 0.1) == "likely a copy (1× the alarm level)"  # at the level counts, as risk_level
-    assert verdict_caption(0.05, 0.1) == "no sign of memorization (0.5× the alarm level)"
-    assert verdict_caption(0.05, 0.1, ["150 steps (calibrated at 50)"]) == "not calibrated for these settings"
-    assert verdict_caption(0.05, None) == verdict_caption(None, 0.1) == "no verdict"
+    def caption(s1, thr, mismatch=(), noise=None):
+        return verdict_caption(verdict(s1, thr, mismatch=mismatch, noise=noise), s1, thr)
+
+    assert caption(0.2, 0.1) == "likely a copy (2× the alarm level)"
+    assert caption(0.1, 0.1) == "likely a copy (1× the alarm level)"  # at the level counts, as risk_level
+    assert caption(0.05, 0.1) == "no sign of memorization (0.5× the alarm level)"
+    assert caption(0.05, 0.1, ["150 steps (calibrated at 50)"]) == "not calibrated for these settings"
+    assert caption(0.05, None) == caption(None, 0.1) == "no verdict"
+    sharp = NoiseCheck(("a", "b", "c"), (0.05, 0.2, 0.3), 0.1)  # median 0.2 >= 0.1: ordinary prompts alarm here
+    flat = NoiseCheck(("a", "b", "c"), (0.05, 0.02, 0.3), 0.1)  # median 0.05
+    assert caption(0.2, 0.1, noise=sharp).startswith("no verdict at this seed")
+    assert caption(0.2, 0.1, noise=flat) == "likely a copy (2× the alarm level)"
+    assert caption(0.05, 0.1, noise=sharp) == "no sign of memorization (0.5× the alarm level)"  # low stays low

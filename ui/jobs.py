@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from sailscope.core import calibration
-from sailscope.core.detect import risk_level
+from sailscope.core.detect import NoiseCheck, noise_check, verdict
 from sailscope.core.errors import Cancelled, SailScopeError, UserInputError
 from sailscope.core.io import infotext
 from sailscope.core.mitigation import PairResult, SailResult, SailSettings, SailStep, generate_pair, infotext_fields
@@ -216,6 +216,12 @@ def detection_calibration(pipe: Any) -> Any:
     return found
 
 
+def reference_prompts(pipe: Any) -> tuple[str, ...]:
+    """The calibration's ordinary prompts for the noise check (none when the model is not calibrated)."""
+    found = detection_calibration(pipe)
+    return () if isinstance(found, str) else tuple(found.reference_prompts)
+
+
 def calibration_mismatch(pipe: Any, settings: GenerationSettings) -> tuple[dict | None, list[str]]:
     """(the calibrated settings, how ``settings`` differ from them in words) — ``(None, [])`` when uncalibrated."""
     found = detection_calibration(pipe)
@@ -409,12 +415,31 @@ def sail_kept_seed(pipe: Any, settings: GenerationSettings, result: SailResult) 
 SAIL_NOT_NEEDED = ("sail_not_needed",)  # job item: SAIL kept the seed's noise; one run is sampled
 
 
+def noise_checker(pipe: Any, settings: GenerationSettings, references: Sequence[str], threshold: float | None,
+                  mismatch: Sequence[str] = (), cancel: threading.Event | None = None
+                  ) -> Callable[[GenerationResult], NoiseCheck | None]:
+    """For :func:`run_job`: given the original run's result, the :class:`~sailscope.core.detect.NoiseCheck` of its
+    noise when its verdict is high (the calibration's ordinary prompts, one step each), else None."""
+
+    def check(result: GenerationResult) -> NoiseCheck | None:
+        first = result.records[0] if result.records else None
+        s1 = first.sharpness[0] if first is not None and first.sharpness else None
+        if not references or verdict(s1, threshold, mismatch=mismatch) != "high":
+            return None
+        return noise_check(pipe, settings, references, threshold, cancel)
+
+    return check
+
+
 def run_job(pipe: Any, settings: GenerationSettings, *, sail: SailSettings | None = None, compare: bool = True,
-            spectrum: SpectrumRequest | None = None, cancel: threading.Event | None = None) -> Iterator[Any]:
+            spectrum: SpectrumRequest | None = None, cancel: threading.Event | None = None,
+            check_noise: Callable[[GenerationResult], Any] | None = None) -> Iterator[Any]:
     """Stream core items: SAIL progress (when ``sail``), step records, results, a pair result, then
     :class:`SpectraProgress` items and ``("spectra", run, step, dict)`` tuples for the requested steps (computed
     after sampling). When SAIL keeps the seed's noise, :data:`SAIL_NOT_NEEDED` follows its result and only one
-    run is sampled (the original, or with ``compare`` off the SAIL run, which is the same image)."""
+    run is sampled (the original, or with ``compare`` off the SAIL run, which is the same image). ``check_noise``
+    (:func:`noise_checker`) runs on the original's result before it is yielded, its item (if any) first, so the
+    saved files carry the final verdict."""
     deferred = DeferredSpectra(spectrum) if spectrum is not None and spectrum.steps else None
     probes = [deferred] if deferred is not None else []
     if sail is None:
@@ -426,6 +451,10 @@ def run_job(pipe: Any, settings: GenerationSettings, *, sail: SailSettings | Non
         for item in items:
             if deferred is not None and isinstance(item, StepRecord):
                 deferred.tag(item)
+            if check_noise is not None and isinstance(item, GenerationResult) and (item.run == "original" or not_needed):
+                found = check_noise(item)
+                if found is not None:
+                    yield found
             yield item
             if isinstance(item, SailResult) and sail_kept_seed(pipe, settings, item):
                 not_needed = True
@@ -523,6 +552,8 @@ class JobView:
     sail_not_needed: bool = False  # SAIL kept the seed's noise: one run, one image
     calibrated: dict | None = None  # the settings the detection threshold was measured at (None: uncalibrated)
     mismatch: list[str] = field(default_factory=list)  # how this run's settings differ from them
+    references: tuple[str, ...] = ()  # the calibration's ordinary prompts, for the noise check
+    noise: NoiseCheck | None = None  # those prompts' step-1 sharpness at this seed's noise (when the verdict was high)
 
     @property
     def runs(self) -> list[str]:
@@ -566,6 +597,9 @@ class JobView:
         if item is SAIL_NOT_NEEDED:
             self.sail_not_needed = True
             return "sail_not_needed"
+        if isinstance(item, NoiseCheck):
+            self.noise = item
+            return "noise"
         if isinstance(item, SpectraProgress):
             self.spectra_progress = item
             self.phase = "spectra"
@@ -627,6 +661,12 @@ class JobView:
         r = recs[0]
         return (r.sharpness[0] if r.sharpness else None), (r.wen[0] if r.wen else None)
 
+    def verdict(self, run: str, threshold: float | None) -> str:
+        """``core.detect.verdict`` of a run: the noise check belongs to the seed's own noise (the original run)."""
+        s1, _ = self.step1(run)
+        seeds_noise = run == "original" or self.sail_not_needed  # the SAIL run starts elsewhere
+        return verdict(s1, threshold, mismatch=self.mismatch, noise=self.noise if seeds_noise else None)
+
     def sail_trace(self) -> list[dict]:
         """SAIL loss rows ``{"step", "candidate", "loss", "round"}`` from core's per-step trace."""
         rows = []
@@ -676,7 +716,8 @@ class JobView:
         }
         for run in self.results:
             s1, w1 = self.step1(run)
-            out["detection"]["runs"][run] = {"step1_sharpness": s1, "step1_wen": w1, "risk": risk_level(s1, thr)}
+            out["detection"]["runs"][run] = {"step1_sharpness": s1, "step1_wen": w1, "risk": self.verdict(run, thr)}
+        out["detection"]["noise_check"] = self.noise.to_dict() if self.noise is not None else None
         return out
 
     def infotext_extra(self, run: str, model_info: Any, threshold: tuple[float | None, str]) -> dict:
@@ -684,9 +725,7 @@ class JobView:
         a SAIL image records the command that re-derives it (SAIL is deterministic given seed and settings)."""
         s1, w1 = self.step1(run)
         thr, src = threshold
-        risk = risk_level(s1, thr) if s1 is not None else None
-        if risk in ("high", "low") and self.mismatch:
-            risk += " (settings differ from the calibration)"
+        risk = self.verdict(run, thr) if s1 is not None else None
         extra: dict[str, Any] = {"Model": getattr(model_info, "name", None), **infotext.fields(
             run=run, sharpness=s1, wen=w1, risk=risk,
             detection_threshold=f"{thr:.4g} ({src})" if thr is not None else None,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
 
-from sailscope.core.detect import risk_level
+from sailscope.core.detect import NoiseCheck, verdict
 from sailscope.core.errors import Cancelled, SailScopeError
 from sailscope.ui import compat
 from sailscope.ui.jobs import AppContext
@@ -65,18 +65,18 @@ VERDICT_WORDS = {  # risk level -> (headline, one-line explanation)
 
 
 VERDICT_SHORT = {"high": "likely a copy", "low": "no sign of memorization",
-                 "uncalibrated": "not calibrated for these settings", "unknown": "no verdict"}  # captions
+                 "uncalibrated": "not calibrated for these settings",
+                 "sharp-noise": "no verdict at this seed (its noise is sharp for ordinary prompts too)",
+                 "unknown": "no verdict"}  # captions
 
 
-def verdict_caption(sharpness: float | None, threshold: float | None, mismatch: Sequence[str] = ()) -> str:
-    """The verdict in a gallery caption's few words: ``likely a copy (1.9× the alarm level)``; off the calibrated
-    settings ``not calibrated for these settings`` (no verdict, as the badge)."""
-    level = risk_level(sharpness, threshold)
-    if level == "unknown":
-        return VERDICT_SHORT["unknown"]
-    if mismatch:
-        return VERDICT_SHORT["uncalibrated"]
-    return f"{VERDICT_SHORT[level]} ({sharpness / threshold:.2g}× the alarm level)"
+def verdict_caption(level: str, sharpness: float | None = None, threshold: float | None = None) -> str:
+    """A verdict (``core.detect.verdict``) in a gallery caption's few words, with the ratio when known:
+    ``likely a copy (1.9× the alarm level)``."""
+    words = VERDICT_SHORT.get(level, VERDICT_SHORT["unknown"])
+    if level in ("high", "low") and sharpness is not None and threshold:
+        return f"{words} ({sharpness / threshold:.2g}× the alarm level)"
+    return words
 
 
 def _settings_words(cal: Mapping[str, Any]) -> str:
@@ -86,7 +86,7 @@ def _settings_words(cal: Mapping[str, Any]) -> str:
 
 def risk_html(sharpness: float | None, threshold: float | None, source: str, after: float | None = None, *,
               mismatch: Sequence[str] = (), calibrated: Mapping[str, Any] | None = None,
-              sail_not_needed: bool = False) -> str:
+              sail_not_needed: bool = False, noise: NoiseCheck | None = None) -> str:
     """The verdict badge in plain words (level by ``core.detect.risk_level``): a headline with the step-1
     sharpness as a multiple of the alarm level, a one-line explanation, and a "How is this computed?" expander with
     the exact numbers. Off the settings the threshold was calibrated at (``mismatch``) it says so instead of
@@ -94,21 +94,28 @@ def risk_html(sharpness: float | None, threshold: float | None, source: str, aft
     if sharpness is None:
         return ('<div class="ss-risk ss-risk-none" data-risk="none"><b>Memorization check:</b> runs at the first '
                 'denoising step (step-1 sharpness)</div>')
-    level = risk_level(sharpness, threshold)
+    level = verdict(sharpness, threshold, mismatch=mismatch, noise=noise)
     rows = [("step-1 sharpness ‖H_Δ s_Δ‖² (how sharply the prompt pulls the first step)", f"{sharpness:.4g}")]
     if level == "unknown":
         head, line = "Memorization check unavailable", f"No alarm level for this model: {source}."
         ratio = None
     else:
         ratio = sharpness / threshold
-        head, line = VERDICT_WORDS[level]
+        head, line = VERDICT_WORDS.get(level, ("", ""))  # the no-verdict levels get their words below
         head = f"{head}: {ratio:.2g}× the alarm level"
         rows += [("alarm level (detection threshold)", f"{threshold:.4g}"), ("ratio", f"{ratio:.3g}×"),
                  ("alarm level from", source)]
         if calibrated:
             rows.append(("calibrated at", _settings_words(calibrated)))
-    if mismatch and level != "unknown":
-        level = "uncalibrated"
+    if noise is not None and threshold:
+        rows.append((f"ordinary prompts at this seed's noise (median of {len(noise.sharpness)})",
+                     f"{noise.median:.4g} ({noise.median / threshold:.2g}× the alarm level)"))
+    if level == "sharp-noise":
+        head = f"No verdict at this seed: {ratio:.2g}× the alarm level"
+        line = (f"This seed's starting noise makes the first step sharp for ordinary prompts too (median of "
+                f"{len(noise.sharpness)} prompts the model did not memorize: {noise.median / threshold:.2g}× the alarm "
+                "level), so a high value here says little about the prompt. Try another seed.")
+    if level == "uncalibrated":
         head = f"Not calibrated for these settings: {ratio:.2g}× the alarm level"
         line = ("The alarm level was measured at " + _settings_words(calibrated or {}) + "; this run uses "
                 + ", ".join(mismatch) + ". The step-1 sharpness is shown, but no verdict: regenerate at the calibrated "
@@ -116,12 +123,13 @@ def risk_html(sharpness: float | None, threshold: float | None, source: str, aft
     if after is not None:
         rows.append(("after SAIL: step-1 sharpness", f"{after:.4g}" + (f" ({after / threshold:.2g}× the alarm level)"
                                                                       if threshold else "")))
-        if threshold and level != "uncalibrated":
+        if threshold and level not in ("uncalibrated", "sharp-noise"):
             line += f" After SAIL: {after / threshold:.2g}× the alarm level."
     if sail_not_needed:
         line += " SAIL not needed: this seed's start is already flat, so its image is kept."
     table = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows)
-    return (f'<div class="ss-risk ss-risk-{level}" data-risk="{level}"><div class="ss-risk-head"><b>{escape(head)}</b>'
+    css = "uncalibrated" if level == "sharp-noise" else level  # both are "no verdict"
+    return (f'<div class="ss-risk ss-risk-{css}" data-risk="{level}"><div class="ss-risk-head"><b>{escape(head)}</b>'
             f'</div><div class="ss-risk-line">{escape(line)}</div><details class="ss-risk-details"><summary>How is '
             f'this computed?</summary><table>{table}</table><p>The score is the squared norm of the Hessian of the '
             f'log-density difference (conditional − unconditional) applied to the score difference, at the first '

@@ -73,7 +73,9 @@ RESULTS = {
     "wen": Key("SAIL Scope step-1 Wen", "‖eps_c − eps_u‖ at this image's first sampling step"),
     "original_sharpness": Key("SAIL Scope original step-1 sharpness", "step-1 sharpness at the seed's noise, before SAIL"),
     "original_wen": Key("SAIL Scope original step-1 Wen", "step-1 Wen at the seed's noise, before SAIL"),
-    "risk": Key("Memorization risk", "high when step-1 sharpness >= the detection threshold (core.detect.risk_level)"),
+    "risk": Key("Memorization risk", "the verdict (core.detect.verdict): high when step-1 sharpness >= the detection "
+                                     "threshold, low, or no verdict: uncalibrated (settings differ from the "
+                                     "calibration's), sharp-noise (ordinary prompts alarm at this noise too), unknown"),
     "detection_threshold": Key("Detection threshold", "the step-1 sharpness alarm level and where it came from"),
     "threshold_source": Key("SAIL threshold source", "where SAIL's threshold came from (calibration or a setting)"),
     "trigger_source": Key("SAIL trigger source", "where SAIL's trigger came from"),

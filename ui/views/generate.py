@@ -18,7 +18,6 @@ from typing import Any, Iterator
 import gradio as gr
 
 from sailscope.core.choices import SCHEDULER_LABELS
-from sailscope.core.detect import risk_level
 from sailscope.core.errors import Cancelled, NonFiniteError, SailScopeError, UserInputError
 from sailscope.core.io.files import write_json_atomic
 from sailscope.core.sampling import MAX_STEPS, SCHEDULERS, check_settings_for
@@ -26,7 +25,7 @@ from sailscope.ui import compat, plots
 from sailscope.ui.forms import GENERATE_FIELDS, MAX_BATCH_COUNT, SHARPNESS_CHOICES, GenerateForm, whole_number
 from sailscope.ui.jobs import (
     SPECTRUM_METHODS, AppContext, JobView, calibration_mismatch, detection_threshold, free_memory, in_background,
-    run_job,
+    noise_checker, reference_prompts, run_job,
 )
 from sailscope.ui.outputs import save_outputs
 from sailscope.ui.widgets import (
@@ -72,16 +71,16 @@ class Batch:
                 continue
             s1, _ = view.step1(run)
             name = "SAIL not needed" if view.sail_not_needed else "SAIL" if run == "sail" else "original"
-            caption = f"seed {view.settings.seed} · {name} · {verdict_caption(s1, thr, view.mismatch)}"
-            self.gallery.append((view.files[run], caption))
+            level = view.verdict(run, thr)
+            self.gallery.append((view.files[run], f"seed {view.settings.seed} · {name} · {verdict_caption(level, s1, thr)}"))
             if run == view.runs[0]:
-                level = risk_level(s1, thr)
-                self.levels.append("uncalibrated" if view.mismatch and level != "unknown" else level)
+                self.levels.append(level)
 
     def summary(self) -> str:
-        counts = {k: self.levels.count(k) for k in ("high", "low", "uncalibrated", "unknown") if k in self.levels}
+        counts = {k: self.levels.count(k) for k in ("high", "low", "sharp-noise", "uncalibrated", "unknown")
+                  if k in self.levels}
         words = {"high": "likely copies", "low": "without sign of memorization", "uncalibrated": "not calibrated",
-                 "unknown": "without a verdict"}
+                 "sharp-noise": "without a verdict at a sharp noise", "unknown": "without a verdict"}
         return ", ".join(f"{n} {words[k]}" for k, n in counts.items())
 
 
@@ -104,7 +103,7 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
     out: dict[str, Any] = {
         "status": status_html(batch.label(status), kind, batch.index * total + done, batch.count * total),
         "risk": risk_html(s1, thr, src, after, mismatch=view.mismatch, calibrated=view.calibrated,
-                          sail_not_needed=view.sail_not_needed),
+                          sail_not_needed=view.sail_not_needed, noise=view.noise),
         "metrics_plot": plots.metrics_figure({r: view.records.get(r, []) for r in view.runs}, view.settings.steps, thr,
                                              "detection threshold"),
     }
@@ -149,7 +148,9 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
     settings, info = view.settings, getattr(pipe, "sailscope_info", None)
     last = 0.0
     # the job runs in a worker thread: drawing and sending one update overlap the next steps
-    job = run_job(pipe, settings, sail=view.sail, compare=view.compare, spectrum=spectrum, cancel=cancel)
+    check = noise_checker(pipe, settings, view.references, threshold[0], view.mismatch, cancel)
+    job = run_job(pipe, settings, sail=view.sail, compare=view.compare, spectrum=spectrum, cancel=cancel,
+                  check_noise=check)
     with closing(in_background(job, cancel)) as batches:
         for items in batches:
             urgent = False
@@ -226,11 +227,12 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
             raise UserInputError(f"the batch's last seed: {exc}") from None
         threshold = detection_threshold(pipe)
         calibrated, mismatch = calibration_mismatch(pipe, first)
+        references = reference_prompts(pipe)
         batch = Batch(seeds=seeds)
         # 2. One job per image; each is saved as soon as it exists and stays saved whatever happens next
         for batch.index, seed in enumerate(seeds):
             view = JobView(settings=replace(first, seed=seed), sail=sail, compare=bool(form.compare),
-                           warnings=list(warnings), calibrated=calibrated, mismatch=mismatch)
+                           warnings=list(warnings), calibrated=calibrated, mismatch=mismatch, references=references)
             if batch.index == 0:
                 yield dict(render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings
                                                                            else ""), batch=batch), queue_note="")

@@ -16,7 +16,7 @@ import gradio as gr
 from sailscope.ui import compat
 from sailscope.ui.views.copies import display_image
 from sailscope.ui.views.pnginfo import PASTE_FIELDS, history_paste
-from sailscope.ui.widgets import VERDICT_SHORT, VERDICT_WORDS, bind, status_html
+from sailscope.ui.widgets import VERDICT_WORDS, bind, status_html, verdict_caption
 
 MAX_ENTRIES = 200  # per session; the oldest go first
 RISK_WORDS = {level: f"{VERDICT_WORDS[level][0]} (step-1 sharpness {'at or over' if level == 'high' else 'under'} the "
@@ -70,7 +70,7 @@ def _load(path: str) -> Any:
 
 def caption(entry: dict, image: dict) -> str:
     run = "SAIL" if image["run"] == "sail" else "original"
-    risk = VERDICT_SHORT.get(image.get("risk") or "unknown", VERDICT_SHORT["unknown"])
+    risk = verdict_caption(image.get("risk") or "unknown")
     return f"{entry['time']} · seed {entry['seed']} · {run} · {risk}"
 
 
