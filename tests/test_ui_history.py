@@ -112,3 +112,21 @@ def test_reuse_seed_and_ctrl_enter(ctx, pipe, tmp_path):
     assert "ss-reuse-seed" in ids and "#ss-generate" in CTRL_ENTER_JS
     assert any(getattr(fn, "js", None) == CTRL_ENTER_JS for fn in demo.fns.values()) if isinstance(demo.fns, dict) \
         else any(getattr(fn, "js", None) == CTRL_ENTER_JS for fn in demo.fns)
+
+
+def test_a_batch_lands_whole_even_when_its_report_changes_race(ctx, tmp_path):
+    import shutil
+
+    out = list(generate_handler(ctx, GenerateForm(prompt="a red square", steps=2, seed=3, batch_count=3),
+                                SimpleNamespace(session_hash="h")))
+    reports = out[-1]["state"]["reports"]
+    assert len(reports) == 3
+    # gradio hands report_file over as a cached copy under another path: the same run is recognised by its content
+    cached = tmp_path / "gradio-cache" / "x-report.json"
+    cached.parent.mkdir()
+    shutil.copy(reports[0], cached)
+    first = history.add_handler([], str(cached))["entries"]
+    # a later change event whose entries predate the others' answers still adds every run of the click, once
+    entries = history.add_handler(first, reports[-1], reports)["entries"]
+    assert [e["seed"] for e in entries] == [5, 4, 3]
+    assert history.add_handler(entries, reports[1], reports) == {}

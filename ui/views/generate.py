@@ -51,6 +51,7 @@ class Batch:
     index: int = 0
     gallery: list[tuple[str, str]] = field(default_factory=list)  # (file, caption)
     levels: list[str] = field(default_factory=list)  # each finished image's verdict
+    reports: list[str] = field(default_factory=list)  # each finished image's report
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -75,6 +76,8 @@ class Batch:
             self.gallery.append((view.files[run], f"seed {view.settings.seed} · {name} · {verdict_caption(level, s1, thr)}"))
             if run == view.runs[0]:
                 self.levels.append(level)
+        if view.files.get("report"):
+            self.reports.append(view.files["report"])
 
     def summary(self) -> str:
         counts = {k: self.levels.count(k) for k in ("high", "low", "sharp-noise", "uncalibrated", "unknown")
@@ -131,7 +134,9 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
             out["image_slider"] = gr.update(value=(view.files["original"], view.files["sail"]), visible=True)
         if with_report:
             out["report_file"] = view.files.get("report") or None
-        out["state"] = {"spectra": view.spectra, "steps": view.settings.steps}
+        # every report of the click so far: History adds them all, whichever report_file change it sees
+        reports = batch.reports + [r for r in [view.files.get("report")] if r and r not in batch.reports]
+        out["state"] = {"spectra": view.spectra, "steps": view.settings.steps, "reports": reports}
         if batch.count > 1:
             out["batch_gallery"] = gr.update(value=list(batch.gallery), visible=True)
     return out

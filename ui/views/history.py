@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gradio as gr
 
@@ -44,7 +44,8 @@ def entry_from_report(path: Any) -> dict | None:
     if not images:
         return None
     size = f"{s['width']}x{s['height']}" if s.get("width") and s.get("height") else "model default"
-    return {"report": str(path), "time": time.strftime("%H:%M:%S", time.localtime(Path(str(path)).stat().st_mtime)),
+    # the key is the report's own saved path: gradio hands the same file over under a cached copy's path
+    return {"report": files.get("report") or str(path), "time": time.strftime("%H:%M:%S", time.localtime(Path(str(path)).stat().st_mtime)),
             "prompt": s.get("prompt", ""), "negative": s.get("negative_prompt", ""), "seed": s.get("seed"),
             "steps": s.get("steps"), "guidance": s.get("guidance"), "scheduler": s.get("scheduler"), "size": size,
             "sail": None if not sail else {"converged": (sail.get("converged") or [None])[0],
@@ -98,13 +99,18 @@ def detail_rows(entry: dict, image: dict) -> list[list[str]]:
     return rows
 
 
-def add_handler(entries: list[dict] | None, report_file: Any) -> dict[str, Any]:
-    """A finished run's images at the top of the session's history (a run already listed is not added again)."""
+def add_handler(entries: list[dict] | None, report_file: Any, reports: Sequence[str] = ()) -> dict[str, Any]:
+    """A finished run's images at the top of the session's history, with every other run of the same Generate click
+    (``reports``, oldest first) not listed yet: a batch's quick successive reports cannot overwrite each other."""
     entries = list(entries or [])
-    e = entry_from_report(report_file)
-    if e is None or any(x["report"] == e["report"] for x in entries):
+    added = False
+    for path in [*reports, report_file]:
+        e = entry_from_report(path)
+        if e is None or any(x["report"] == e["report"] for x in entries):
+            continue
+        entries, added = [e] + entries[: MAX_ENTRIES - 1], True
+    if not added:
         return {}
-    entries = [e] + entries[: MAX_ENTRIES - 1]
     n = sum(len(x["images"]) for x in entries)
     return {"entries": entries, "gallery": gallery_items(entries),
             "status": status_html(f"{n} image(s) from {len(entries)} run(s) in this session", "info")}
@@ -129,7 +135,7 @@ def send_handler(selected: str | None) -> dict[str, Any]:
 def history_view(generate: dict[str, Any], tabs: Any) -> dict[str, Any]:
     """The History tab; fed by the Generate view's report file (``generate["report_file"]``)."""
     c: dict[str, Any] = {name: generate[name] for name in PASTE_FIELDS if name in generate}
-    c["tabs"], c["report_file"] = tabs, generate["report_file"]
+    c["tabs"], c["report_file"], c["generate_state"] = tabs, generate["report_file"], generate["state"]
     c["status"] = compat.make(gr.HTML, value=status_html("no images yet in this session"), elem_id="ss-history-status")
     with compat.make(gr.Row, equal_height=False):
         with gr.Column(scale=3, min_width=420):
@@ -143,12 +149,13 @@ def history_view(generate: dict[str, Any], tabs: Any) -> dict[str, Any]:
     c["selected"] = gr.State(None)
 
     def add(values: dict[str, Any], request: Any) -> dict[str, Any]:
-        return add_handler(values["entries"], values["report_file"]) or {"status": gr.update()}  # {}: no change
+        reports = (values["generate_state"] or {}).get("reports") or ()
+        return add_handler(values["entries"], values["report_file"], reports) or {"status": gr.update()}  # {}: no change
 
     def send(values: dict[str, Any], request: Any) -> dict[str, Any]:
         return send_handler(values["selected"])
 
-    bind(c["report_file"].change, add, c, ("entries", "report_file"), ("entries", "gallery", "status"),
+    bind(c["report_file"].change, add, c, ("entries", "report_file", "generate_state"), ("entries", "gallery", "status"),
          **compat.event_kwargs(queue=False, show_progress="hidden"))
     bind(c["send"].click, send, c, ("selected",), PASTE_FIELDS + ("tabs", "status"), **compat.event_kwargs(queue=False))
 
