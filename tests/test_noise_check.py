@@ -99,3 +99,21 @@ def test_verdict_rule():
     assert verdict(0.05, 0.1, noise=sharp) == "low"  # a low value is low whatever the noise
     assert verdict(0.2, 0.1, mismatch=["4 steps"], noise=sharp) == "uncalibrated"
     assert verdict(None, 0.1) == verdict(0.2, None) == "unknown"
+
+
+def test_the_check_is_kept_per_noise_and_settings_not_per_prompt(pipe, monkeypatch):
+    from sailscope.ui import jobs
+
+    calls = []
+    real = jobs.noise_check
+    monkeypatch.setattr(jobs, "noise_check", lambda *a, **k: calls.append(a[1].seed) or real(*a, **k))
+    result = None  # a result whose step-1 sharpness is over the tiny threshold below
+    for item in generate(pipe, GenerationSettings(prompt="a red square", seed=0, steps=2)):
+        if isinstance(item, GenerationResult):
+            result = item
+    for prompt, seed in (("a red square", 0), ("two green triangles", 0), ("a red square", 1), ("x", 0)):
+        check = jobs.noise_checker(pipe, GenerationSettings(prompt=prompt, seed=seed, steps=2), PROMPTS[:2], 1e-12)
+        found = check(result)
+        assert found is not None and found.prompts == tuple(PROMPTS[:2])
+    assert calls == [0, 1]  # seed 0 once for three prompts, seed 1 once
+    assert jobs.noise_checker(pipe, GenerationSettings(prompt="y", seed=0, steps=2), PROMPTS[:2], 1e9)(result) is None

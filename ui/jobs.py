@@ -415,18 +415,29 @@ def sail_kept_seed(pipe: Any, settings: GenerationSettings, result: SailResult) 
 SAIL_NOT_NEEDED = ("sail_not_needed",)  # job item: SAIL kept the seed's noise; one run is sampled
 
 
+NOISE_CHECKS_KEPT = 64
+
+
 def noise_checker(pipe: Any, settings: GenerationSettings, references: Sequence[str], threshold: float | None,
                   mismatch: Sequence[str] = (), cancel: threading.Event | None = None
                   ) -> Callable[[GenerationResult], NoiseCheck | None]:
     """For :func:`run_job`: given the original run's result, the :class:`~sailscope.core.detect.NoiseCheck` of its
-    noise when its verdict is high (the calibration's ordinary prompts, one step each), else None."""
+    noise when its verdict is high (the calibration's ordinary prompts, one step each), else None. The check depends
+    on the noise and settings, not on the prompt, so it is kept with the loaded pipeline (the last
+    :data:`NOISE_CHECKS_KEPT`): another prompt at the same seed and settings costs nothing."""
 
     def check(result: GenerationResult) -> NoiseCheck | None:
         first = result.records[0] if result.records else None
         s1 = first.sharpness[0] if first is not None and first.sharpness else None
         if not references or verdict(s1, threshold, mismatch=mismatch) != "high":
             return None
-        return noise_check(pipe, settings, references, threshold, cancel)
+        kept = pipe.__dict__.setdefault("_sailscope_noise_checks", {})
+        key = (replace(settings, prompt="", num_images=1, sharpness_at="first"), tuple(references), threshold)
+        if key not in kept:
+            while len(kept) >= NOISE_CHECKS_KEPT:
+                kept.pop(next(iter(kept)))
+            kept[key] = noise_check(pipe, settings, references, threshold, cancel)
+        return kept[key]
 
     return check
 
