@@ -130,3 +130,13 @@ def test_a_batch_lands_whole_even_when_its_report_changes_race(ctx, tmp_path):
     entries = history.add_handler(first, reports[-1], reports)["entries"]
     assert [e["seed"] for e in entries] == [5, 4, 3]
     assert history.add_handler(entries, reports[1], reports) == {}
+
+
+def test_reuse_seed_after_a_batch_is_the_batch_s_first_seed(ctx):
+    from sailscope.ui.views.shortcuts import last_seed
+
+    out = list(generate_handler(ctx, GenerateForm(prompt="a red square", steps=2, seed=3, batch_count=3),
+                                SimpleNamespace(session_hash="h")))
+    final = out[-1]
+    assert last_seed(final["report_file"], -1) == 5  # the last image's report alone
+    assert last_seed(final["report_file"], -1, final["state"]) == 3  # ♻ gives the click's first seed, as A1111

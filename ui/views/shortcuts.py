@@ -1,4 +1,4 @@
-"""What A1111/ComfyUI users expect around the Generate form: ♻ reuse the last run's seed, Ctrl+Enter to generate.
+"""What A1111/ComfyUI users expect around the Generate form: ♻ reuse the last click's seed, Ctrl+Enter to generate.
 
 The ♻ button is laid out by the Generate view (next to 🎲, ``generate["reuse_seed"]``); its wiring and the keyboard
 shortcut live here."""
@@ -28,9 +28,11 @@ CTRL_ENTER_JS = """
 """
 
 
-def last_seed(report_file: Any, current: Any) -> Any:
-    """The seed the session's last finished run used (its report's), else the current value unchanged."""
-    path = getattr(report_file, "name", report_file)
+def last_seed(report_file: Any, current: Any, state: Any = None) -> Any:
+    """The seed the session's last Generate click started from (the first image's, for a batch: the Generate
+    state's first report), else its report's, else the current value unchanged."""
+    reports = (state or {}).get("reports") if isinstance(state, dict) else None
+    path = reports[0] if reports else getattr(report_file, "name", report_file)
     if not path or not Path(str(path)).is_file():
         return current
     try:
@@ -43,7 +45,8 @@ def last_seed(report_file: Any, current: Any) -> Any:
 def wire_shortcuts(demo: gr.Blocks, generate: dict[str, Any]) -> None:
     """♻ (when the Generate view has it) and Ctrl+Enter."""
     if "reuse_seed" in generate:
-        generate["reuse_seed"].click(last_seed, [generate["report_file"], generate["seed"]], [generate["seed"]],
+        generate["reuse_seed"].click(last_seed, [generate["report_file"], generate["seed"], generate["state"]],
+                                     [generate["seed"]],
                                      **compat.event_kwargs(queue=False))
     js = {"js": CTRL_ENTER_JS} if compat.GRADIO_MAJOR >= 4 else {"_js": CTRL_ENTER_JS}
     demo.load(None, None, None, **compat.supported(demo.load, js))
