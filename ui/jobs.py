@@ -216,18 +216,16 @@ def detection_calibration(pipe: Any) -> Any:
     return found
 
 
-def reference_prompts(pipe: Any) -> tuple[str, ...]:
-    """The calibration's ordinary prompts for the noise check (none when the model is not calibrated)."""
-    found = detection_calibration(pipe)
-    return () if isinstance(found, str) else tuple(found.reference_prompts)
-
-
-def calibration_mismatch(pipe: Any, settings: GenerationSettings) -> tuple[dict | None, list[str]]:
-    """(the calibrated settings, how ``settings`` differ from them in words) — ``(None, [])`` when uncalibrated."""
+def detection_for_run(pipe: Any, settings: GenerationSettings
+                      ) -> tuple[tuple[float | None, str], dict | None, list[str], tuple[str, ...]]:
+    """Everything a Generate run needs of the model's calibration from one lookup: the threshold with its source
+    (as :func:`detection_threshold`), the calibrated settings, how ``settings`` differ from them, and the ordinary
+    prompts for the noise check (``core.detect.noise_check``)."""
     found = detection_calibration(pipe)
     if isinstance(found, str):
-        return None, []
-    return found.settings, calibration.settings_mismatch(found.settings, settings, pipe)
+        return (None, found), None, [], ()
+    mismatch = calibration.settings_mismatch(found.settings, settings, pipe)
+    return (float(found.threshold), found.source()), found.settings, mismatch, tuple(found.reference_prompts)
 
 
 # ----------------------------------------------------------------------------------------------

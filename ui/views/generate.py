@@ -24,8 +24,7 @@ from sailscope.core.sampling import MAX_STEPS, SCHEDULERS, check_settings_for
 from sailscope.ui import compat, plots
 from sailscope.ui.forms import GENERATE_FIELDS, MAX_BATCH_COUNT, SHARPNESS_CHOICES, GenerateForm, whole_number
 from sailscope.ui.jobs import (
-    SPECTRUM_METHODS, AppContext, JobView, calibration_mismatch, detection_threshold, free_memory, in_background,
-    noise_checker, reference_prompts, run_job,
+    SPECTRUM_METHODS, AppContext, JobView, detection_for_run, free_memory, in_background, noise_checker, run_job,
 )
 from sailscope.ui.outputs import save_outputs
 from sailscope.ui.widgets import (
@@ -230,9 +229,7 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
             check_settings_for(pipe, replace(first, seed=seeds[-1]))
         except UserInputError as exc:
             raise UserInputError(f"the batch's last seed: {exc}") from None
-        threshold = detection_threshold(pipe)
-        calibrated, mismatch = calibration_mismatch(pipe, first)
-        references = reference_prompts(pipe)
+        threshold, calibrated, mismatch, references = detection_for_run(pipe, first)
         batch = Batch(seeds=seeds)
         # 2. One job per image; each is saved as soon as it exists and stays saved whatever happens next
         for batch.index, seed in enumerate(seeds):
