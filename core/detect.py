@@ -20,7 +20,7 @@ import numpy as np
 
 from sailscope.core.errors import UserInputError
 from sailscope.core.metrics import ANISOTROPY_AUTHOR_WEIGHTS, AlignmentOver, anisotropy, low_noise_timestep
-from sailscope.core.sampling import GenerationResult, GenerationSettings, StepContext, generate
+from sailscope.core.sampling import GenerationSettings, StepContext, run_generation
 
 Metric = Literal["sharpness", "wen", "anisotropy"]
 METRICS = ("sharpness", "wen", "anisotropy")
@@ -93,10 +93,7 @@ def noise_check(pipe: Any, settings: GenerationSettings, prompts: Sequence[str],
     values = []
     for prompt in prompts:
         one = replace(settings, prompt=prompt, num_images=1, sharpness_at="first")
-        result = None
-        for item in generate(pipe, one, stop_after=1, cancel=cancel):
-            if isinstance(item, GenerationResult):
-                result = item
+        result = run_generation(pipe, one, stop_after=1, cancel=cancel)
         values.append(float(result.records[0].sharpness[0]))
     return NoiseCheck(tuple(prompts), tuple(values), float(threshold))
 
@@ -201,10 +198,7 @@ def score_prompt(
             scheduler=scheduler, num_images=n, hvp=hvp,
             sharpness_at=tuple(range(1, first_steps + 1)) if "sharpness" in need else "none",
         )
-        result = None
-        for item in generate(pipe, settings, stop_after=first_steps, probes=probes):
-            if isinstance(item, GenerationResult):
-                result = item
+        result = run_generation(pipe, settings, stop_after=first_steps, probes=probes)
         per["wen"].extend(np.array([r.wen for r in result.records], dtype=float).mean(axis=0).tolist())
         if "sharpness" in need:  # (steps, n) -> per seed
             per["sharpness"].extend(np.array([r.sharpness for r in result.records], dtype=float).mean(axis=0).tolist())

@@ -14,7 +14,7 @@ gr = pytest.importorskip("gradio")
 from sailscope.core.detect import noise_check, verdict  # noqa: E402
 from sailscope.core.io import infotext  # noqa: E402
 from sailscope.core.io.infotext import parse_png_text  # noqa: E402
-from sailscope.core.sampling import GenerationResult, GenerationSettings, generate  # noqa: E402
+from sailscope.core.sampling import GenerationSettings, run_generation  # noqa: E402
 from sailscope.ui.forms import GenerateForm  # noqa: E402
 from sailscope.ui.outputs import read_infotext  # noqa: E402
 from sailscope.ui.views.generate import generate_handler  # noqa: E402
@@ -25,11 +25,7 @@ PROMPTS = ["a red square", "a blue circle on the left", "two green triangles", "
 
 def step1_sharpness(pipe, settings: GenerationSettings) -> float:
     """The oracle: the step-1 sharpness a whole generation records for these settings."""
-    result = None
-    for item in generate(pipe, settings):
-        if isinstance(item, GenerationResult):
-            result = item
-    return float(result.records[0].sharpness[0])
+    return float(run_generation(pipe, settings).records[0].sharpness[0])
 
 
 def calibrate(pipe, threshold: float, prompts: list[str]):
@@ -107,10 +103,8 @@ def test_the_check_is_kept_per_noise_and_settings_not_per_prompt(pipe, monkeypat
     calls = []
     real = jobs.noise_check
     monkeypatch.setattr(jobs, "noise_check", lambda *a, **k: calls.append(a[1].seed) or real(*a, **k))
-    result = None  # a result whose step-1 sharpness is over the tiny threshold below
-    for item in generate(pipe, GenerationSettings(prompt="a red square", seed=0, steps=2)):
-        if isinstance(item, GenerationResult):
-            result = item
+    # a result whose step-1 sharpness is over the tiny threshold below
+    result = run_generation(pipe, GenerationSettings(prompt="a red square", seed=0, steps=2))
     for prompt, seed in (("a red square", 0), ("two green triangles", 0), ("a red square", 1), ("x", 0)):
         check = jobs.noise_checker(pipe, GenerationSettings(prompt=prompt, seed=seed, steps=2), PROMPTS[:2], 1e-12)
         found = check(result)

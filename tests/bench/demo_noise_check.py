@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from sailscope.core.detect import noise_check, risk_level, verdict
     from sailscope.core.io.prompts import read_heldout, read_memorized
     from sailscope.core.models import load_pipeline
-    from sailscope.core.sampling import GenerationSettings, generate
+    from sailscope.core.sampling import GenerationSettings, run_generation
 
     pipe = load_pipeline(args.model, device="cpu", dtype="fp32")
     folder = pipe.sailscope_info.path
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         noise_check(pipe, settings, refs, threshold)
         t1 = time.perf_counter()
-        for _item in generate(pipe, settings):
-            pass
+        run_generation(pipe, settings)
         timing["noise_check"].append(t1 - t0)
         timing["generation_50_steps"].append(time.perf_counter() - t1)
     med = {k: float(np.median(v)) for k, v in timing.items()}
