@@ -299,6 +299,52 @@ def test_in_background_keeps_order_reraises_and_stops_the_worker_when_closed():
     stream.close()
     assert cancel.is_set() and stopped.is_set()
 
+    # the worker starts with the call, before the first ``next`` (the app sends its first update meanwhile),
+    # and a close before any ``next`` (the tab closed during that first update) still cancels and joins it
+    cancel, stopped, started = threading.Event(), threading.Event(), threading.Event()
+
+    def watched():
+        started.set()
+        yield from endless()
+
+    stream = in_background(watched(), cancel)
+    assert started.wait(5)
+    stream.close()
+    assert cancel.is_set() and stopped.is_set()
+
+
+def test_a_plain_run_sends_its_image_once_and_its_first_update_after_sampling_started(ctx, monkeypatch):
+    """Without SAIL or spectra nothing follows the image, so the image and report go out in the final update
+    only (each update costs the server a round of gradio's processing); the first update is rendered while
+    the job already samples."""
+    from sailscope.ui.views import generate as gen_view
+
+    started = threading.Event()
+    run_job = gen_view.run_job
+
+    def watched(*args, **kwargs):
+        started.set()
+        yield from run_job(*args, **kwargs)
+
+    monkeypatch.setattr(gen_view, "run_job", watched)
+    first_rendered_after_start = []
+    render = gen_view.render_generate
+
+    def render_generate(*args, **kwargs):
+        if not first_rendered_after_start:
+            first_rendered_after_start.append(started.wait(5))
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(gen_view, "render_generate", render_generate)
+    updates = list(generate_handler(ctx, gen_args(), request=request("a")))
+    assert first_rendered_after_start == [True]
+    with_image = [u for u in updates if "image_original" in u]
+    assert len(with_image) == 1 and with_image[0] is updates[-1] and "ss-ok" in status_of(updates[-1])
+    # with spectra asked for, the images still go out as soon as they exist, before the spectra
+    updates = list(generate_handler(ctx, gen_args(spectrum_steps="1", spectra_on=True), request=request("a")))
+    with_image = [u for u in updates if "image_original" in u]
+    assert len(with_image) == 2 and "computing eigen-spectra" in status_of(with_image[0])
+
 
 def test_wiring_names_the_api_after_the_form_and_maps_outputs_to_components():
     """``bind``: the ``/generate`` endpoint's parameters are the form's fields in order, and the handler's
@@ -312,3 +358,16 @@ def test_wiring_names_the_api_after_the_form_and_maps_outputs_to_components():
     (update,) = list(generate.fn(*values, request("w")))
     components = demo.sailscope_components
     assert list(update) == [components["status"]] and "no model is loaded" in html.unescape(update[components["status"]])
+
+
+def test_the_queue_polls_at_the_app_s_interval_not_gradio_s_millisecond():
+    """Gradio 6 looks at an idle queue every 1 ms on Linux, taking the interpreter from a running generation a
+    thousand times a second; the app's queue (gradio's own object) polls at the older 20 ms / 100 ms."""
+    from gradio.queueing import Queue
+
+    from sailscope.ui.compat import QUEUE_IDLE_POLL_S, QUEUE_PROGRESS_POLL_S
+
+    demo = ui_app.build_ui(AppConfig(model=None))
+    assert isinstance(demo._queue, Queue)
+    assert demo._queue.sleep_when_free == QUEUE_IDLE_POLL_S == 0.02
+    assert demo._queue.progress_update_sleep_when_free == QUEUE_PROGRESS_POLL_S == 0.1

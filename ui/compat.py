@@ -7,7 +7,10 @@ Only what differs between those versions lives here; everything else uses the AP
 * ``css`` goes to ``gr.Blocks`` before gradio 6 and to ``launch()`` from gradio 6 on;
 * concurrency: ``concurrency_limit``/``concurrency_id`` per event (gradio >= 4), ``queue(concurrency_count=1)``
   on gradio 3;
-* ``gr.ImageSlider`` (before/after slider) exists from gradio 5; older versions show two images.
+* ``gr.ImageSlider`` (before/after slider) exists from gradio 5; older versions show two images;
+* the queue's idle polling: gradio up to 5.x waited 50 ms between looks at an empty queue, newer gradio on Linux
+  1 ms (and 10 ms for progress), which wakes the server 1000 times a second and takes the interpreter from a
+  running generation (:func:`enable_queue` sets the older intervals back; ``docs/performance.md``).
 """
 from __future__ import annotations
 
@@ -82,11 +85,22 @@ def event_kwargs(*, model_job: bool = False, progress_on: Any = None, **kwargs: 
     return supported(_listener(), kwargs)
 
 
+QUEUE_IDLE_POLL_S = 0.02  # between looks at a queue with nothing to start (a waiting job starts within this)
+QUEUE_PROGRESS_POLL_S = 0.1  # between looks for gr.Progress updates to send
+
+
 def enable_queue(demo: gr.Blocks, max_size: int = 64) -> gr.Blocks:
-    """Turn the queue on: one model job at a time, others wait with their position shown."""
+    """Turn the queue on: one model job at a time, others wait with their position shown; the queue polls at
+    :data:`QUEUE_IDLE_POLL_S` instead of gradio 6's 1 ms on Linux."""
     if GRADIO_MAJOR >= 4:
-        return demo.queue(**supported(demo.queue, {"max_size": max_size, "default_concurrency_limit": 1}))
-    return demo.queue(**supported(demo.queue, {"concurrency_count": 1, "max_size": max_size}))
+        demo = demo.queue(**supported(demo.queue, {"max_size": max_size, "default_concurrency_limit": 1}))
+    else:
+        demo = demo.queue(**supported(demo.queue, {"concurrency_count": 1, "max_size": max_size}))
+    queue = getattr(demo, "_queue", None)
+    for name, seconds in (("sleep_when_free", QUEUE_IDLE_POLL_S), ("progress_update_sleep_when_free", QUEUE_PROGRESS_POLL_S)):
+        if isinstance(getattr(queue, name, None), (int, float)):
+            setattr(queue, name, max(getattr(queue, name), seconds))
+    return demo
 
 
 def warn(message: str) -> None:

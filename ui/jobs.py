@@ -51,7 +51,7 @@ class AppConfig:
     max_upload_bytes: int = 512 * 1024  # audit prompt lists
     max_audit_prompts: int = 1000
     max_compare_items: int = 12
-    live_interval: float = 0.5  # seconds between live plot updates (the first step is always shown)
+    live_interval: float = 1.0  # seconds between live plot updates, as A1111's live previews (the first step is always shown)
 
 
 class ModelManager:
@@ -491,11 +491,12 @@ _END = object()
 
 
 def in_background(items: Iterator[Any], cancel: threading.Event, name: str = "sailscope-job") -> Iterator[list[Any]]:
-    """Consume a core item stream in a worker thread; yield, in order, what arrived since the last ``next``.
+    """Consume a core item stream in a worker thread, started at once; the returned iterator yields, in order,
+    what arrived since the last ``next``.
 
     Rendering an update and gradio's transport of it then overlap the next sampling steps instead of pausing
     them (a generator handler is not advanced while its last value is being sent). An exception of the stream
-    (``Cancelled`` included) is re-raised here after the items before it; closing this iterator early (client
+    (``Cancelled`` included) is re-raised here after the items before it; closing the iterator early (client
     gone) sets ``cancel`` and waits for the worker, which stops within one step.
     """
     q: queue.SimpleQueue = queue.SimpleQueue()
@@ -511,12 +512,35 @@ def in_background(items: Iterator[Any], cancel: threading.Event, name: str = "sa
 
     worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
-    try:
+    return _Background(q, worker, cancel)
+
+
+class _Background:
+    """The consumer side of :func:`in_background`: an iterator whose ``close`` (also before the first ``next``)
+    cancels and joins the worker."""
+
+    def __init__(self, q: queue.SimpleQueue, worker: threading.Thread, cancel: threading.Event) -> None:
+        self._q, self._worker, self._cancel = q, worker, cancel
+        self._batches = self._drain()
+
+    def __iter__(self) -> "_Background":
+        return self
+
+    def __next__(self) -> list[Any]:
+        return next(self._batches)
+
+    def close(self) -> None:
+        self._batches.close()
+        if self._worker.is_alive():
+            self._cancel.set()
+            self._worker.join()
+
+    def _drain(self) -> Iterator[list[Any]]:
         while True:
-            batch = [q.get()]
+            batch = [self._q.get()]
             while True:
                 try:
-                    batch.append(q.get_nowait())
+                    batch.append(self._q.get_nowait())
                 except queue.Empty:
                     break
             out = []
@@ -531,10 +555,6 @@ def in_background(items: Iterator[Any], cancel: threading.Event, name: str = "sa
                     raise item.exc
                 out.append(item)
             yield out
-    finally:
-        if worker.is_alive():
-            cancel.set()
-            worker.join()
 
 
 @dataclass

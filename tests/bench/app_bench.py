@@ -48,9 +48,9 @@ for line in sys.stdin:
     t0 = time.perf_counter()
     job = client.submit(*inputs, api_name="/generate")
     first = None
-    while not job.done():
+    while first is None and not job.done():  # polled until the first plotted step, then waited for (no poll delay)
         outs = job.outputs()
-        if first is None and outs and "step" in str(outs[-1][0]):
+        if outs and "step" in str(outs[-1][0]):
             first = time.perf_counter() - t0
         time.sleep(0.02)
     job.result()

@@ -143,9 +143,10 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
 
 def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, threshold: tuple[float | None, str],
                session: str, cancel: Any, batch: Batch) -> Iterator[dict[str, Any]]:
-    """Stream one image's job (plain or SAIL pair) into ``view``: live plots every ``live_interval`` seconds, files
-    saved as soon as each run exists (spectra, when asked, come after the images), the report rewritten at the
-    end. Ends with the image's final update."""
+    """Stream one image's job (plain or SAIL pair) into ``view``: a first update once the job has started (the
+    batch's first image only), live plots every ``live_interval`` seconds, files saved as soon as each run exists
+    (spectra, when asked, come after the images), the report rewritten at the end. Ends with the image's final
+    update."""
     def render(message: str, kind: str = "info", final: bool = False) -> dict[str, Any]:
         return render_generate(view, threshold, message, kind, final=final, batch=batch)
 
@@ -155,7 +156,9 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
     check = noise_checker(pipe, settings, view.references, threshold[0], view.mismatch, cancel)
     job = run_job(pipe, settings, sail=view.sail, compare=view.compare, spectrum=spectrum, cancel=cancel,
                   check_noise=check)
-    with closing(in_background(job, cancel)) as batches:
+    with closing(in_background(job, cancel)) as batches:  # sampling starts now, before the first update is sent
+        if batch.index == 0:
+            yield dict(render("starting…" + (" " + "; ".join(view.warnings) if view.warnings else "")), queue_note="")
         for items in batches:
             urgent = False
             for item in items:
@@ -164,6 +167,9 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
                     # save each run as soon as it exists: the original is shown before SAIL's run is sampled
                     save_outputs(view, ctx.config.outputs, info, threshold)
                     now = time.perf_counter()
+                    last, urgent = now, False
+                    if view.images_done() and spectrum is None:
+                        continue  # nothing follows the images: the job's final update comes next
                     if not view.images_done():
                         msg = f"original saved at {now - view.started:.1f} s · sampling SAIL's image next…"
                     else:
@@ -171,11 +177,9 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
                         if view.sail_not_needed:
                             msg = f"SAIL not needed: this seed's start is already flat · image saved at " \
                                   f"{now - view.started:.1f} s"
-                        if spectrum is not None:
-                            msg += " · computing eigen-spectra (Cancel stops them; the images stay saved)…"
+                        msg += " · computing eigen-spectra (Cancel stops them; the images stay saved)…"
                     # the report is offered at once; it is rewritten when the job ends
                     yield render(msg, final=True)
-                    last, urgent = now, False
                     continue
                 first_point = kind == "record" and len(view.records.get(item.run, [])) == 1
                 urgent = urgent or first_point or kind in ("sail_result", "spectra")
@@ -235,9 +239,6 @@ def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -
         for batch.index, seed in enumerate(seeds):
             view = JobView(settings=replace(first, seed=seed), sail=sail, compare=bool(form.compare),
                            warnings=list(warnings), calibrated=calibrated, mismatch=mismatch, references=references)
-            if batch.index == 0:
-                yield dict(render_generate(view, threshold, "starting…" + (" " + "; ".join(warnings) if warnings
-                                                                           else ""), batch=batch), queue_note="")
             yield from sample_one(ctx, pipe, view, spectrum, threshold, session, cancel, batch)
         ok = True
     except Cancelled as exc:
