@@ -4,15 +4,15 @@
 
 * core: ``core.generate.run_generation`` with the app's default settings (sharpness at step 1, no spectra).
 * handler: the app's Generate handler consumed in-process (the app's own work, no HTTP/gradio transport).
-* app: the same settings submitted to the launched app over its HTTP queue with ``gradio_client`` (the path a
-  browser takes, minus rendering): wall time from submit to the final update, and to the first update that
-  carries a live plot point. With ``--browser``, the time from the Generate click to the first plotted point
-  in headless Chromium (Playwright) is measured too.
+* app: the same settings submitted to the launched app over its HTTP queue by a client that does what a browser
+  does (one kept-alive connection: POST ``queue/join``, read the session's event stream, fetch each image or
+  file the updates show once), minus rendering: wall time from the request to the last fetch, and to the first
+  update that carries a live plot point. With ``--browser``, the time from the Generate click to the first
+  plotted point in headless Chromium (Playwright) is measured too.
 Core and app runs come in adjacent pairs (order alternating); the ratio is the median of the per-pair ratios.
-The client runs in a separate process, as a browser would. It does not download file outputs (gradio_client
-would fetch every image again on every streamed update; ``--client-downloads`` measures that too). The final
-status and the report give the handler's own clock and the generation's clock inside the app, so the result
-also says how the app's time splits into generation, app work, and gradio + client transport.
+The client runs in a separate process, as a browser would. The final status and the report give the handler's
+own clock and the generation's clock inside the app, so the result also says how the app's time splits into
+generation, app work, and gradio + client transport.
 Without the demo model installed it falls back to the tiny test pipeline (numbers then say so).
 """
 from __future__ import annotations
@@ -38,30 +38,39 @@ def free_port() -> int:
 
 
 CLIENT = r"""
-import json, re, sys, time
-from gradio_client import Client
-# download_files: gradio_client re-downloads every file output on every streamed update (a browser fetches each
-# image once), so by default the client takes the server's file references instead (--client-downloads: as-is)
-client = Client(sys.argv[1], verbose=False, **({} if sys.argv[2] == "1" else {"download_files": False}))
+import json, re, sys, time, uuid
+import httpx
+# what a browser does: one kept-alive connection, POST queue/join, then the session's event stream (SSE)
+base, fn_index = sys.argv[1].rstrip("/") + "/gradio_api", int(sys.argv[2])
+http = httpx.Client(timeout=None)
+session = uuid.uuid4().hex
 for line in sys.stdin:
     inputs = json.loads(line)
     t0 = time.perf_counter()
-    job = client.submit(*inputs, api_name="/generate")
-    first = None
-    while first is None and not job.done():  # polled until the first plotted step, then waited for (no poll delay)
-        outs = job.outputs()
-        if outs and "step" in str(outs[-1][0]):
-            first = time.perf_counter() - t0
-        time.sleep(0.02)
-    job.result()
+    joined = http.post(base + "/queue/join", json={"data": inputs, "fn_index": fn_index, "session_hash": session,
+                                                    "event_id": None, "trigger_id": None})
+    event = joined.json()["event_id"]
+    first = final = None
+    urls = set()  # the images and files the updates show, fetched once each as a browser does
+    with http.stream("GET", base + "/queue/data", params={"session_hash": session}) as stream:
+        for raw in stream.iter_lines():
+            if not raw.startswith("data:"):
+                continue
+            msg = json.loads(raw[5:])
+            if msg.get("event_id") != event:
+                continue
+            if first is None and msg.get("msg") == "process_generating" and "run: step " in raw:
+                first = time.perf_counter() - t0
+            if msg.get("msg") == "process_completed":
+                final = msg
+                break
+            urls.update(re.findall(r'"(https?://[^"]+/gradio_api/file=[^"]+)"', raw))
+    for url in sorted(urls):
+        http.get(url).raise_for_status()
     total = time.perf_counter() - t0
-    final = job.outputs()[-1]
-    done = re.search(r"done in ([0-9.]+) s", str(final[0]))  # the handler's own clock, from its final status
-    ref = final[int(sys.argv[3])]  # the report_file output
-    report = ref if isinstance(ref, str) else (ref.get("path") if isinstance(ref, dict) else getattr(ref, "path", None))
-    gen = json.loads(open(report).read())["runs"]["original"]["seconds"] if report else None
-    print(json.dumps({"total": total, "first": total if first is None else first,
-                      "handler": float(done.group(1)) if done else None, "generation": gen}), flush=True)
+    done = re.search(r"done in ([0-9.]+) s", json.dumps(final))  # the handler's own clock
+    print(json.dumps({"total": total, "first": total if first is None else first, "ok": bool(final.get("success")),
+                      "handler": float(done.group(1)) if done else None}), flush=True)
 """
 
 
@@ -78,15 +87,13 @@ def main() -> int:
     parser.add_argument("--prompt", default=None)
     parser.add_argument("--live-interval", type=float, default=None, help="seconds between live updates (app default if unset)")
     parser.add_argument("--browser", action="store_true", help="also time click -> first plotted point in Chromium")
-    parser.add_argument("--client-downloads", action="store_true",
-                        help="let gradio_client download every file output of every streamed update (its default)")
     args = parser.parse_args()
 
     from sailscope.core.sampling import GenerationSettings, run_generation
     from sailscope.ui.app import AppContext, build_ui, launch
     from sailscope.ui.forms import GENERATE_FIELDS, GenerateForm
     from sailscope.ui.jobs import AppConfig
-    from sailscope.ui.views.generate import GENERATE_OUTPUTS, generate_handler
+    from sailscope.ui.views.generate import generate_handler
 
     tmp = Path(tempfile.mkdtemp(prefix="sailscope-bench-"))
     os.environ.setdefault("SAILSCOPE_HOME", str(tmp / "home"))
@@ -111,8 +118,9 @@ def main() -> int:
 
     # The client runs in its own process (as a browser does): polling from this process would take the GIL
     # from the server's generation thread and bill the client's work to the app.
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, "1" if args.client_downloads else "0",
-                               str(GENERATE_OUTPUTS.index("report_file"))], stdin=subprocess.PIPE,
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    fn_index = next(f._id for f in fns if f.api_name == "generate")
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, str(fn_index)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, bufsize=1)
     # the Generate form at its defaults (what a user gets: step-1 sharpness, no SAIL, no spectra), this prompt/steps
     form = GenerateForm(prompt=prompt, seed=0, steps=args.steps, width=0, height=0)
@@ -124,7 +132,10 @@ def main() -> int:
         client.stdin.write(request + "\n")
         client.stdin.flush()
         got = json.loads(client.stdout.readline())
-        inside.append({"handler": got["handler"], "generation": got["generation"]})
+        assert got["ok"], "the app's Generate job failed"
+        report = max(Path(config.outputs).rglob("*.json"), key=lambda p: p.stat().st_mtime)  # this run's report
+        inside.append({"handler": got["handler"],
+                       "generation": json.loads(report.read_text())["runs"]["original"]["seconds"]})
         return got["total"], got["first"]
 
     def core_once() -> float:
@@ -157,7 +168,7 @@ def main() -> int:
         handler_ratios.append(h / core_once())
     result = {
         "model": getattr(pipe.sailscope_info, "name", model), "steps": args.steps, "repeats": args.repeats,
-        "live_interval": config.live_interval, "client_downloads": args.client_downloads,
+        "live_interval": config.live_interval,
         "core_seconds_median": statistics.median(core_t), "app_seconds_median": statistics.median(app_t),
         "ratio_app_over_core": statistics.median(ratios), "ratios": ratios,
         "ratio_handler_over_core": statistics.median(handler_ratios), "handler_ratios": handler_ratios,
