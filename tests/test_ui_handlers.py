@@ -270,6 +270,13 @@ def test_in_background_keeps_order_reraises_and_stops_the_worker_when_closed():
 
     got = [x for batch in in_background(iter(range(50)), threading.Event()) for x in batch]
     assert got == list(range(50))
+    # closing a stream that ended never cancels (a batch's next image shares the session's cancel flag)
+    for _ in range(20):
+        done = threading.Event()
+        stream = in_background(iter(range(3)), done)
+        assert [x for batch in stream for x in batch] == [0, 1, 2]
+        stream.close()
+        assert not done.is_set()
 
     def failing():
         yield 1

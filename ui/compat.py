@@ -10,7 +10,7 @@ Only what differs between those versions lives here; everything else uses the AP
 * ``gr.ImageSlider`` (before/after slider) exists from gradio 5; older versions show two images;
 * the queue's idle polling: gradio up to 5.x waited 50 ms between looks at an empty queue, newer gradio on Linux
   1 ms (and 10 ms for progress), which wakes the server 1000 times a second and takes the interpreter from a
-  running generation (:func:`enable_queue` sets the older intervals back; ``docs/performance.md``).
+  running generation (:func:`enable_queue` sets 20 ms / 100 ms; ``docs/performance.md``).
 """
 from __future__ import annotations
 

@@ -521,6 +521,7 @@ class _Background:
 
     def __init__(self, q: queue.SimpleQueue, worker: threading.Thread, cancel: threading.Event) -> None:
         self._q, self._worker, self._cancel = q, worker, cancel
+        self._ended = False  # the stream's end or exception was received
         self._batches = self._drain()
 
     def __iter__(self) -> "_Background":
@@ -531,9 +532,9 @@ class _Background:
 
     def close(self) -> None:
         self._batches.close()
-        if self._worker.is_alive():
+        if not self._ended:  # closed early: stop the stream (its worker may still be sampling)
             self._cancel.set()
-            self._worker.join()
+        self._worker.join()
 
     def _drain(self) -> Iterator[list[Any]]:
         while True:
@@ -545,6 +546,8 @@ class _Background:
                     break
             out = []
             for item in batch:
+                if item is _END or isinstance(item, _Failure):
+                    self._ended = True
                 if item is _END:
                     if out:
                         yield out
