@@ -110,12 +110,15 @@ def test_sharpness_matches_diffusers(setup, host, method):
     gs_ref = diffusers_gs(setup)
     x = common.noise_to_vp(setup["noise"], setup["sigma_k"], "sigma")
     sh_h = sharpness(gs_host, x, method=method)
-    sh_r = sharpness(gs_ref, x, method=method)
-    # fd: the same relative step on both sides; the difference quotient amplifies fp32 rounding of
-    # eps (1e-6) by ~1/fd_step, hence the looser tolerance than for eps itself.
-    close(sh_h.value, sh_r.value, 1e-3 if method == "fd" else 1e-4)
+    # the oracle: diffusers' exact (forward-mode JVP) sharpness. Exact against exact agrees to fp32 rounding of the
+    # paths (1e-4). A finite difference in fp32 has its own error: truncation O(h) plus the paths' ~1e-6 rounding
+    # of eps amplified by 1/h (h = DEFAULT_FD_STEP = 1e-3), measured 3e-4 to 1.5e-3 between two fp32 paths
+    # depending on the CPU's kernels (fd against exact on this model: 5.6e-4); 5e-3 bounds that.
+    sh_r = sharpness(gs_ref, x, method="exact")
+    rtol = 5e-3 if method == "fd" else 1e-4
+    close(sh_h.value, sh_r.value, rtol)
     pr = common.probe(gs_host, x, method=method)
-    close(pr.sharpness, sh_r.value, 1e-3 if method == "fd" else 1e-4)
+    close(pr.sharpness, sh_r.value, rtol)
     assert len(pr.wen) == 2 and pr.sigma_vp == pytest.approx(gs_ref.sigma, rel=1e-6)
 
 
@@ -183,7 +186,15 @@ def test_sail_paper_objective_step_follows_model_dtype(setup):
                                  alpha=settings.alpha_for("epsilon"), scale=scale, delta=delta)
         out = common.run_sail(make_gs, noise, sk, "sigma", opts, model_dtype=dtype)
         assert out.results[0].delta == pytest.approx(delta)
-        close(out.noise, ref.x_T, 1e-3)
+        # the objective before and after the step agrees to the paths' rounding, amplified by 1/delta
+        close(out.results[0].initial_loss, ref.initial_loss, 1e-4)
+        close(out.results[0].loss, ref.loss, 1e-4)
+        # Adam's first step moves every coordinate by the same amount in the direction of -sign(gradient): a
+        # coordinate whose gradient is lost in the two paths' rounding may step the other way (one of 256 did on
+        # an AMD EPYC); all others agree to 1e-3
+        moved = float((ref.x_T - noise).abs().max())
+        diff = (out.noise.double() - ref.x_T.double()).abs()
+        assert int((diff > 1e-3).sum()) <= 2 and float(diff.max()) <= 2 * moved + 1e-3
 
 
 def test_sail_candidates_and_acceptance(setup):
