@@ -52,9 +52,10 @@ def status_of(update) -> str:
 
 def test_generate_streams_live_then_saves_png_infotext_and_report(ctx):
     updates = list(generate_handler(ctx, gen_args(spectrum_steps="1", spectra_on=True), request=request("a")))
-    # one update to start, one per step (live_interval 0), one for the result, one final
+    # one update per step (live_interval 0; the first step comes before "starting…" would), one for the images
+    # (spectra follow), one final
     assert len(updates) >= 3 + 2
-    live = [u for u in updates[1:-1] if "metrics_plot" in u]  # an output left out of an update is unchanged
+    live = [u for u in updates[:-1] if "metrics_plot" in u]  # an output left out of an update is unchanged
     n_points = [len(u["metrics_plot"].data[0].x) for u in live]
     assert n_points[:3] == [1, 2, 3]  # the plot gains a point per step while sampling
     final = updates[-1]
@@ -105,10 +106,22 @@ def test_no_model_loaded_is_a_message(tmp_path):
     assert "no model is loaded" in status_of(u)
 
 
-def test_cancel_stops_within_a_step_and_only_that_session(ctx):
+def test_cancel_stops_within_a_step_and_only_that_session(ctx, monkeypatch):
+    from sailscope.core.sampling import StepRecord
+    from sailscope.ui.views import generate as gen_view
+
+    run_job = gen_view.run_job
+
+    def paced(*args, **kwargs):  # steps of 0.2 s, as a real model's: the click lands while step 2 is sampled
+        for item in run_job(*args, **kwargs):
+            yield item
+            if isinstance(item, StepRecord):
+                time.sleep(0.2)
+
+    monkeypatch.setattr(gen_view, "run_job", paced)
     gen_a = generate_handler(ctx, gen_args(steps=4), request=request("A"))
     gen_b = generate_handler(ctx, gen_args(steps=2), request=request("B"))
-    next(gen_a), next(gen_a)  # start + step 1
+    next(gen_a)  # step 1
     next(gen_b)
     assert "cancelling" in cancel_handler(ctx, request("A"))
     rest_a = list(gen_a)
@@ -364,7 +377,32 @@ def test_wiring_names_the_api_after_the_form_and_maps_outputs_to_components():
     values = [getattr(GenerateForm(), name) for name in GENERATE_FIELDS]
     (update,) = list(generate.fn(*values, request("w")))
     components = demo.sailscope_components
-    assert list(update) == [components["status"]] and "no model is loaded" in html.unescape(update[components["status"]])
+    assert list(update) == [components["status"], components["queue_note"]]  # a click's first update clears the note
+    assert "no model is loaded" in html.unescape(update[components["status"]]) and update[components["queue_note"]] == ""
+
+
+def test_starting_note_only_when_the_first_step_is_slow_and_the_first_update_clears_the_queue_note(ctx, monkeypatch):
+    """A first step within ``STARTING_NOTE_AFTER_S`` is the click's first update (one update fewer for the server);
+    a slower one is announced by "starting…". Either way the first update clears the "waiting for the model"
+    note, and the batch's later images send no "starting…"."""
+    from sailscope.ui.views import generate as gen_view
+
+    updates = list(generate_handler(ctx, gen_args(), request=request("a")))
+    assert "starting" not in status_of(updates[0]) and "step 1 of 3" in status_of(updates[0])
+    assert updates[0]["queue_note"] == "" and all("queue_note" not in u for u in updates[1:])
+
+    run_job = gen_view.run_job
+
+    def slow_start(*args, **kwargs):
+        time.sleep(0.5)
+        yield from run_job(*args, **kwargs)
+
+    monkeypatch.setattr(gen_view, "run_job", slow_start)
+    monkeypatch.setattr(gen_view, "STARTING_NOTE_AFTER_S", 0.1)
+    updates = list(generate_handler(ctx, gen_args(batch_count=2), request=request("a")))
+    starting = [u for u in updates if "starting" in status_of(u)]
+    assert starting == [updates[0]] and updates[0]["queue_note"] == ""
+    assert "step 1 of 3" in status_of(updates[1])
 
 
 def test_the_queue_polls_at_the_app_s_interval_not_gradio_s_millisecond():

@@ -522,6 +522,7 @@ class _Background:
     def __init__(self, q: queue.SimpleQueue, worker: threading.Thread, cancel: threading.Event) -> None:
         self._q, self._worker, self._cancel = q, worker, cancel
         self._ended = False  # the stream's end or exception was received
+        self._pending: list[Any] = []  # taken from the queue by ``wait``, not yet yielded
         self._batches = self._drain()
 
     def __iter__(self) -> "_Background":
@@ -529,6 +530,15 @@ class _Background:
 
     def __next__(self) -> list[Any]:
         return next(self._batches)
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the stream has something for the next ``next`` within ``timeout`` seconds (nothing is lost)."""
+        if not self._pending:
+            try:
+                self._pending.append(self._q.get(timeout=timeout))
+            except queue.Empty:
+                return False
+        return True
 
     def close(self) -> None:
         self._batches.close()
@@ -538,7 +548,7 @@ class _Background:
 
     def _drain(self) -> Iterator[list[Any]]:
         while True:
-            batch = [self._q.get()]
+            batch, self._pending = self._pending or [self._q.get()], []
             while True:
                 try:
                     batch.append(self._q.get_nowait())

@@ -141,10 +141,14 @@ def render_generate(view: JobView | None, threshold: tuple[float | None, str], s
     return out
 
 
+STARTING_NOTE_AFTER_S = 0.3  # a job whose first step comes later than this shows "starting…" first
+
+
 def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, threshold: tuple[float | None, str],
                session: str, cancel: Any, batch: Batch) -> Iterator[dict[str, Any]]:
-    """Stream one image's job (plain or SAIL pair) into ``view``: a first update once the job has started (the
-    batch's first image only), live plots every ``live_interval`` seconds, files saved as soon as each run exists
+    """Stream one image's job (plain or SAIL pair) into ``view``: "starting…" when the batch's first job has no
+    step within :data:`STARTING_NOTE_AFTER_S`, live plots every ``live_interval`` seconds (the first step at once),
+    files saved as soon as each run exists
     (spectra, when asked, come after the images), the report rewritten at the end. Ends with the image's final
     update."""
     def render(message: str, kind: str = "info", final: bool = False) -> dict[str, Any]:
@@ -158,7 +162,10 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
                   check_noise=check)
     with closing(in_background(job, cancel)) as batches:  # sampling starts now, before the first update is sent
         if batch.index == 0:
-            yield dict(render("starting…" + (" " + "; ".join(view.warnings) if view.warnings else "")), queue_note="")
+            # "starting…" only when the first step takes a while (or there are warnings to show): every update
+            # costs the server a round of work
+            if view.warnings or not batches.wait(STARTING_NOTE_AFTER_S):
+                yield render("starting…" + (" " + "; ".join(view.warnings) if view.warnings else ""))
         for items in batches:
             urgent = False
             for item in items:
@@ -214,7 +221,14 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
 
 
 def generate_handler(ctx: AppContext, form: GenerateForm, request: Any = None) -> Iterator[dict[str, Any]]:
-    """Run one Generate click: one job (plain or SAIL pair) per image of the batch count, at seeds seed, seed+1, …"""
+    """Run one Generate click: one job (plain or SAIL pair) per image of the batch count, at seeds seed, seed+1, …
+    The click's first update, whatever it says, clears the "waiting for the model" note."""
+    with closing(_generate_click(ctx, form, request)) as updates:
+        for i, update in enumerate(updates):
+            yield dict(update, queue_note="") if i == 0 else update
+
+
+def _generate_click(ctx: AppContext, form: GenerateForm, request: Any) -> Iterator[dict[str, Any]]:
     session = session_of(request)
     cancel = ctx.cancels.start(session, "Generate")
     view: JobView | None = None
