@@ -37,6 +37,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def generate_fn_index(demo) -> int:
+    """The id of the Generate event, which the client's ``queue/join`` names."""
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    return next(f._id for f in fns if f.api_name == "generate")
+
+
 CLIENT = r"""
 import json, re, sys, time, uuid
 import httpx
@@ -118,9 +124,7 @@ def main() -> int:
 
     # The client runs in its own process (as a browser does): polling from this process would take the GIL
     # from the server's generation thread and bill the client's work to the app.
-    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
-    fn_index = next(f._id for f in fns if f.api_name == "generate")
-    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, str(fn_index)], stdin=subprocess.PIPE,
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, url, str(generate_fn_index(demo))], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, bufsize=1)
     # the Generate form at its defaults (what a user gets: step-1 sharpness, no SAIL, no spectra), this prompt/steps
     form = GenerateForm(prompt=prompt, seed=0, steps=args.steps, width=0, height=0)

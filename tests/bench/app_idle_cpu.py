@@ -13,9 +13,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import app_bench  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +36,7 @@ def main() -> int:
     os.environ.setdefault("SAILSCOPE_HOME", str(tmp / "home"))
     config = AppConfig(model=None, outputs=str(tmp / "outputs"))
     demo = build_ui(config)
-    launch(demo, config, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    launch(demo, config, port=app_bench.free_port(), prevent_thread_lock=True, quiet=True)
     gradio_default = gr.Blocks().queue()._queue  # a queue as gradio sets it up
     settings = {"gradio": (gradio_default.sleep_when_free, gradio_default.progress_update_sleep_when_free),
                 "app": (compat.QUEUE_IDLE_POLL_S, compat.QUEUE_PROGRESS_POLL_S)}
@@ -51,14 +55,6 @@ def main() -> int:
     out["ratio_app_over_gradio"] = out["cpu_seconds_per_second"]["app"] / out["cpu_seconds_per_second"]["gradio"]
     print(json.dumps(out, indent=1))
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -79,9 +79,8 @@ def main() -> int:
     demo = build_ui(context=ctx)
     port = app_bench.free_port()
     launch(demo, config, port=port, prevent_thread_lock=True, quiet=True)
-    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
-    fn_index = next(f._id for f in fns if f.api_name == "generate")
-    client = subprocess.Popen([sys.executable, "-c", client_code, f"http://127.0.0.1:{port}/", str(fn_index)],
+    client = subprocess.Popen([sys.executable, "-c", client_code, f"http://127.0.0.1:{port}/",
+                               str(app_bench.generate_fn_index(demo))],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     form = GenerateForm(prompt=args.prompt, seed=0, steps=args.steps, width=0, height=0)
     request = json.dumps([getattr(form, k) for k in GENERATE_FIELDS])

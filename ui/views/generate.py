@@ -148,9 +148,8 @@ def sample_one(ctx: AppContext, pipe: Any, view: JobView, spectrum: Any, thresho
                session: str, cancel: Any, batch: Batch) -> Iterator[dict[str, Any]]:
     """Stream one image's job (plain or SAIL pair) into ``view``: "starting…" when the batch's first job has no
     step within :data:`STARTING_NOTE_AFTER_S`, live plots every ``live_interval`` seconds (the first step at once),
-    files saved as soon as each run exists
-    (spectra, when asked, come after the images), the report rewritten at the end. Ends with the image's final
-    update."""
+    files saved as soon as each run exists (spectra, when asked, come after the images), the report rewritten at
+    the end. Ends with the image's final update."""
     def render(message: str, kind: str = "info", final: bool = False) -> dict[str, Any]:
         return render_generate(view, threshold, message, kind, final=final, batch=batch)
 
